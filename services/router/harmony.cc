@@ -1,0 +1,30 @@
+#include "services/router/harmony.h"
+
+namespace anima::router {
+
+double Harmony(const std::vector<anima::v1::ModuleStatus>& modules) {
+  if (modules.empty()) return 0;
+  double sum = 0;
+  for (const auto& m : modules) {
+    switch (m.health()) {
+      case anima::v1::MODULE_HEALTH_HEALTHY:
+        sum += 1;
+        break;
+      case anima::v1::MODULE_HEALTH_DEGRADED:
+        sum += 0.5;
+        break;
+      default:
+        break;
+    }
+  }
+  return sum / static_cast<double>(modules.size());
+}
+
+const char* HarmonyStatus(double harmony, bool any_modules) {
+  if (!any_modules) return "critical";
+  if (harmony >= 0.9) return "healthy";
+  if (harmony >= 0.5) return "degraded";
+  return "critical";
+}
+
+}  // namespace anima::router

@@ -1,0 +1,126 @@
+// anima-router: every client request passes through here (Router.Dispatch).
+#include <iostream>
+
+#include "services/common/flags.h"
+#include "services/common/grpc_server.h"
+#include "services/common/logging.h"
+#include "services/common/metrics.h"
+#include "services/common/process.h"
+#include "services/router/router_service.h"
+#include "services/router/state_poller.h"
+#include "spdlog/spdlog.h"
+
+namespace {
+
+struct Options {
+  std::string bind = "127.0.0.1";
+  int port = 50051;
+  int metrics_port = 9101;
+  std::string broker = "127.0.0.1:50052";
+  int64_t poll_interval_ms = 1000;
+  int64_t state_interval_ms = 5000;
+  int64_t chat_deadline_ms = 120000;
+  int memory_turns = 10;
+  int memory_conversations = 10000;
+  int64_t memory_max_age_s = 3600;
+  std::string log_format = "text";
+  std::string log_level = "info";
+  std::string ready_file;
+};
+
+int Run(int argc, char** argv) {
+  anima::common::BlockShutdownSignals();
+  Options o;
+  anima::common::FlagSet flags("anima-router");
+  flags.Add("bind", &o.bind, "ANIMA_ROUTER_BIND", "address to listen on");
+  flags.Add("port", &o.port, "ANIMA_ROUTER_PORT", "gRPC port (0 picks a free one)");
+  flags.Add("metrics-port", &o.metrics_port, "ANIMA_ROUTER_METRICS_PORT", "Prometheus port");
+  flags.Add("broker", &o.broker, "ANIMA_ROUTER_BROKER", "llm-broker gRPC address");
+  flags.Add("poll-interval-ms", &o.poll_interval_ms, "ANIMA_ROUTER_POLL_INTERVAL_MS",
+            "how often every back end is asked for its state");
+  flags.Add("state-interval-ms", &o.state_interval_ms, "ANIMA_ROUTER_STATE_INTERVAL_MS",
+            "default interval of WatchState streams");
+  flags.Add("chat-deadline-ms", &o.chat_deadline_ms, "ANIMA_ROUTER_CHAT_DEADLINE_MS",
+            "deadline of a chat request, lowered by the client's timeout_ms");
+  flags.Add("memory-turns", &o.memory_turns, "ANIMA_ROUTER_MEMORY_TURNS",
+            "turns remembered per conversation (0 disables memory)");
+  flags.Add("memory-conversations", &o.memory_conversations, "ANIMA_ROUTER_MEMORY_CONVERSATIONS",
+            "conversations remembered at most");
+  flags.Add("memory-max-age-s", &o.memory_max_age_s, "ANIMA_ROUTER_MEMORY_MAX_AGE_S",
+            "a conversation idle this long is forgotten");
+  flags.Add("log-format", &o.log_format, "ANIMA_LOG_FORMAT", "text or json");
+  flags.Add("log-level", &o.log_level, "ANIMA_LOG_LEVEL", "trace, debug, info, warn, error");
+  flags.Add("ready-file", &o.ready_file, "", "write the bound ports here once listening");
+  if (auto s = flags.Parse(argc, argv); !s.ok()) {
+    std::cerr << "anima-router: " << s.message() << "\n";
+    return 2;
+  }
+  if (flags.help_requested()) {
+    std::cout << flags.Usage();
+    return 0;
+  }
+  if (o.poll_interval_ms < 100 || o.state_interval_ms < 100 || o.chat_deadline_ms < 1 ||
+      o.memory_turns < 0 || o.memory_conversations < 0 || o.memory_max_age_s < 1) {
+    std::cerr << "anima-router: --poll-interval-ms and --state-interval-ms must be >= 100, the "
+                 "deadline and memory limits positive\n";
+    return 2;
+  }
+  if (auto s = anima::common::InitLogging("router", o.log_format, o.log_level); !s.ok()) {
+    std::cerr << "anima-router: " << s.message() << "\n";
+    return 2;
+  }
+
+  auto metrics = anima::common::MetricsServer::Start(o.bind + ":" + std::to_string(o.metrics_port));
+  if (!metrics.ok()) {
+    spdlog::error("{}", std::string(metrics.status().message()));
+    return 1;
+  }
+  auto broker_channel = anima::common::MakeChannel(o.broker, &(*metrics)->registry());
+  anima::router::DispatchCounters counters;
+  anima::router::StatePoller poller(
+      {anima::router::Backend{"llm-broker", o.broker, broker_channel}},
+      std::chrono::milliseconds(o.poll_interval_ms), &counters);
+
+  anima::router::RouterOptions options;
+  options.chat_deadline = std::chrono::milliseconds(o.chat_deadline_ms);
+  options.watch_interval = std::chrono::milliseconds(o.state_interval_ms);
+  options.memory.max_turns = static_cast<size_t>(o.memory_turns);
+  options.memory.max_conversations = static_cast<size_t>(o.memory_conversations);
+  options.memory.max_age = std::chrono::seconds(o.memory_max_age_s);
+  anima::router::RouterService service(broker_channel, &poller, &counters, (*metrics)->registry(),
+                                       options);
+
+  auto server = anima::common::GrpcServer::Start(o.bind + ":" + std::to_string(o.port), {&service},
+                                                 (*metrics)->registry());
+  if (!server.ok()) {
+    spdlog::error("{}", std::string(server.status().message()));
+    return 1;
+  }
+  poller.Start();
+  spdlog::info("listening on {}:{} (gRPC), metrics on :{}, llm-broker at {}", o.bind,
+               (*server)->port(), (*metrics)->port(), o.broker);
+  if (auto s = anima::common::WriteReadyFile(
+          o.ready_file, {{"grpc", (*server)->port()}, {"metrics", (*metrics)->port()}});
+      !s.ok()) {
+    spdlog::error("{}", std::string(s.message()));
+    return 1;
+  }
+
+  int sig = anima::common::WaitForShutdownSignal();
+  spdlog::info("signal {}: draining", sig);
+  (*server)->Shutdown(std::chrono::seconds(10));
+  poller.Stop();
+  spdlog::info("stopped");
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    return Run(argc, argv);
+  } catch (const std::exception& e) {
+    std::cerr << "anima-router: fatal: " << e.what() << "\n";
+    return 1;
+  }
+}

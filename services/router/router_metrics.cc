@@ -1,0 +1,50 @@
+#include "services/router/router_metrics.h"
+
+#include <array>
+
+#include "services/common/metrics.h"
+
+namespace anima::router {
+
+std::string TypeLabel(const std::string& type) {
+  static const std::array<const char*, 6> kKnown = {"chat",
+                                                    "consciousness_query",
+                                                    "self_coding_request",
+                                                    "self_coding_watch",
+                                                    "self_coding_cancel",
+                                                    "module"};
+  for (const char* k : kKnown) {
+    if (type == k) return type;
+  }
+  return "other";
+}
+
+RouterMetrics::RouterMetrics(prometheus::Registry& registry)
+    : requests_(prometheus::BuildCounter()
+                    .Name("anima_router_requests_total")
+                    .Help("Envelopes dispatched, by message type and outcome (ok or error code).")
+                    .Register(registry)),
+      seconds_(prometheus::BuildHistogram()
+                   .Name("anima_router_request_seconds")
+                   .Help("Time from an envelope's arrival to its terminal event, in seconds.")
+                   .Register(registry)),
+      in_flight_(prometheus::BuildGauge()
+                     .Name("anima_router_in_flight")
+                     .Help("Envelopes being dispatched now.")
+                     .Register(registry)
+                     .Add({})),
+      conversations_(prometheus::BuildGauge()
+                         .Name("anima_router_conversations")
+                         .Help("Conversations held in memory.")
+                         .Register(registry)
+                         .Add({})) {}
+
+void RouterMetrics::Started(const std::string& type) { in_flight_.Increment(); }
+
+void RouterMetrics::Finished(const std::string& type, const std::string& outcome, double seconds) {
+  in_flight_.Decrement();
+  requests_.Add({{"type", TypeLabel(type)}, {"outcome", outcome}}).Increment();
+  seconds_.Add({{"type", TypeLabel(type)}}, common::LatencyBuckets()).Observe(seconds);
+}
+
+}  // namespace anima::router

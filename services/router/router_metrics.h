@@ -1,0 +1,32 @@
+#pragma once
+
+#include <string>
+
+#include "prometheus/counter.h"
+#include "prometheus/gauge.h"
+#include "prometheus/histogram.h"
+#include "prometheus/registry.h"
+
+namespace anima::router {
+
+// The router's own metrics. `type` is a known message type or "other", so labels stay bounded.
+class RouterMetrics {
+ public:
+  explicit RouterMetrics(prometheus::Registry& registry);
+
+  void Started(const std::string& type);
+  // outcome: "ok" or the protocol error code.
+  void Finished(const std::string& type, const std::string& outcome, double seconds);
+  void ConversationsStored(double n) { conversations_.Set(n); }
+
+ private:
+  prometheus::Family<prometheus::Counter>& requests_;
+  prometheus::Family<prometheus::Histogram>& seconds_;
+  prometheus::Gauge& in_flight_;
+  prometheus::Gauge& conversations_;
+};
+
+// Known message types keep their name as a label; anything else is "other".
+std::string TypeLabel(const std::string& type);
+
+}  // namespace anima::router
