@@ -17,6 +17,7 @@ struct Options {
   int port = 50051;
   int metrics_port = 9101;
   std::string broker = "127.0.0.1:50052";
+  std::string self_coding;
   int64_t poll_interval_ms = 1000;
   int64_t state_interval_ms = 5000;
   int64_t chat_deadline_ms = 120000;
@@ -36,6 +37,8 @@ int Run(int argc, char** argv) {
   flags.Add("port", &o.port, "ANIMA_ROUTER_PORT", "gRPC port (0 picks a free one)");
   flags.Add("metrics-port", &o.metrics_port, "ANIMA_ROUTER_METRICS_PORT", "Prometheus port");
   flags.Add("broker", &o.broker, "ANIMA_ROUTER_BROKER", "llm-broker gRPC address");
+  flags.Add("self-coding", &o.self_coding, "ANIMA_ROUTER_SELF_CODING",
+            "self-coding gRPC address (empty: not deployed, its requests get unavailable)");
   flags.Add("poll-interval-ms", &o.poll_interval_ms, "ANIMA_ROUTER_POLL_INTERVAL_MS",
             "how often every back end is asked for its state");
   flags.Add("state-interval-ms", &o.state_interval_ms, "ANIMA_ROUTER_STATE_INTERVAL_MS",
@@ -76,10 +79,15 @@ int Run(int argc, char** argv) {
     return 1;
   }
   auto broker_channel = anima::common::MakeChannel(o.broker, &(*metrics)->registry());
+  std::vector<anima::router::Backend> backends = {{"llm-broker", o.broker, broker_channel}};
+  std::shared_ptr<grpc::Channel> self_coding_channel;
+  if (!o.self_coding.empty()) {
+    self_coding_channel = anima::common::MakeChannel(o.self_coding, &(*metrics)->registry());
+    backends.push_back({"self-coding", o.self_coding, self_coding_channel});
+  }
   anima::router::DispatchCounters counters;
-  anima::router::StatePoller poller(
-      {anima::router::Backend{"llm-broker", o.broker, broker_channel}},
-      std::chrono::milliseconds(o.poll_interval_ms), &counters);
+  anima::router::StatePoller poller(backends, std::chrono::milliseconds(o.poll_interval_ms),
+                                    &counters);
 
   anima::router::RouterOptions options;
   options.chat_deadline = std::chrono::milliseconds(o.chat_deadline_ms);
@@ -87,8 +95,8 @@ int Run(int argc, char** argv) {
   options.memory.max_turns = static_cast<size_t>(o.memory_turns);
   options.memory.max_conversations = static_cast<size_t>(o.memory_conversations);
   options.memory.max_age = std::chrono::seconds(o.memory_max_age_s);
-  anima::router::RouterService service(broker_channel, &poller, &counters, (*metrics)->registry(),
-                                       options);
+  anima::router::RouterService service(broker_channel, self_coding_channel, &poller, &counters,
+                                       (*metrics)->registry(), options);
 
   auto server = anima::common::GrpcServer::Start(o.bind + ":" + std::to_string(o.port), {&service},
                                                  (*metrics)->registry());
@@ -97,8 +105,9 @@ int Run(int argc, char** argv) {
     return 1;
   }
   poller.Start();
-  spdlog::info("listening on {}:{} (gRPC), metrics on :{}, llm-broker at {}", o.bind,
-               (*server)->port(), (*metrics)->port(), o.broker);
+  spdlog::info("listening on {}:{} (gRPC), metrics on :{}, llm-broker at {}, self-coding {}",
+               o.bind, (*server)->port(), (*metrics)->port(), o.broker,
+               o.self_coding.empty() ? "not deployed" : "at " + o.self_coding);
   if (auto s = anima::common::WriteReadyFile(
           o.ready_file, {{"grpc", (*server)->port()}, {"metrics", (*metrics)->port()}});
       !s.ok()) {

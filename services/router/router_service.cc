@@ -1,6 +1,7 @@
 #include "services/router/router_service.h"
 
 #include <deque>
+#include <functional>
 #include <mutex>
 #include <random>
 
@@ -25,6 +26,7 @@ std::string NewConversationId() {
 
 struct DispatchDeps {
   anima::v1::LlmBroker::Stub* broker;
+  anima::v1::SelfCoding::Stub* self_coding;  // null when not deployed
   StatePoller* state;
   DispatchCounters* counters;
   RouterMetrics* metrics;
@@ -62,8 +64,7 @@ class DispatchReactor final : public grpc::ServerWriteReactor<Event> {
       case anima::v1::Envelope::kSelfCoding:
       case anima::v1::Envelope::kSelfCodingWatch:
       case anima::v1::Envelope::kSelfCodingCancel:
-        EmitError(MakeError("unavailable",
-                            "the self-coding service is not available in this deployment"));
+        StartSelfCoding();
         return;
       default:
         EmitError(MakeError("unknown_type",
@@ -73,71 +74,119 @@ class DispatchReactor final : public grpc::ServerWriteReactor<Event> {
   }
 
  private:
-  // Reads the broker's stream and hands every chunk to the reactor.
-  class BrokerStream final : public grpc::ClientReadReactor<anima::v1::CompletionChunk> {
+  // Reads one downstream server stream and hands every message to the reactor; OnDone gives the
+  // final status. Deletes itself when the call is over.
+  template <typename T>
+  class DownstreamStream final : public grpc::ClientReadReactor<T> {
    public:
-    explicit BrokerStream(DispatchReactor* parent) : parent_(parent) {}
-    void Begin(anima::v1::LlmBroker::Stub* stub, grpc::ClientContext* ctx,
-               const anima::v1::CompletionRequest* req) {
-      stub->async()->StreamComplete(ctx, req, this);
-      StartRead(&chunk_);
-      StartCall();
+    using MessageFn = std::function<void(T&)>;
+    using DoneFn = std::function<void(const grpc::Status&)>;
+    DownstreamStream(MessageFn on_message, DoneFn on_done)
+        : on_message_(std::move(on_message)), on_done_(std::move(on_done)) {}
+    // Call after the stub's async() method has bound this reactor to the call.
+    void Go() {
+      this->StartRead(&message_);
+      this->StartCall();
     }
     void OnReadDone(bool ok) override {
       if (!ok) return;  // OnDone follows with the status
-      if (chunk_.has_done()) {
-        done_ = std::move(*chunk_.mutable_done());
-        have_done_ = true;
-      } else {
-        Event event;
-        event.mutable_chat_delta()->set_delta(chunk_.delta());
-        event.mutable_chat_delta()->set_index(0);
-        parent_->Emit(std::move(event), false);
-      }
-      StartRead(&chunk_);
+      on_message_(message_);
+      this->StartRead(&message_);
     }
     void OnDone(const grpc::Status& status) override {
-      if (status.ok() && have_done_) {
-        parent_->ChatDone(done_);
-      } else if (status.ok()) {
-        parent_->EmitError(MakeError("internal", "llm-broker ended the stream without a result"));
-      } else {
-        parent_->EmitError(ErrorFromStatus(status, "llm-broker"));
-      }
-      parent_->Release();
+      on_done_(status);
       delete this;
     }
 
    private:
-    DispatchReactor* parent_;
-    anima::v1::CompletionChunk chunk_;
-    anima::v1::CompletionResponse done_;
-    bool have_done_ = false;
+    MessageFn on_message_;
+    DoneFn on_done_;
+    T message_;
   };
+
+  // Sets the downstream deadline (the type's default, lowered by timeout_ms and by the caller's
+  // own deadline) and the request id, and takes the reference the downstream call holds.
+  void PrepareDownstream(std::chrono::milliseconds type_deadline) {
+    auto deadline = std::chrono::system_clock::now() + type_deadline;
+    if (envelope_.timeout_ms() > 0) {
+      deadline = std::min(deadline, std::chrono::system_clock::now() +
+                                        std::chrono::milliseconds(envelope_.timeout_ms()));
+    }
+    downstream_.set_deadline(std::min(deadline, context_->deadline()));
+    downstream_.AddMetadata(common::kRequestIdKey, request_id_);
+    // A cancellation that arrived already (OnCancel) is applied by gRPC when the call starts.
+    refs_++;
+  }
+
+  void StartSelfCoding() {
+    if (deps_.self_coding == nullptr) {
+      EmitError(MakeError("unavailable", "the self-coding service is not deployed"));
+      return;
+    }
+    PrepareDownstream(deps_.options->self_coding_deadline);
+    if (envelope_.has_self_coding_cancel()) {
+      cancel_request_.set_job_id(envelope_.self_coding_cancel().job_id());
+      deps_.self_coding->async()->Cancel(
+          &downstream_, &cancel_request_, &cancel_response_, [this](grpc::Status status) {
+            if (status.ok()) {
+              Event event;
+              *event.mutable_self_coding_result() = cancel_response_.result();
+              Emit(std::move(event), true);
+            } else {
+              EmitError(ErrorFromStatus(status, "self-coding"));
+            }
+            Release();
+          });
+      return;
+    }
+    auto* stream = new DownstreamStream<anima::v1::JobEvent>(
+        [this](anima::v1::JobEvent& e) {
+          Event event;
+          bool terminal = false;
+          if (e.has_accepted()) {
+            *event.mutable_self_coding_accepted() = e.accepted();
+          } else if (e.has_progress()) {
+            *event.mutable_self_coding_progress() = e.progress();
+          } else if (e.has_result()) {
+            *event.mutable_self_coding_result() = e.result();
+            terminal = true;
+          } else {
+            return;
+          }
+          Emit(std::move(event), terminal);
+        },
+        [this](const grpc::Status& status) {
+          if (!status.ok()) {
+            EmitError(ErrorFromStatus(status, "self-coding"));
+          } else {
+            EmitError(MakeError("internal", "self-coding ended the stream without a result"));
+          }
+          Release();
+        });
+    if (envelope_.has_self_coding()) {
+      const auto& body = envelope_.self_coding();
+      submit_.set_request_id(request_id_);
+      submit_.set_task(body.task());
+      submit_.set_language(body.language());
+      submit_.set_tests(body.tests());
+      *submit_.mutable_files() = body.files();
+      submit_.set_max_attempts(body.max_attempts());
+      deps_.self_coding->async()->Run(&downstream_, &submit_, stream);
+    } else {
+      watch_.set_job_id(envelope_.self_coding_watch().job_id());
+      watch_.set_after_seq(envelope_.self_coding_watch().after_seq());
+      deps_.self_coding->async()->Watch(&downstream_, &watch_, stream);
+    }
+    stream->Go();
+  }
 
   void StartChat() {
     conversation_id_ = envelope_.chat().conversation_id();
     if (conversation_id_.empty()) conversation_id_ = NewConversationId();
     request_ = ToCompletionRequest(envelope_, deps_.memory->History(conversation_id_));
     request_.set_request_id(request_id_);
-    auto deadline = Clock::now() + deps_.options->chat_deadline;
-    if (envelope_.timeout_ms() > 0) {
-      deadline =
-          std::min(deadline, Clock::now() + std::chrono::milliseconds(envelope_.timeout_ms()));
-    }
-    // The gateway's own deadline (if any) is already on context_; gRPC keeps the earlier one.
-    auto system_deadline =
-        std::chrono::system_clock::now() +
-        std::chrono::duration_cast<std::chrono::system_clock::duration>(deadline - Clock::now());
-    if (context_->deadline() < system_deadline) system_deadline = context_->deadline();
-    downstream_.set_deadline(system_deadline);
-    downstream_.AddMetadata(common::kRequestIdKey, request_id_);
-    // A cancellation that arrived already (OnCancel) is applied by gRPC when the call starts.
-    refs_++;
-    if (envelope_.chat().stream()) {
-      auto* stream = new BrokerStream(this);
-      stream->Begin(deps_.broker, &downstream_, &request_);
-    } else {
+    PrepareDownstream(deps_.options->chat_deadline);
+    if (!envelope_.chat().stream()) {
       deps_.broker->async()->Complete(&downstream_, &request_, &response_,
                                       [this](grpc::Status status) {
                                         if (status.ok()) {
@@ -147,7 +196,31 @@ class DispatchReactor final : public grpc::ServerWriteReactor<Event> {
                                         }
                                         Release();
                                       });
+      return;
     }
+    auto* stream = new DownstreamStream<anima::v1::CompletionChunk>(
+        [this](anima::v1::CompletionChunk& chunk) {
+          if (chunk.has_done()) {
+            response_ = std::move(*chunk.mutable_done());
+            have_response_ = true;
+            return;
+          }
+          Event event;
+          event.mutable_chat_delta()->set_delta(chunk.delta());
+          Emit(std::move(event), false);
+        },
+        [this](const grpc::Status& status) {
+          if (status.ok() && have_response_) {
+            ChatDone(response_);
+          } else if (status.ok()) {
+            EmitError(MakeError("internal", "llm-broker ended the stream without a result"));
+          } else {
+            EmitError(ErrorFromStatus(status, "llm-broker"));
+          }
+          Release();
+        });
+    deps_.broker->async()->StreamComplete(&downstream_, &request_, stream);
+    stream->Go();
   }
 
   void ChatDone(const anima::v1::CompletionResponse& completion) {
@@ -246,6 +319,11 @@ class DispatchReactor final : public grpc::ServerWriteReactor<Event> {
   grpc::ClientContext downstream_;
   anima::v1::CompletionRequest request_;
   anima::v1::CompletionResponse response_;
+  bool have_response_ = false;
+  anima::v1::SubmitRequest submit_;
+  anima::v1::WatchRequest watch_;
+  anima::v1::CancelRequest cancel_request_;
+  anima::v1::CancelResponse cancel_response_;
 
   std::atomic<int> refs_{1};
   std::mutex mu_;
@@ -348,10 +426,12 @@ class WatchReactor final : public grpc::ServerWriteReactor<anima::v1::Consciousn
 
 }  // namespace
 
-RouterService::RouterService(std::shared_ptr<grpc::Channel> broker, StatePoller* state,
+RouterService::RouterService(std::shared_ptr<grpc::Channel> broker,
+                             std::shared_ptr<grpc::Channel> self_coding, StatePoller* state,
                              DispatchCounters* counters, prometheus::Registry& registry,
                              RouterOptions options)
     : broker_(anima::v1::LlmBroker::NewStub(std::move(broker))),
+      self_coding_(self_coding ? anima::v1::SelfCoding::NewStub(std::move(self_coding)) : nullptr),
       state_(state),
       counters_(counters),
       metrics_(std::make_unique<RouterMetrics>(registry)),
@@ -362,9 +442,9 @@ RouterService::~RouterService() = default;
 
 grpc::ServerWriteReactor<Event>* RouterService::Dispatch(grpc::CallbackServerContext* context,
                                                          const anima::v1::Envelope* envelope) {
-  auto* reactor = new DispatchReactor(
-      DispatchDeps{broker_.get(), state_, counters_, metrics_.get(), &options_, &memory_}, context,
-      envelope);
+  auto* reactor = new DispatchReactor(DispatchDeps{broker_.get(), self_coding_.get(), state_,
+                                                   counters_, metrics_.get(), &options_, &memory_},
+                                      context, envelope);
   reactor->Route();
   return reactor;
 }

@@ -79,8 +79,8 @@ class RouterServiceTest : public ::testing::Test {
         std::make_unique<StatePoller>(std::vector<Backend>{{"llm-broker", broker_address, channel}},
                                       std::chrono::milliseconds(100000), &counters_);
     poller_->PollOnce();
-    service_ = std::make_unique<RouterService>(channel, poller_.get(), &counters_, registry_,
-                                               RouterOptions{});
+    service_ = std::make_unique<RouterService>(channel, nullptr, poller_.get(), &counters_,
+                                               registry_, RouterOptions{});
     router_server_ = *common::GrpcServer::Start("127.0.0.1:0", {service_.get()}, registry_);
     stub_ = anima::v1::Router::NewStub(
         common::MakeChannel("127.0.0.1:" + std::to_string(router_server_->port()), nullptr));

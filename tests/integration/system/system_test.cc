@@ -1,0 +1,278 @@
+// The whole system as a client sees it: the real simulator, broker, router and gateway binaries
+// on free ports, a WebSocket client, and the metrics endpoints.
+#include <csignal>
+
+#include "gtest/gtest.h"
+#include "tests/integration/harness/harness.h"
+
+namespace anima::testing {
+namespace {
+
+class SystemTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    std::string rules = SourceDir() + "/tests/testdata/sim_rules.json";
+    sim_ = Process::Start("anima-llm-sim", {"--port=0", "--metrics-port=0", "--rules=" + rules});
+    ASSERT_NE(sim_, nullptr);
+    broker_ = Process::Start(
+        "anima-llm-broker",
+        {"--port=0", "--metrics-port=0",
+         "--config=" + SourceDir() + "/services/llm_broker/config.sim.json",
+         "--openai-base-url=http://127.0.0.1:" + std::to_string(sim_->port("http")) + "/v1"});
+    ASSERT_NE(broker_, nullptr);
+    StartRouter(0);
+    ASSERT_NE(router_, nullptr);
+    gateway_ = Process::Start("anima-gateway", {"--port=0", "--metrics-port=0",
+                                                "--router=" + router_->address("grpc")});
+    ASSERT_NE(gateway_, nullptr);
+  }
+
+  static void StartRouter(int port) {
+    router_ = Process::Start("anima-router", {"--port=" + std::to_string(port), "--metrics-port=0",
+                                              "--poll-interval-ms=200",
+                                              "--broker=" + broker_->address("grpc")});
+  }
+
+  static void TearDownTestSuite() {
+    gateway_.reset();
+    router_.reset();
+    broker_.reset();
+    sim_.reset();
+  }
+
+  // A connected client that has read its welcome frame; state broadcasts are ignored.
+  std::unique_ptr<WsClient> Connect(const std::string& path = "/") {
+    auto ws = std::make_unique<WsClient>();
+    EXPECT_TRUE(ws->Connect(gateway_->port("http"), path)) << ws->error();
+    ws->Ignore("consciousness_state");
+    auto welcome = ws->Read();
+    EXPECT_TRUE(welcome.has_value());
+    if (welcome) EXPECT_EQ((*welcome)["type"], "welcome");
+    return ws;
+  }
+
+  static inline std::unique_ptr<Process> sim_, broker_, router_, gateway_;
+};
+
+TEST_F(SystemTest, WelcomeDescribesTheSessionAndLimits) {
+  WsClient ws;
+  ASSERT_TRUE(ws.Connect(gateway_->port("http")));
+  auto welcome = ws.Read();
+  ASSERT_TRUE(welcome);
+  EXPECT_EQ((*welcome)["type"], "welcome");
+  EXPECT_EQ((*welcome)["protocol"], 1);
+  EXPECT_EQ((*welcome)["session_id"].get<std::string>().rfind("s-", 0), 0u);
+  EXPECT_EQ((*welcome)["server"], "anima-gateway/0.1.0");
+  EXPECT_EQ((*welcome)["limits"]["max_message_bytes"], 65536);
+}
+
+TEST_F(SystemTest, TheOriginalChatFrameGetsAnAnswerFromTheProvider) {
+  auto ws = Connect();
+  ASSERT_TRUE(ws->SendText(R"({"type":"chat","message":"Hello, consciousness system!"})"));
+  auto res = ws->ReadUntil("chat_response");
+  ASSERT_TRUE(res) << ws->error();
+  // The reply the simulator's rules script for this prompt, through the OpenAI wire format.
+  EXPECT_EQ((*res)["message"], "Hello! I am here and aware. How can I help you today?");
+  EXPECT_EQ((*res)["provider"], "openai");
+  EXPECT_EQ((*res)["finish_reason"], "stop");
+  EXPECT_FALSE((*res)["id"].get<std::string>().empty());  // assigned by the gateway
+  EXPECT_GT((*res)["usage"]["completion_tokens"].get<int>(), 0);
+  EXPECT_EQ((*res)["usage"]["total_tokens"].get<int>(),
+            (*res)["usage"]["prompt_tokens"].get<int>() +
+                (*res)["usage"]["completion_tokens"].get<int>());
+  EXPECT_TRUE((*res).contains("latency_ms"));
+}
+
+TEST_F(SystemTest, StreamingChatSendsDeltasThatAddUpToTheResponse) {
+  auto ws = Connect("/ws");
+  ASSERT_TRUE(ws->SendText(
+      R"({"type":"chat","id":"c1","message":"Hello, consciousness system!","stream":true})"));
+  std::string joined;
+  int deltas = 0;
+  while (true) {
+    auto frame = ws->Read();
+    ASSERT_TRUE(frame) << ws->error();
+    EXPECT_EQ((*frame)["id"], "c1");
+    if ((*frame)["type"] == "chat_delta") {
+      joined += (*frame)["delta"].get<std::string>();
+      ++deltas;
+      continue;
+    }
+    ASSERT_EQ((*frame)["type"], "chat_response") << frame->dump();
+    EXPECT_EQ((*frame)["message"], joined);
+    break;
+  }
+  EXPECT_GT(deltas, 1);
+}
+
+TEST_F(SystemTest, ConversationContinuesWithItsId) {
+  auto ws = Connect();
+  ASSERT_TRUE(ws->SendText(R"({"type":"chat","id":"a","message":"remember the word plum"})"));
+  auto first = ws->ReadUntil("chat_response", "a");
+  ASSERT_TRUE(first);
+  std::string conv = (*first)["conversation_id"];
+  ASSERT_FALSE(conv.empty());
+  ASSERT_TRUE(ws->SendText(nlohmann::json{{"type", "chat"}, {"id", "b"}, {"message", "and now?"},
+                                          {"conversation_id", conv}}
+                               .dump()));
+  auto second = ws->ReadUntil("chat_response", "b");
+  ASSERT_TRUE(second);
+  EXPECT_EQ((*second)["conversation_id"], conv);
+  // The simulator reports the prompt size: the second request carried the first turn too.
+  EXPECT_GT((*second)["usage"]["prompt_tokens"].get<int>(),
+            (*first)["usage"]["prompt_tokens"].get<int>());
+}
+
+TEST_F(SystemTest, EveryProviderFailingIsAProviderErrorWithCauses) {
+  auto ws = Connect();
+  ASSERT_TRUE(ws->SendText(R"({"type":"chat","id":"f","message":"please fail with a 401"})"));
+  auto err = ws->ReadUntil("error", "f");
+  ASSERT_TRUE(err);
+  EXPECT_EQ((*err)["code"], "provider_error");
+  ASSERT_TRUE((*err)["causes"].is_array());
+  ASSERT_FALSE((*err)["causes"].empty());
+  EXPECT_EQ((*err)["causes"][0]["provider"], "openai");
+}
+
+TEST_F(SystemTest, BadInputGetsClearErrorsAndTheConnectionStaysOpen) {
+  auto ws = Connect();
+  struct Case {
+    std::string frame, code, mention;
+  };
+  std::vector<Case> cases = {
+      {"not json", "invalid_json", ""},
+      {"[1,2]", "invalid_json", ""},
+      {R"({"message":"no type"})", "invalid_message", "type"},
+      {R"({"type":"teleport","id":"t"})", "unknown_type", ""},
+      {R"({"type":"chat","id":"x"})", "invalid_message", "message"},
+      {R"({"type":"chat","id":"x","message":5})", "invalid_message", "message"},
+      {R"({"type":"chat","id":"x","message":""})", "invalid_message", "message"},
+      {R"({"type":"self_coding_request","id":"s"})", "invalid_message", "task"},
+      {R"({"type":"ping","id":""})", "invalid_message", "id"},
+  };
+  for (const auto& c : cases) {
+    ASSERT_TRUE(ws->SendText(c.frame));
+    auto err = ws->ReadUntil("error");
+    ASSERT_TRUE(err) << c.frame;
+    EXPECT_EQ((*err)["code"], c.code) << c.frame;
+    if (!c.mention.empty()) {
+      EXPECT_NE((*err)["message"].get<std::string>().find(c.mention), std::string::npos)
+          << c.frame << " -> " << err->dump();
+    }
+  }
+  ASSERT_TRUE(ws->SendBinary("\x01\x02"));
+  auto bin = ws->ReadUntil("error");
+  ASSERT_TRUE(bin);
+  EXPECT_EQ((*bin)["code"], "invalid_message");
+  // Still open and answering.
+  ASSERT_TRUE(ws->SendText(R"({"type":"ping","id":"p"})"));
+  auto pong = ws->ReadUntil("pong", "p");
+  ASSERT_TRUE(pong);
+}
+
+TEST_F(SystemTest, OversizedFrameIsTooLargeThenClose1009) {
+  auto ws = Connect();
+  std::string big = R"({"type":"chat","message":")" + std::string(70000, 'a') + "\"}";
+  ASSERT_TRUE(ws->SendText(big));
+  auto err = ws->ReadUntil("error");
+  ASSERT_TRUE(err);
+  EXPECT_EQ((*err)["code"], "too_large");
+  EXPECT_FALSE(ws->Read(5s).has_value());
+  EXPECT_TRUE(ws->closed());
+  EXPECT_EQ(ws->close_code(), 1009);
+}
+
+TEST_F(SystemTest, StateListsEveryServiceWithHarmony) {
+  auto ws = std::make_unique<WsClient>();
+  ASSERT_TRUE(ws->Connect(gateway_->port("http")));
+  ASSERT_TRUE(ws->SendText(R"({"type":"consciousness_query","id":"q"})"));
+  auto state = ws->ReadUntil("consciousness_state", "q");
+  ASSERT_TRUE(state);
+  EXPECT_GE((*state)["harmony"].get<double>(), 0.9);
+  EXPECT_EQ((*state)["status"], "healthy");
+  std::vector<std::string> names;
+  for (const auto& m : (*state)["modules"]) names.push_back(m["name"]);
+  EXPECT_NE(std::find(names.begin(), names.end(), "router"), names.end());
+  bool has_broker = false;
+  for (const auto& n : names) has_broker |= n.rfind("llm-broker", 0) == 0;
+  EXPECT_TRUE(has_broker);
+  EXPECT_TRUE((*state)["load"].contains("queue_depth"));
+}
+
+TEST_F(SystemTest, EveryServiceServesItsMetrics) {
+  // Make sure there was traffic on every hop first.
+  auto ws = Connect();
+  ASSERT_TRUE(ws->SendText(R"({"type":"chat","id":"m","message":"Hello, consciousness system!"})"));
+  ASSERT_TRUE(ws->ReadUntil("chat_response", "m"));
+
+  struct Expect {
+    Process* process;
+    std::vector<std::string> prefixes;
+  };
+  std::vector<Expect> all = {
+      {gateway_.get(), {"anima_gateway_connections", "anima_gateway_frames_received_total"}},
+      {router_.get(), {"anima_router_requests_total", "anima_grpc_server_handled_total"}},
+      {broker_.get(), {"anima_broker_provider_requests_total", "anima_grpc_server_handled_total"}},
+      {sim_.get(), {"anima_sim_requests_total"}},
+  };
+  for (const auto& e : all) {
+    auto metrics = ScrapeMetrics(e.process->port("metrics"));
+    ASSERT_FALSE(metrics.empty()) << e.process->log_path();
+    for (std::string want : {"process_cpu_seconds_total", "process_resident_memory_bytes",
+                             "process_open_fds", "process_start_time_seconds"}) {
+      EXPECT_TRUE(metrics.count(want)) << want << " missing on " << e.process->log_path();
+    }
+    for (const auto& prefix : e.prefixes) {
+      bool found = false;
+      for (const auto& [k, v] : metrics) found |= k.rfind(prefix, 0) == 0;
+      EXPECT_TRUE(found) << prefix << " missing on " << e.process->log_path();
+    }
+  }
+  auto router_metrics = ScrapeMetrics(router_->port("metrics"));
+  EXPECT_GE(router_metrics["anima_router_requests_total{outcome=\"ok\",type=\"chat\"}"], 1);
+}
+
+TEST_F(SystemTest, HealthAndReadiness) {
+  EXPECT_EQ(HttpRequest(gateway_->port("http"), "GET", "/healthz").status, 200);
+  EXPECT_EQ(HttpRequest(gateway_->port("http"), "GET", "/readyz").status, 200);
+  EXPECT_EQ(HttpRequest(gateway_->port("http"), "GET", "/nope").status, 404);
+}
+
+// Runs last among the chat tests (gtest runs tests in declaration order).
+TEST_F(SystemTest, KilledRouterGivesUnavailableAndRecoveryOnceBack) {
+  int port = router_->port("grpc");
+  router_->Signal(SIGKILL);
+  router_->Wait();
+  auto ws = Connect();
+  ASSERT_TRUE(ws->SendText(R"({"type":"chat","id":"u","message":"anyone there?"})"));
+  auto err = ws->ReadUntil("error", "u");
+  ASSERT_TRUE(err);
+  EXPECT_EQ((*err)["code"], "unavailable");
+  EXPECT_EQ(HttpRequest(gateway_->port("http"), "GET", "/readyz").status, 503);
+
+  StartRouter(port);
+  ASSERT_NE(router_, nullptr);
+  // The gateway reconnects by itself; the same connection works again within a few tries.
+  bool recovered = false;
+  for (int i = 0; i < 50 && !recovered; ++i) {
+    std::string id = "r" + std::to_string(i);
+    ASSERT_TRUE(ws->SendText(
+        nlohmann::json{{"type", "chat"}, {"id", id}, {"message", "Hello, consciousness system!"}}
+            .dump()));
+    auto frame = ws->Read();
+    ASSERT_TRUE(frame);
+    recovered = (*frame)["type"] == "chat_response";
+    if (!recovered) std::this_thread::sleep_for(100ms);
+  }
+  EXPECT_TRUE(recovered);
+}
+
+TEST_F(SystemTest, SigtermStopsEveryServiceCleanly) {
+  for (auto* p : {gateway_.get(), router_.get(), broker_.get(), sim_.get()}) {
+    p->Signal(SIGTERM);
+    EXPECT_EQ(p->Wait(), 0) << p->log_path();
+  }
+}
+
+}  // namespace
+}  // namespace anima::testing
