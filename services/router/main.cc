@@ -1,11 +1,13 @@
 // anima-router: every client request passes through here (Router.Dispatch).
 #include <iostream>
 
+#include "services/common/config.h"
 #include "services/common/flags.h"
 #include "services/common/grpc_server.h"
 #include "services/common/logging.h"
 #include "services/common/metrics.h"
 #include "services/common/process.h"
+#include "services/router/router_config.h"
 #include "services/router/router_service.h"
 #include "services/router/state_poller.h"
 #include "spdlog/spdlog.h"
@@ -18,9 +20,10 @@ struct Options {
   int metrics_port = 9101;
   std::string broker = "127.0.0.1:50052";
   std::string self_coding;
+  std::string config;
   int64_t poll_interval_ms = 1000;
   int64_t state_interval_ms = 5000;
-  int64_t chat_deadline_ms = 120000;
+  int64_t chat_deadline_ms = 0;
   int memory_turns = 10;
   int memory_conversations = 10000;
   int64_t memory_max_age_s = 3600;
@@ -39,12 +42,16 @@ int Run(int argc, char** argv) {
   flags.Add("broker", &o.broker, "ANIMA_ROUTER_BROKER", "llm-broker gRPC address");
   flags.Add("self-coding", &o.self_coding, "ANIMA_ROUTER_SELF_CODING",
             "self-coding gRPC address (empty: not deployed, its requests get unavailable)");
+  flags.Add("config", &o.config, "ANIMA_ROUTER_CONFIG",
+            "routing table, priorities, deadlines and scheduler limits (JSON; see "
+            "docs/configuration.md)");
   flags.Add("poll-interval-ms", &o.poll_interval_ms, "ANIMA_ROUTER_POLL_INTERVAL_MS",
             "how often every back end is asked for its state");
   flags.Add("state-interval-ms", &o.state_interval_ms, "ANIMA_ROUTER_STATE_INTERVAL_MS",
             "default interval of WatchState streams");
   flags.Add("chat-deadline-ms", &o.chat_deadline_ms, "ANIMA_ROUTER_CHAT_DEADLINE_MS",
-            "deadline of a chat request, lowered by the client's timeout_ms");
+            "deadline of a chat request, lowered by the client's timeout_ms (0: the config's, "
+            "120000 by default)");
   flags.Add("memory-turns", &o.memory_turns, "ANIMA_ROUTER_MEMORY_TURNS",
             "turns remembered per conversation (0 disables memory)");
   flags.Add("memory-conversations", &o.memory_conversations, "ANIMA_ROUTER_MEMORY_CONVERSATIONS",
@@ -62,7 +69,7 @@ int Run(int argc, char** argv) {
     std::cout << flags.Usage();
     return 0;
   }
-  if (o.poll_interval_ms < 100 || o.state_interval_ms < 100 || o.chat_deadline_ms < 1 ||
+  if (o.poll_interval_ms < 100 || o.state_interval_ms < 100 || o.chat_deadline_ms < 0 ||
       o.memory_turns < 0 || o.memory_conversations < 0 || o.memory_max_age_s < 1) {
     std::cerr << "anima-router: --poll-interval-ms and --state-interval-ms must be >= 100, the "
                  "deadline and memory limits positive\n";
@@ -72,6 +79,20 @@ int Run(int argc, char** argv) {
     std::cerr << "anima-router: " << s.message() << "\n";
     return 2;
   }
+  anima::router::RouterConfig config = anima::router::DefaultRouterConfig();
+  if (!o.config.empty()) {
+    auto json = anima::common::LoadJsonFile(o.config);
+    if (!json.ok()) {
+      std::cerr << "anima-router: " << json.status().message() << "\n";
+      return 2;
+    }
+    auto parsed = anima::router::ParseRouterConfig(*json);
+    if (!parsed.ok()) {
+      std::cerr << "anima-router: " << o.config << ": " << parsed.status().message() << "\n";
+      return 2;
+    }
+    config = std::move(*parsed);
+  }
 
   auto metrics = anima::common::MetricsServer::Start(o.bind + ":" + std::to_string(o.metrics_port));
   if (!metrics.ok()) {
@@ -80,23 +101,31 @@ int Run(int argc, char** argv) {
   }
   auto broker_channel = anima::common::MakeChannel(o.broker, &(*metrics)->registry());
   std::vector<anima::router::Backend> backends = {{"llm-broker", o.broker, broker_channel}};
-  std::shared_ptr<grpc::Channel> self_coding_channel;
+  anima::router::Downstreams downstreams;
+  downstreams.broker = broker_channel;
   if (!o.self_coding.empty()) {
-    self_coding_channel = anima::common::MakeChannel(o.self_coding, &(*metrics)->registry());
-    backends.push_back({"self-coding", o.self_coding, self_coding_channel});
+    downstreams.self_coding = anima::common::MakeChannel(o.self_coding, &(*metrics)->registry());
+    backends.push_back({"self-coding", o.self_coding, downstreams.self_coding});
+  }
+  for (const auto& m : config.modules) {
+    auto channel = anima::common::MakeChannel(m.address, &(*metrics)->registry());
+    downstreams.modules[m.name] = channel;
+    backends.push_back({m.name, m.address, channel});
   }
   anima::router::DispatchCounters counters;
   anima::router::StatePoller poller(backends, std::chrono::milliseconds(o.poll_interval_ms),
                                     &counters);
 
   anima::router::RouterOptions options;
-  options.chat_deadline = std::chrono::milliseconds(o.chat_deadline_ms);
+  if (o.chat_deadline_ms > 0)
+    config.deadlines["chat"] = std::chrono::milliseconds(o.chat_deadline_ms);
   options.watch_interval = std::chrono::milliseconds(o.state_interval_ms);
   options.memory.max_turns = static_cast<size_t>(o.memory_turns);
   options.memory.max_conversations = static_cast<size_t>(o.memory_conversations);
   options.memory.max_age = std::chrono::seconds(o.memory_max_age_s);
-  anima::router::RouterService service(broker_channel, self_coding_channel, &poller, &counters,
+  anima::router::RouterService service(downstreams, &config, &poller, &counters,
                                        (*metrics)->registry(), options);
+  poller.SetScheduler(&service.scheduler(), config.scheduler);
 
   auto server = anima::common::GrpcServer::Start(o.bind + ":" + std::to_string(o.port), {&service},
                                                  (*metrics)->registry());

@@ -37,7 +37,39 @@ RouterMetrics::RouterMetrics(prometheus::Registry& registry)
                          .Name("anima_router_conversations")
                          .Help("Conversations held in memory.")
                          .Register(registry)
-                         .Add({})) {}
+                         .Add({})),
+      queue_depth_(prometheus::BuildGauge()
+                       .Name("anima_router_queue_depth")
+                       .Help("Requests waiting in the scheduler's queue, by priority class.")
+                       .Register(registry)),
+      queue_wait_(prometheus::BuildHistogram()
+                      .Name("anima_router_queue_wait_seconds")
+                      .Help("Time from arrival to start, by priority class, in seconds.")
+                      .Register(registry)),
+      rejected_(prometheus::BuildCounter()
+                    .Name("anima_router_rejected_total")
+                    .Help("Requests answered overloaded because their queue was full.")
+                    .Register(registry)) {
+  for (Priority p : {Priority::kHigh, Priority::kNormal, Priority::kLow}) {
+    queue_depth_.Add({{"priority", PriorityName(p)}});
+    rejected_.Add({{"priority", PriorityName(p)}});
+  }
+}
+
+void RouterMetrics::QueueDepths(const PriorityScheduler::Stats& stats) {
+  for (Priority p : {Priority::kHigh, Priority::kNormal, Priority::kLow}) {
+    queue_depth_.Add({{"priority", PriorityName(p)}})
+        .Set(static_cast<double>(stats.queue_depth[static_cast<int>(p)]));
+  }
+}
+
+void RouterMetrics::QueueWait(const char* priority, double seconds) {
+  queue_wait_.Add({{"priority", priority}}, common::LatencyBuckets()).Observe(seconds);
+}
+
+void RouterMetrics::Rejected(const char* priority) {
+  rejected_.Add({{"priority", priority}}).Increment();
+}
 
 void RouterMetrics::Started(const std::string& type) { in_flight_.Increment(); }
 

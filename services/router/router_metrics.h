@@ -2,6 +2,8 @@
 
 #include <string>
 
+#include "services/router/priority_scheduler.h"
+
 #include "prometheus/counter.h"
 #include "prometheus/gauge.h"
 #include "prometheus/histogram.h"
@@ -18,12 +20,18 @@ class RouterMetrics {
   // outcome: "ok" or the protocol error code.
   void Finished(const std::string& type, const std::string& outcome, double seconds);
   void ConversationsStored(double n) { conversations_.Set(n); }
+  void QueueDepths(const PriorityScheduler::Stats& stats);
+  void QueueWait(const char* priority, double seconds);
+  void Rejected(const char* priority);
 
  private:
   prometheus::Family<prometheus::Counter>& requests_;
   prometheus::Family<prometheus::Histogram>& seconds_;
   prometheus::Gauge& in_flight_;
   prometheus::Gauge& conversations_;
+  prometheus::Family<prometheus::Gauge>& queue_depth_;
+  prometheus::Family<prometheus::Histogram>& queue_wait_;
+  prometheus::Family<prometheus::Counter>& rejected_;
 };
 
 // Known message types keep their name as a label; anything else is "other".

@@ -1,40 +1,47 @@
 #pragma once
 
 #include <chrono>
+#include <map>
 #include <memory>
 #include <string>
 
 #include "anima/v1/llm_broker.grpc.pb.h"
+#include "anima/v1/module.grpc.pb.h"
 #include "anima/v1/router.grpc.pb.h"
 #include "anima/v1/self_coding.grpc.pb.h"
 #include "prometheus/registry.h"
 #include "services/router/conversation_memory.h"
+#include "services/router/priority_scheduler.h"
+#include "services/router/router_config.h"
+#include "services/router/router_metrics.h"
 #include "services/router/state_poller.h"
 
 namespace anima::router {
 
+// The channels to everything the router dispatches to.
+struct Downstreams {
+  std::shared_ptr<grpc::Channel> broker;
+  std::shared_ptr<grpc::Channel> self_coding;                     // null: not deployed
+  std::map<std::string, std::shared_ptr<grpc::Channel>> modules;  // by module name
+};
+
 struct RouterOptions {
-  // Default deadline per request type, lowered by the client's timeout_ms.
-  std::chrono::milliseconds chat_deadline{120000};
-  std::chrono::milliseconds self_coding_deadline{std::chrono::minutes(30)};
   std::chrono::milliseconds watch_interval{5000};
   ConversationMemory::Limits memory;
 };
 
-class RouterMetrics;
-
-// anima.v1.Router: routes each envelope to the module that handles its type and streams the
-// module's events back. Built-in routes today: chat -> llm-broker, consciousness_query -> the
-// router's own state, self_coding_* -> self-coding. Every stream ends with exactly one terminal
-// event; failures of the downstream call become error events (see error_mapping.h), never a failed
-// Dispatch status.
+// anima.v1.Router. Every envelope is admitted by the priority scheduler and routed by type:
+// chat -> llm-broker, self_coding_* -> self-coding, consciousness_query -> the router's own
+// state, any type of the routing table -> that external module (anima.v1.Module/Handle), anything
+// else -> unknown_type. Every stream ends with exactly one terminal event; failures downstream
+// become error events (error_mapping.h), never a failed Dispatch status.
 class RouterService final : public anima::v1::Router::CallbackService {
  public:
-  // `self_coding` may be null: the service is not deployed, and its requests get unavailable.
-  RouterService(std::shared_ptr<grpc::Channel> broker, std::shared_ptr<grpc::Channel> self_coding,
-                StatePoller* state, DispatchCounters* counters, prometheus::Registry& registry,
-                RouterOptions options);
+  RouterService(const Downstreams& downstreams, const RouterConfig* config, StatePoller* state,
+                DispatchCounters* counters, prometheus::Registry& registry, RouterOptions options);
   ~RouterService() override;
+
+  PriorityScheduler& scheduler() { return scheduler_; }
 
   grpc::ServerWriteReactor<anima::v1::Event>* Dispatch(
       grpc::CallbackServerContext* context, const anima::v1::Envelope* envelope) override;
@@ -47,9 +54,12 @@ class RouterService final : public anima::v1::Router::CallbackService {
  private:
   std::unique_ptr<anima::v1::LlmBroker::Stub> broker_;
   std::unique_ptr<anima::v1::SelfCoding::Stub> self_coding_;
+  std::map<std::string, std::unique_ptr<anima::v1::Module::Stub>> modules_;
+  const RouterConfig* config_;
+  PriorityScheduler scheduler_;
   StatePoller* state_;
   DispatchCounters* counters_;
-  std::unique_ptr<RouterMetrics> metrics_;
+  RouterMetrics metrics_;
   RouterOptions options_;
   ConversationMemory memory_;
 };

@@ -31,6 +31,41 @@ StatePoller::StatePoller(std::vector<Backend> backends, std::chrono::millisecond
 
 StatePoller::~StatePoller() { Stop(); }
 
+void StatePoller::SetScheduler(PriorityScheduler* scheduler, PriorityScheduler::Options options) {
+  scheduler_ = scheduler;
+  scheduler_options_ = options;
+}
+
+void StatePoller::AddQueueModules(std::vector<anima::v1::ModuleStatus>* modules) {
+  if (scheduler_ == nullptr) return;
+  auto stats = scheduler_->stats();
+  for (Priority p : {Priority::kHigh, Priority::kNormal, Priority::kLow}) {
+    int i = static_cast<int>(p);
+    anima::v1::ModuleStatus m;
+    m.set_name(std::string("router/queue-") + PriorityName(p));
+    m.set_service("router");
+    m.set_kind("queue");
+    size_t capacity = scheduler_options_.queue_capacity[i];
+    bool rejecting = stats.rejected[i] > last_rejected_[i];
+    last_rejected_[i] = stats.rejected[i];
+    if (rejecting) {
+      m.set_health(anima::v1::MODULE_HEALTH_DOWN);
+      m.set_detail("full: rejecting requests with overloaded");
+    } else if (capacity > 0 && stats.queue_depth[i] * 5 >= capacity * 4) {
+      m.set_health(anima::v1::MODULE_HEALTH_DEGRADED);
+      m.set_detail("over 80% full");
+    } else {
+      m.set_health(anima::v1::MODULE_HEALTH_HEALTHY);
+    }
+    m.set_in_flight(stats.in_flight[i]);
+    (*m.mutable_counters())["queue_depth"] = static_cast<double>(stats.queue_depth[i]);
+    (*m.mutable_counters())["capacity"] = static_cast<double>(capacity);
+    (*m.mutable_counters())["started_total"] = static_cast<double>(stats.started[i]);
+    (*m.mutable_counters())["rejected_total"] = static_cast<double>(stats.rejected[i]);
+    modules->push_back(std::move(m));
+  }
+}
+
 void StatePoller::Start() {
   thread_ = std::thread([this] {
     std::unique_lock lock(mu_);
@@ -121,6 +156,9 @@ void StatePoller::PollOnce() {
   {
     std::lock_guard lock(mu_);
     modules.insert(modules.begin(), RouterModule(now));
+    std::vector<anima::v1::ModuleStatus> queues;
+    AddQueueModules(&queues);
+    modules.insert(modules.begin() + 1, queues.begin(), queues.end());
     double seconds = last_poll_ == std::chrono::steady_clock::time_point{}
                          ? 0
                          : std::chrono::duration<double>(now - last_poll_).count();
@@ -147,11 +185,12 @@ anima::v1::ConsciousnessState StatePoller::Snapshot(int64_t connections) {
   for (const auto& m : modules_) *state.add_modules() = m;
   auto* load = state.mutable_load();
   load->set_connections(connections < 0 ? 0 : connections);
-  // The router dispatches every request at once today; the priority queues come with the
-  // scheduler, and until then their depth is truly zero.
-  (*load->mutable_queue_depth())["high"] = 0;
-  (*load->mutable_queue_depth())["normal"] = 0;
-  (*load->mutable_queue_depth())["low"] = 0;
+  PriorityScheduler::Stats stats;
+  if (scheduler_ != nullptr) stats = scheduler_->stats();
+  for (Priority p : {Priority::kHigh, Priority::kNormal, Priority::kLow}) {
+    (*load->mutable_queue_depth())[PriorityName(p)] =
+        static_cast<int64_t>(stats.queue_depth[static_cast<int>(p)]);
+  }
   load->set_cpu_percent(cpu_percent_);
   load->set_rss_bytes(rss_bytes_);
   return state;

@@ -13,6 +13,7 @@
 
 #include "anima/v1/introspection.grpc.pb.h"
 #include "grpcpp/channel.h"
+#include "services/router/priority_scheduler.h"
 
 namespace anima::router {
 
@@ -42,6 +43,10 @@ class StatePoller {
               const DispatchCounters* counters);
   ~StatePoller();
 
+  // The scheduler whose queues are reported (depth in `load`, one module per class). Call
+  // before Start().
+  void SetScheduler(PriorityScheduler* scheduler, PriorityScheduler::Options options);
+
   void Start();
   void Stop();
   // Runs one poll now (also used by tests and at start-up).
@@ -56,10 +61,14 @@ class StatePoller {
  private:
   std::vector<anima::v1::ModuleStatus> Describe(const Backend& backend);
   anima::v1::ModuleStatus RouterModule(std::chrono::steady_clock::time_point now);
+  void AddQueueModules(std::vector<anima::v1::ModuleStatus>* modules);
 
   std::vector<Backend> backends_;
   std::chrono::milliseconds interval_;
   const DispatchCounters* counters_;
+  PriorityScheduler* scheduler_ = nullptr;
+  PriorityScheduler::Options scheduler_options_;
+  uint64_t last_rejected_[kPriorityCount] = {0, 0, 0};
 
   std::mutex mu_;
   std::condition_variable wake_;

@@ -78,9 +78,12 @@ class RouterServiceTest : public ::testing::Test {
     poller_ =
         std::make_unique<StatePoller>(std::vector<Backend>{{"llm-broker", broker_address, channel}},
                                       std::chrono::milliseconds(100000), &counters_);
-    poller_->PollOnce();
-    service_ = std::make_unique<RouterService>(channel, nullptr, poller_.get(), &counters_,
+    Downstreams downstreams;
+    downstreams.broker = channel;
+    service_ = std::make_unique<RouterService>(downstreams, &config_, poller_.get(), &counters_,
                                                registry_, RouterOptions{});
+    poller_->SetScheduler(&service_->scheduler(), config_.scheduler);
+    poller_->PollOnce();
     router_server_ = *common::GrpcServer::Start("127.0.0.1:0", {service_.get()}, registry_);
     stub_ = anima::v1::Router::NewStub(
         common::MakeChannel("127.0.0.1:" + std::to_string(router_server_->port()), nullptr));
@@ -112,6 +115,7 @@ class RouterServiceTest : public ::testing::Test {
   std::unique_ptr<common::GrpcServer> broker_server_;
   std::string broker_address_;
   DispatchCounters counters_;
+  RouterConfig config_ = DefaultRouterConfig();
   std::unique_ptr<StatePoller> poller_;
   std::unique_ptr<RouterService> service_;
   std::unique_ptr<common::GrpcServer> router_server_;
@@ -188,11 +192,15 @@ TEST_F(RouterServiceTest, StateReportsTheBrokerAndTheRouter) {
   ASSERT_EQ(events.size(), 1u);
   ASSERT_TRUE(events[0].has_consciousness_state());
   const auto& state = events[0].consciousness_state();
-  // The fake broker does not implement Describe: its health check answers for it.
-  ASSERT_EQ(state.modules_size(), 2);
+  // The router, its three queues, and the fake broker, which does not implement Describe: its
+  // health check answers for it.
+  ASSERT_EQ(state.modules_size(), 5);
   EXPECT_EQ(state.modules(0).name(), "router");
-  EXPECT_EQ(state.modules(1).name(), "llm-broker");
-  EXPECT_EQ(state.modules(1).health(), anima::v1::MODULE_HEALTH_HEALTHY);
+  EXPECT_EQ(state.modules(1).name(), "router/queue-high");
+  EXPECT_EQ(state.modules(1).kind(), "queue");
+  EXPECT_EQ(state.modules(4).name(), "llm-broker");
+  EXPECT_EQ(state.modules(4).health(), anima::v1::MODULE_HEALTH_HEALTHY);
+  EXPECT_EQ(state.load().queue_depth().at("low"), 0);
   EXPECT_DOUBLE_EQ(state.harmony(), 1.0);
   EXPECT_EQ(state.status(), "healthy");
 }
@@ -206,9 +214,9 @@ TEST_F(RouterServiceTest, BrokerDownGivesUnavailableAndADownModule) {
 
   poller_->PollOnce();
   auto state = poller_->Snapshot(3);
-  ASSERT_EQ(state.modules_size(), 2);
-  EXPECT_EQ(state.modules(1).health(), anima::v1::MODULE_HEALTH_DOWN);
-  EXPECT_DOUBLE_EQ(state.harmony(), 0.5);
+  ASSERT_EQ(state.modules_size(), 5);
+  EXPECT_EQ(state.modules(4).health(), anima::v1::MODULE_HEALTH_DOWN);
+  EXPECT_DOUBLE_EQ(state.harmony(), 0.8);  // 4 of 5 healthy
   EXPECT_EQ(state.status(), "degraded");
   EXPECT_EQ(state.load().connections(), 3);
 }

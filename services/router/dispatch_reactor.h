@@ -1,0 +1,98 @@
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <deque>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+
+#include "anima/v1/llm_broker.grpc.pb.h"
+#include "anima/v1/module.grpc.pb.h"
+#include "anima/v1/router.grpc.pb.h"
+#include "anima/v1/self_coding.grpc.pb.h"
+#include "services/router/conversation_memory.h"
+#include "services/router/priority_scheduler.h"
+#include "services/router/router_config.h"
+#include "services/router/router_metrics.h"
+#include "services/router/state_poller.h"
+
+namespace anima::router {
+
+// What a Dispatch call needs; owned by RouterService and outliving every call.
+struct DispatchDeps {
+  anima::v1::LlmBroker::Stub* broker;
+  anima::v1::SelfCoding::Stub* self_coding;  // null when not deployed
+  const std::map<std::string, std::unique_ptr<anima::v1::Module::Stub>>* modules;  // by name
+  const RouterConfig* config;
+  PriorityScheduler* scheduler;
+  StatePoller* state;
+  DispatchCounters* counters;
+  RouterMetrics* metrics;
+  ConversationMemory* memory;
+};
+
+// One Router.Dispatch call: admitted by the scheduler (started, queued or rejected with
+// `overloaded`), then routed to the module that handles its type, whose events it relays.
+//
+// Lifetime: one reference for gRPC (dropped in OnDone) and one for each downstream call in
+// progress; the reactor deletes itself when the last goes. Threading: Emit() may be called from
+// any gRPC thread and from another reactor's thread (a queued request is started by whoever
+// frees its slot). The queue and flags are guarded by mu_; Start*/Finish and the scheduler are
+// called without holding it.
+class DispatchReactor final : public grpc::ServerWriteReactor<anima::v1::Event> {
+ public:
+  DispatchReactor(DispatchDeps deps, grpc::CallbackServerContext* context,
+                  const anima::v1::Envelope* envelope);
+
+  // Hands the request to the scheduler. Call once, right after construction.
+  void Admit();
+
+ private:
+  void Route(uint64_t ticket);
+  void StartChat();
+  void StartSelfCoding();
+  void StartModule();
+  void ChatDone(const anima::v1::CompletionResponse& completion);
+  // Sets the downstream deadline (the type's, lowered by timeout_ms and by the caller's own
+  // deadline) and request id, and takes the reference the downstream call holds.
+  void PrepareDownstream();
+
+  void Emit(anima::v1::Event event, bool terminal);
+  void EmitError(anima::v1::ErrorEvent error);
+  void OnWriteDone(bool ok) override;
+  void OnCancel() override;
+  void OnDone() override;
+  void Release();
+
+  DispatchDeps deps_;
+  grpc::CallbackServerContext* context_;
+  anima::v1::Envelope envelope_;
+  Priority priority_;
+  std::chrono::steady_clock::time_point arrived_;
+  std::string request_id_;
+  std::string conversation_id_;
+
+  grpc::ClientContext downstream_;
+  anima::v1::CompletionRequest request_;
+  anima::v1::CompletionResponse response_;
+  bool have_response_ = false;
+  anima::v1::SubmitRequest submit_;
+  anima::v1::WatchRequest watch_;
+  anima::v1::CancelRequest cancel_request_;
+  anima::v1::CancelResponse cancel_response_;
+  anima::v1::ModuleRequest module_request_;
+
+  std::atomic<int> refs_{1};
+  std::mutex mu_;
+  std::deque<anima::v1::Event> queue_;
+  bool writing_ = false;
+  bool terminal_queued_ = false;
+  bool finished_ = false;
+  uint64_t ticket_ = 0;   // the scheduler's ticket, once admitted
+  bool running_ = false;  // started by the scheduler and not yet finished there
+  std::string outcome_;
+};
+
+}  // namespace anima::router
