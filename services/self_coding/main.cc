@@ -1,0 +1,202 @@
+// anima-self-coding: jobs that write, build and test code in a sandbox (anima.v1.SelfCoding).
+#include <filesystem>
+#include <iostream>
+
+#include "services/common/flags.h"
+#include "services/common/grpc_server.h"
+#include "services/common/logging.h"
+#include "services/common/metrics.h"
+#include "services/common/process.h"
+#include "services/self_coding/broker_client.h"
+#include "services/self_coding/job_manager.h"
+#include "services/self_coding/pipeline.h"
+#include "services/self_coding/sandbox.h"
+#include "services/self_coding/self_coding_metrics.h"
+#include "services/self_coding/self_coding_service.h"
+#include "services/self_coding/sqlite_job_store.h"
+#include "spdlog/spdlog.h"
+
+namespace {
+
+struct Options {
+  std::string bind = "127.0.0.1";
+  int port = 50053;
+  int metrics_port = 9103;
+  std::string broker = "127.0.0.1:50052";
+  int64_t broker_timeout_ms = 120000;
+  std::string model;
+  std::string data_dir = ".anima/self-coding";
+  int workers = 2;
+  int queue_size = 16;
+  std::string sandbox = "bwrap";
+  std::string bwrap = "bwrap";
+  int sandbox_uid = 65534;
+  int64_t test_timeout_ms = 30000;
+  int test_cpu_s = 10;
+  int test_memory_mb = 1024;
+  int retention_days = 7;
+  int retention_jobs = 1000;
+  std::string log_format = "text";
+  std::string log_level = "info";
+  std::string ready_file;
+};
+
+int Run(int argc, char** argv) {
+  anima::common::BlockShutdownSignals();
+  Options o;
+  anima::common::FlagSet flags("anima-self-coding");
+  flags.Add("bind", &o.bind, "ANIMA_SELF_CODING_BIND", "address to listen on");
+  flags.Add("port", &o.port, "ANIMA_SELF_CODING_PORT", "gRPC port (0 picks a free one)");
+  flags.Add("metrics-port", &o.metrics_port, "ANIMA_SELF_CODING_METRICS_PORT", "Prometheus port");
+  flags.Add("broker", &o.broker, "ANIMA_SELF_CODING_BROKER", "llm-broker gRPC address");
+  flags.Add("broker-timeout-ms", &o.broker_timeout_ms, "ANIMA_SELF_CODING_BROKER_TIMEOUT_MS",
+            "deadline of one broker call");
+  flags.Add("model", &o.model, "ANIMA_SELF_CODING_MODEL", "model to ask (empty: broker default)");
+  flags.Add("data-dir", &o.data_dir, "ANIMA_SELF_CODING_DATA_DIR",
+            "where the job database and the workspaces live");
+  flags.Add("workers", &o.workers, "ANIMA_SELF_CODING_WORKERS", "jobs run at the same time");
+  flags.Add("queue-size", &o.queue_size, "ANIMA_SELF_CODING_QUEUE_SIZE",
+            "jobs waiting at most; more are refused (overloaded)");
+  flags.Add("sandbox", &o.sandbox, "ANIMA_SELF_CODING_SANDBOX",
+            "bwrap, or none to run generated code UNSANDBOXED (development only)");
+  flags.Add("bwrap", &o.bwrap, "ANIMA_SELF_CODING_BWRAP", "the bubblewrap executable");
+  flags.Add("sandbox-uid", &o.sandbox_uid, "ANIMA_SELF_CODING_SANDBOX_UID",
+            "uid sandboxed code runs as when the service runs as root");
+  flags.Add("test-timeout-ms", &o.test_timeout_ms, "ANIMA_SELF_CODING_TEST_TIMEOUT_MS",
+            "wall time of one test run");
+  flags.Add("test-cpu-s", &o.test_cpu_s, "ANIMA_SELF_CODING_TEST_CPU_S",
+            "CPU seconds of one test process");
+  flags.Add("test-memory-mb", &o.test_memory_mb, "ANIMA_SELF_CODING_TEST_MEMORY_MB",
+            "address space of one test process");
+  flags.Add("retention-days", &o.retention_days, "ANIMA_SELF_CODING_RETENTION_DAYS",
+            "ended jobs older than this are pruned");
+  flags.Add("retention-jobs", &o.retention_jobs, "ANIMA_SELF_CODING_RETENTION_JOBS",
+            "jobs kept at most; the oldest ended ones are pruned");
+  flags.Add("log-format", &o.log_format, "ANIMA_LOG_FORMAT", "text or json");
+  flags.Add("log-level", &o.log_level, "ANIMA_LOG_LEVEL", "trace, debug, info, warn, error");
+  flags.Add("ready-file", &o.ready_file, "", "write the bound ports here once listening");
+  if (auto s = flags.Parse(argc, argv); !s.ok()) {
+    std::cerr << "anima-self-coding: " << s.message() << "\n";
+    return 2;
+  }
+  if (flags.help_requested()) {
+    std::cout << flags.Usage();
+    return 0;
+  }
+  auto bad = [](const std::string& message) {
+    std::cerr << "anima-self-coding: " << message << "\n";
+    return 2;
+  };
+  if (o.sandbox != "bwrap" && o.sandbox != "none") return bad("--sandbox must be bwrap or none");
+  if (o.workers < 1 || o.workers > 64) return bad("--workers must be from 1 to 64");
+  if (o.queue_size < 1) return bad("--queue-size must be positive");
+  if (o.broker_timeout_ms < 1 || o.test_timeout_ms < 100 || o.test_cpu_s < 1 ||
+      o.test_memory_mb < 64) {
+    return bad(
+        "--broker-timeout-ms, --test-timeout-ms (>= 100), --test-cpu-s and "
+        "--test-memory-mb (>= 64) must be positive");
+  }
+  if (o.retention_days < 1 || o.retention_jobs < 1) {
+    return bad("--retention-days and --retention-jobs must be positive");
+  }
+  if (o.data_dir.empty()) return bad("--data-dir must not be empty");
+  if (auto s = anima::common::InitLogging("self-coding", o.log_format, o.log_level); !s.ok()) {
+    return bad(std::string(s.message()));
+  }
+
+  std::error_code ec;
+  // Absolute, because bubblewrap mounts workspaces by path.
+  o.data_dir = std::filesystem::absolute(o.data_dir, ec).string();
+  std::filesystem::create_directories(std::filesystem::path(o.data_dir) / "work", ec);
+  if (ec) {
+    spdlog::error("cannot create --data-dir {}: {}", o.data_dir, std::string(ec.message()));
+    return 1;
+  }
+  auto store = anima::selfcoding::SqliteJobStore::Open(
+      (std::filesystem::path(o.data_dir) / "jobs.db").string());
+  if (!store.ok()) {
+    spdlog::error("{}", std::string(store.status().message()));
+    return 1;
+  }
+  auto sandbox = anima::selfcoding::MakeSandbox(
+      o.sandbox == "none" ? anima::selfcoding::SandboxMode::kNone
+                          : anima::selfcoding::SandboxMode::kBubblewrap,
+      o.bwrap, o.sandbox_uid, (std::filesystem::path(o.data_dir) / "work").string());
+  if (o.sandbox == "none") {
+    spdlog::warn(
+        "!!! --sandbox=none: generated code runs UNSANDBOXED with this service's "
+        "rights and network. Use only for development. !!!");
+  } else if (auto s = sandbox->Available(); !s.ok()) {
+    spdlog::error("sandbox unavailable, self-coding jobs will be refused: {}",
+                  std::string(s.message()));
+  }
+
+  auto metrics = anima::common::MetricsServer::Start(o.bind + ":" + std::to_string(o.metrics_port));
+  if (!metrics.ok()) {
+    spdlog::error("{}", std::string(metrics.status().message()));
+    return 1;
+  }
+  anima::selfcoding::SelfCodingMetrics job_metrics((*metrics)->registry());
+  auto broker = anima::selfcoding::MakeGrpcBrokerClient(
+      anima::common::MakeChannel(o.broker, &(*metrics)->registry()),
+      std::chrono::milliseconds(o.broker_timeout_ms));
+
+  anima::selfcoding::PipelineOptions pipeline_options;
+  pipeline_options.model = o.model;
+  pipeline_options.test_limits.wall_time = std::chrono::milliseconds(o.test_timeout_ms);
+  pipeline_options.test_limits.cpu_seconds = o.test_cpu_s;
+  pipeline_options.test_limits.memory_bytes = int64_t{o.test_memory_mb} << 20;
+  anima::selfcoding::JobPipeline pipeline(broker.get(), sandbox.get(), pipeline_options);
+
+  anima::selfcoding::ManagerOptions manager_options;
+  manager_options.workers = o.workers;
+  manager_options.queue_size = o.queue_size;
+  manager_options.work_dir = (std::filesystem::path(o.data_dir) / "work").string();
+  manager_options.retention_age = std::chrono::hours(24 * o.retention_days);
+  manager_options.retention_jobs = o.retention_jobs;
+  anima::selfcoding::JobManager manager(store->get(), &pipeline, sandbox.get(), manager_options,
+                                        &job_metrics);
+  if (auto s = manager.Start(); !s.ok()) {
+    spdlog::error("cannot start the job manager: {}", std::string(s.message()));
+    return 1;
+  }
+
+  anima::selfcoding::SelfCodingService service(&manager);
+  anima::selfcoding::SelfCodingIntrospection introspection(&manager);
+  auto server = anima::common::GrpcServer::Start(
+      o.bind + ":" + std::to_string(o.port), {&service, &introspection}, (*metrics)->registry());
+  if (!server.ok()) {
+    spdlog::error("{}", std::string(server.status().message()));
+    return 1;
+  }
+  spdlog::info(
+      "listening on {}:{} (gRPC), metrics on :{}, llm-broker at {}, sandbox {}, "
+      "{} workers, queue {}, data in {}",
+      o.bind, (*server)->port(), (*metrics)->port(), o.broker, sandbox->name(), o.workers,
+      o.queue_size, o.data_dir);
+  if (auto s = anima::common::WriteReadyFile(
+          o.ready_file, {{"grpc", (*server)->port()}, {"metrics", (*metrics)->port()}});
+      !s.ok()) {
+    spdlog::error("{}", std::string(s.message()));
+    return 1;
+  }
+
+  int sig = anima::common::WaitForShutdownSignal();
+  spdlog::info("signal {}: draining", sig);
+  // Running jobs end "interrupted" first, so open streams get their result before the drain.
+  manager.Stop();
+  (*server)->Shutdown(std::chrono::seconds(5));
+  spdlog::info("stopped");
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    return Run(argc, argv);
+  } catch (const std::exception& e) {
+    std::cerr << "anima-self-coding: fatal: " << e.what() << "\n";
+    return 1;
+  }
+}

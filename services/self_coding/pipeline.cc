@@ -1,0 +1,327 @@
+#include "services/self_coding/pipeline.h"
+
+#include <algorithm>
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <optional>
+
+#include "absl/strings/str_cat.h"
+#include "services/self_coding/file_blocks.h"
+#include "services/self_coding/prompts.h"
+
+namespace anima::selfcoding {
+namespace {
+
+namespace fs = std::filesystem;
+
+// Runs the tests module and counts: test_* functions without parameters, unittest cases, and the
+// module's own top-level asserts (one test when there is nothing else). Last line is the count.
+constexpr char kPythonRunner[] = R"py(import importlib.util, inspect, sys, traceback, unittest
+sys.path.insert(0, ".")
+passed = failed = 0
+spec = importlib.util.spec_from_file_location("test_main", "test_main.py")
+mod = importlib.util.module_from_spec(spec)
+sys.modules["test_main"] = mod
+try:
+    spec.loader.exec_module(mod)
+except BaseException:
+    traceback.print_exc()
+    print("ANIMA_TESTS passed=0 failed=1")
+    sys.exit(1)
+for name, fn in list(vars(mod).items()):
+    if not name.startswith("test") or not inspect.isfunction(fn):
+        continue
+    try:
+        required = [p for p in inspect.signature(fn).parameters.values()
+                    if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    except (TypeError, ValueError):
+        required = []
+    if required:
+        continue
+    try:
+        fn()
+        passed += 1
+        print("PASS", name)
+    except BaseException:
+        failed += 1
+        print("FAIL", name)
+        traceback.print_exc()
+suite = unittest.defaultTestLoader.loadTestsFromModule(mod)
+if suite.countTestCases():
+    r = unittest.TextTestRunner(stream=sys.stdout, verbosity=2).run(suite)
+    bad = len(r.failures) + len(r.errors)
+    failed += bad
+    passed += r.testsRun - bad
+if passed + failed == 0:
+    passed = 1
+print("ANIMA_TESTS passed=%d failed=%d" % (passed, failed))
+sys.stdout.flush()
+sys.exit(1 if failed else 0)
+)py";
+constexpr char kPythonRunnerFile[] = "_anima_run_tests.py";
+constexpr char kCppBinary[] = "test_main";
+constexpr size_t kMessageTailBytes = 2048;
+
+struct AttemptOutcome {
+  bool success = false;
+  bool cancelled = false;
+  std::string stage;   // where it failed
+  std::string reason;  // one line
+  std::string output;  // tool output, already cut to a tail
+  anima::v1::TestOutcome tests;
+  std::map<std::string, std::string> files;  // what the model wrote
+};
+
+// Percent for a stage of an attempt: attempts share 5..95 evenly; the job's sink keeps the
+// sequence monotonic across retries.
+int PercentAt(int attempt, int max_attempts, double fraction) {
+  double span = 90.0 / max_attempts;
+  return static_cast<int>(5 + (attempt - 1) * span + fraction * span);
+}
+
+bool ParseTestCounts(const std::string& output, int* passed, int* failed) {
+  size_t at = output.rfind("ANIMA_TESTS passed=");
+  if (at == std::string::npos) return false;
+  return std::sscanf(output.c_str() + at, "ANIMA_TESTS passed=%d failed=%d", passed, failed) == 2;
+}
+
+absl::Status WriteFile(const fs::path& root, const std::string& path, const std::string& content) {
+  fs::path target = root / path;
+  std::error_code ec;
+  fs::create_directories(target.parent_path(), ec);
+  if (ec) return absl::InternalError(absl::StrCat("mkdir for ", path, ": ", ec.message()));
+  std::ofstream out(target, std::ios::binary | std::ios::trunc);
+  out << content;
+  if (!out) return absl::InternalError(absl::StrCat("cannot write ", path));
+  return absl::OkStatus();
+}
+
+class Timer {
+ public:
+  Timer(ProgressSink* sink, std::string stage)
+      : sink_(sink), stage_(std::move(stage)), start_(std::chrono::steady_clock::now()) {}
+  ~Timer() {
+    sink_->StageDone(
+        stage_, std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count());
+  }
+
+ private:
+  ProgressSink* sink_;
+  std::string stage_;
+  std::chrono::steady_clock::time_point start_;
+};
+
+}  // namespace
+
+std::string Tail(const std::string& text, size_t max_bytes) {
+  if (text.size() <= max_bytes) return text;
+  static constexpr char kMark[] = "[... cut ...]\n";
+  size_t keep = max_bytes > sizeof(kMark) ? max_bytes - (sizeof(kMark) - 1) : 0;
+  size_t start = text.size() - keep;
+  // Prefer a line start within the first quarter of what is kept.
+  size_t newline = text.find('\n', start);
+  if (newline != std::string::npos && newline + 1 - start < keep / 4) start = newline + 1;
+  // Never start inside a UTF-8 sequence.
+  while (start < text.size() && (static_cast<unsigned char>(text[start]) & 0xC0) == 0x80) start++;
+  return kMark + text.substr(start);
+}
+
+anima::v1::SelfCodingResult JobPipeline::Run(const anima::v1::SubmitRequest& spec,
+                                             const std::string& job_id, const std::string& work_dir,
+                                             ProgressSink* sink, CancelToken* cancel) {
+  anima::v1::SelfCodingResult result;
+  result.set_job_id(job_id);
+  const LanguageProfile* lang = FindLanguage(spec.language());
+  int max_attempts = std::clamp(spec.max_attempts() > 0 ? spec.max_attempts() : 3, 1, 5);
+  auto* usage = result.mutable_usage();
+  auto cancelled = [&] {
+    result.set_status("cancelled");
+    result.set_reason("cancelled");
+    return result;
+  };
+  if (lang == nullptr) {
+    result.set_status("failed");
+    result.set_reason("unsupported language " + spec.language());
+    return result;
+  }
+  std::optional<Feedback> feedback;
+  AttemptOutcome last;
+  for (int attempt = 1; attempt <= max_attempts; ++attempt) {
+    if (cancel->cancelled()) return cancelled();
+    result.set_attempts(attempt);
+    auto pct = [&](double f) { return PercentAt(attempt, max_attempts, f); };
+    AttemptOutcome out;
+    out.stage = kStageGenerating;
+
+    anima::v1::CompletionRequest request;
+    request.set_request_id(spec.request_id());
+    request.set_system(SystemPrompt(*lang));
+    if (!options_.model.empty()) request.set_model(options_.model);
+    {
+      Timer t(sink, kStagePlanning);
+      sink->Progress(
+          kStagePlanning, attempt, pct(0),
+          absl::StrCat("attempt ", attempt, " of ", max_attempts, ": ",
+                       feedback ? "asking for a fix of the " + feedback->stage + " failure"
+                                : "asking for " + lang->default_file +
+                                      (spec.tests().empty() ? " and tests" : "")));
+      auto* message = request.add_messages();
+      message->set_role("user");
+      message->set_content(AttemptPrompt(spec, *lang, attempt, feedback ? &*feedback : nullptr));
+    }
+    absl::StatusOr<anima::v1::CompletionResponse> reply;
+    {
+      Timer t(sink, kStageGenerating);
+      sink->Progress(kStageGenerating, attempt, pct(0.1), "waiting for the model");
+      reply = broker_->Complete(request, cancel);
+    }
+    if (cancel->cancelled()) return cancelled();
+    ParsedFiles parsed;
+    if (!reply.ok()) {
+      out.reason = std::string(reply.status().message());
+    } else {
+      usage->set_prompt_tokens(usage->prompt_tokens() + reply->usage().prompt_tokens());
+      usage->set_completion_tokens(usage->completion_tokens() + reply->usage().completion_tokens());
+      usage->set_total_tokens(usage->total_tokens() + reply->usage().total_tokens());
+      parsed = FileBlockParser().Parse(reply->message());
+      if (parsed.files.empty()) {
+        // A lone unnamed block in the right language is the solution file.
+        for (auto& block : parsed.unnamed) {
+          if (block.language.empty() || FindLanguage(block.language) == lang) {
+            block.path = lang->default_file;
+            parsed.files.push_back(block);
+            break;
+          }
+        }
+      }
+      size_t total = 0;
+      for (const auto& f : parsed.files) {
+        if (f.path == lang->tests_file && !spec.tests().empty()) continue;  // the tests are fixed
+        if (f.path == kPythonRunnerFile) continue;
+        out.files[f.path] = f.content;
+        total += f.content.size();
+      }
+      if (out.files.empty()) {
+        out.reason = "the reply had no files: answer with fenced code blocks that name each file";
+      } else if (total > options_.max_files_bytes) {
+        out.reason = absl::StrCat("the files are too large (", total, " bytes, at most ",
+                                  options_.max_files_bytes, ")");
+      } else if (spec.tests().empty() && !out.files.contains(lang->tests_file)) {
+        out.reason = "no tests were given and the reply did not write " + lang->tests_file;
+      }
+    }
+
+    fs::path workspace = fs::path(work_dir) / absl::StrCat("attempt-", attempt);
+    if (out.reason.empty()) {
+      Timer t(sink, kStageWriting);
+      out.stage = kStageWriting;
+      std::string names;
+      for (const auto& [path, _] : out.files)
+        absl::StrAppend(&names, names.empty() ? "" : ", ", path);
+      sink->Progress(kStageWriting, attempt, pct(0.5), "writing " + names);
+      std::error_code ec;
+      fs::remove_all(workspace, ec);
+      fs::create_directories(workspace, ec);
+      absl::Status s = ec ? absl::InternalError("workspace: " + ec.message()) : absl::OkStatus();
+      for (const auto& [path, content] : spec.files()) {
+        if (s.ok()) s = WriteFile(workspace, path, content);
+      }
+      for (const auto& [path, content] : out.files) {
+        if (s.ok()) s = WriteFile(workspace, path, content);
+      }
+      if (s.ok() && !spec.tests().empty()) s = WriteFile(workspace, lang->tests_file, spec.tests());
+      if (s.ok() && !lang->compiled) s = WriteFile(workspace, kPythonRunnerFile, kPythonRunner);
+      if (!s.ok()) out.reason = std::string(s.message());
+    }
+
+    if (out.reason.empty() && lang->compiled) {
+      Timer t(sink, kStageBuilding);
+      out.stage = kStageBuilding;
+      std::vector<std::string> argv = {"g++", "-std=c++20", "-O1", "-Wall", "-o", kCppBinary};
+      for (const auto& entry : fs::recursive_directory_iterator(workspace)) {
+        std::string ext = entry.path().extension().string();
+        if (entry.is_regular_file() && (ext == ".cpp" || ext == ".cc" || ext == ".cxx")) {
+          argv.push_back(fs::relative(entry.path(), workspace).string());
+        }
+      }
+      sink->Progress(kStageBuilding, attempt, pct(0.6),
+                     absl::StrCat("compiling ", argv.size() - 6, " source files with g++"));
+      auto run = sandbox_->Run({argv, workspace.string(), options_.build_limits}, cancel);
+      if (cancel->cancelled()) return cancelled();
+      if (!run.ok()) {
+        out.reason = "sandbox: " + std::string(run.status().message());
+      } else if (!run->ok()) {
+        out.output = Tail(run->output, options_.output_tail_bytes);
+        out.reason = run->reason.empty()
+                         ? absl::StrCat("the compiler failed (exit ", run->exit_code, ")")
+                         : "the build was stopped: " + run->reason;
+      }
+    }
+
+    if (out.reason.empty()) {
+      Timer t(sink, kStageTesting);
+      out.stage = kStageTesting;
+      std::vector<std::string> argv = lang->compiled
+                                          ? std::vector<std::string>{std::string("./") + kCppBinary}
+                                          : std::vector<std::string>{"python3", kPythonRunnerFile};
+      sink->Progress(kStageTesting, attempt, pct(0.75), "running " + lang->tests_file);
+      auto run = sandbox_->Run({argv, workspace.string(), options_.test_limits}, cancel);
+      if (cancel->cancelled()) return cancelled();
+      if (!run.ok()) {
+        out.reason = "sandbox: " + std::string(run.status().message());
+      } else {
+        int passed = 0, failed = 0;
+        if (!ParseTestCounts(run->output, &passed, &failed)) {
+          passed = run->ok() ? 1 : 0;
+          failed = run->ok() ? 0 : 1;
+        }
+        if (!run->ok() && failed == 0) failed = 1;
+        out.tests.set_passed(passed);
+        out.tests.set_failed(failed);
+        out.tests.set_output_tail(Tail(run->output, options_.output_tail_bytes));
+        out.output = out.tests.output_tail();
+        if (run->ok()) {
+          out.success = true;
+        } else if (!run->reason.empty()) {
+          out.reason = "the tests were stopped: " + run->reason;
+        } else {
+          out.reason = absl::StrCat(failed, failed == 1 ? " test" : " tests", " failed (exit ",
+                                    run->exit_code, ")");
+        }
+      }
+    }
+    std::error_code ec;
+    fs::remove_all(workspace, ec);
+
+    if (!out.files.empty() || last.files.empty()) {
+      *result.mutable_files() = {out.files.begin(), out.files.end()};
+    }
+    *result.mutable_tests() = out.tests;
+    if (out.success) {
+      result.set_status("succeeded");
+      return result;
+    }
+    if (!out.files.empty()) last.files = out.files;
+    last.stage = out.stage;
+    last.reason = out.reason;
+    if (attempt < max_attempts) {
+      std::string message =
+          absl::StrCat("attempt ", attempt, " failed while ", out.stage, ": ", out.reason);
+      if (!out.output.empty()) absl::StrAppend(&message, "\n", Tail(out.output, kMessageTailBytes));
+      sink->Progress(kStageRetrying, attempt, pct(1.0), message);
+      // A broker failure gives the model nothing to fix: keep the previous feedback, if any.
+      if (!out.files.empty() || out.stage != kStageGenerating || !feedback) {
+        feedback = Feedback{out.stage, out.reason, out.output, last.files};
+      }
+    }
+  }
+  result.set_status("failed");
+  result.set_reason(absl::StrCat("failed after ", result.attempts(),
+                                 result.attempts() == 1 ? " attempt" : " attempts", ": ",
+                                 last.stage, ": ", last.reason));
+  return result;
+}
+
+}  // namespace anima::selfcoding

@@ -1,0 +1,37 @@
+#include "services/self_coding/self_coding_metrics.h"
+
+#include "services/common/metrics.h"
+
+namespace anima::selfcoding {
+
+SelfCodingMetrics::SelfCodingMetrics(prometheus::Registry& registry)
+    : jobs_(prometheus::BuildCounter()
+                .Name("anima_selfcoding_jobs_total")
+                .Help("Self-coding jobs ended, by final status")
+                .Register(registry)),
+      stages_(prometheus::BuildHistogram()
+                  .Name("anima_selfcoding_stage_seconds")
+                  .Help("Time spent in each pipeline stage")
+                  .Register(registry)),
+      queue_depth_(prometheus::BuildGauge()
+                       .Name("anima_selfcoding_queue_depth")
+                       .Help("Jobs waiting for a worker")
+                       .Register(registry)
+                       .Add({})),
+      running_(prometheus::BuildGauge()
+                   .Name("anima_selfcoding_running_jobs")
+                   .Help("Jobs being worked on")
+                   .Register(registry)
+                   .Add({})) {
+  for (const char* status : {"succeeded", "failed", "cancelled"}) jobs_.Add({{"status", status}});
+}
+
+void SelfCodingMetrics::JobEnded(const std::string& status) {
+  jobs_.Add({{"status", status}}).Increment();
+}
+
+void SelfCodingMetrics::StageDone(const std::string& stage, double seconds) {
+  stages_.Add({{"stage", stage}}, common::LatencyBuckets()).Observe(seconds);
+}
+
+}  // namespace anima::selfcoding

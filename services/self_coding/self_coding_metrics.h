@@ -1,0 +1,30 @@
+#pragma once
+
+#include <string>
+
+#include "prometheus/counter.h"
+#include "prometheus/family.h"
+#include "prometheus/gauge.h"
+#include "prometheus/histogram.h"
+#include "prometheus/registry.h"
+
+namespace anima::selfcoding {
+
+// anima_selfcoding_jobs_total{status}, anima_selfcoding_stage_seconds{stage},
+// anima_selfcoding_queue_depth, anima_selfcoding_running_jobs. Thread-safe.
+class SelfCodingMetrics {
+ public:
+  explicit SelfCodingMetrics(prometheus::Registry& registry);
+  void JobEnded(const std::string& status);
+  void StageDone(const std::string& stage, double seconds);
+  void SetQueueDepth(double depth) { queue_depth_.Set(depth); }
+  void SetRunning(double running) { running_.Set(running); }
+
+ private:
+  prometheus::Family<prometheus::Counter>& jobs_;
+  prometheus::Family<prometheus::Histogram>& stages_;
+  prometheus::Gauge& queue_depth_;
+  prometheus::Gauge& running_;
+};
+
+}  // namespace anima::selfcoding

@@ -1,0 +1,55 @@
+#pragma once
+
+#include <string>
+
+#include "anima/v1/introspection.grpc.pb.h"
+#include "anima/v1/self_coding.grpc.pb.h"
+#include "services/self_coding/job_manager.h"
+
+namespace anima::selfcoding {
+
+// anima.v1.SelfCoding over a JobManager: translates proto and status at the RPC edge. Watch and
+// Run end with the result event and then OK; a client that goes away just ends its stream (the
+// job goes on).
+class SelfCodingService : public anima::v1::SelfCoding::CallbackService {
+ public:
+  explicit SelfCodingService(JobManager* manager) : manager_(manager) {}
+
+  grpc::ServerUnaryReactor* Submit(grpc::CallbackServerContext* context,
+                                   const anima::v1::SubmitRequest* request,
+                                   anima::v1::SubmitResponse* response) override;
+  grpc::ServerWriteReactor<anima::v1::JobEvent>* Watch(
+      grpc::CallbackServerContext* context, const anima::v1::WatchRequest* request) override;
+  grpc::ServerUnaryReactor* Cancel(grpc::CallbackServerContext* context,
+                                   const anima::v1::CancelRequest* request,
+                                   anima::v1::CancelResponse* response) override;
+  grpc::ServerUnaryReactor* Get(grpc::CallbackServerContext* context,
+                                const anima::v1::GetJobRequest* request,
+                                anima::v1::Job* response) override;
+  grpc::ServerUnaryReactor* List(grpc::CallbackServerContext* context,
+                                 const anima::v1::ListJobsRequest* request,
+                                 anima::v1::ListJobsResponse* response) override;
+  grpc::ServerWriteReactor<anima::v1::JobEvent>* Run(
+      grpc::CallbackServerContext* context, const anima::v1::SubmitRequest* request) override;
+
+ private:
+  JobManager* manager_;
+};
+
+// anima.v1.Introspection for this service: the service, its job store, its sandbox, its queue.
+class SelfCodingIntrospection : public anima::v1::Introspection::CallbackService {
+ public:
+  explicit SelfCodingIntrospection(JobManager* manager) : manager_(manager) {}
+  anima::v1::DescribeResponse Snapshot();
+  grpc::ServerUnaryReactor* Describe(grpc::CallbackServerContext* context,
+                                     const anima::v1::DescribeRequest* request,
+                                     anima::v1::DescribeResponse* response) override;
+
+ private:
+  JobManager* manager_;
+};
+
+// The proto view of a stored job.
+anima::v1::Job ToProto(const JobRecord& record);
+
+}  // namespace anima::selfcoding

@@ -1,0 +1,146 @@
+// anima-llm-sim: a local stand-in for the OpenAI API (Venice and Gemini to follow) with scripted
+// replies and switchable faults. See docs/simulator.md.
+#include <cstdio>
+#include <memory>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "services/common/flags.h"
+#include "services/common/logging.h"
+#include "services/common/metrics.h"
+#include "services/common/process.h"
+#include "spdlog/spdlog.h"
+#include "tools/llm_sim/openai_api.h"
+#include "tools/llm_sim/sim_server.h"
+
+namespace {
+
+int Fail(const std::string& message) {
+  std::fprintf(stderr, "anima-llm-sim: %s\n", message.c_str());
+  return 2;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  anima::common::BlockShutdownSignals();
+  using anima::sim::SimConfig;
+
+  std::string bind = "127.0.0.1";
+  int port = 18080;
+  int metrics_port = 9104;
+  std::string rules_path;
+  int first_token_ms = 0;
+  int token_interval_ms = 0;
+  int latency_ms = 0;
+  int slow_first_token_ms = 2000;
+  int slow_token_interval_ms = 200;
+  bool require_key = true;
+  std::string api_key_env;
+  int idle_close_seconds = 0;
+  int threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  int max_body_bytes = 4 * 1024 * 1024;
+  std::string log_format = "text";
+  std::string log_level = "info";
+  std::string ready_file;
+
+  anima::common::FlagSet flags("anima-llm-sim");
+  flags.Add("bind", &bind, "ANIMA_SIM_BIND", "address to listen on");
+  flags.Add("port", &port, "ANIMA_SIM_PORT", "HTTP port of the simulated APIs (0 = any free)");
+  flags.Add("metrics-port", &metrics_port, "ANIMA_SIM_METRICS_PORT",
+            "Prometheus /metrics port (0 = any free)");
+  flags.Add("rules", &rules_path, "ANIMA_SIM_RULES",
+            "JSON rules file mapping prompts to replies and scenarios (empty = built-in default)");
+  flags.Add("first-token-ms", &first_token_ms, "ANIMA_SIM_FIRST_TOKEN_MS",
+            "delay before the first event of every stream");
+  flags.Add("token-interval-ms", &token_interval_ms, "ANIMA_SIM_TOKEN_INTERVAL_MS",
+            "delay between content events of every stream");
+  flags.Add("latency-ms", &latency_ms, "ANIMA_SIM_LATENCY_MS",
+            "delay before every non-streaming response");
+  flags.Add("slow-first-token-ms", &slow_first_token_ms, "ANIMA_SIM_SLOW_FIRST_TOKEN_MS",
+            "first-token delay of the `slow` scenario");
+  flags.Add("slow-token-interval-ms", &slow_token_interval_ms, "ANIMA_SIM_SLOW_TOKEN_INTERVAL_MS",
+            "token interval of the `slow` scenario");
+  flags.Add("require-key", &require_key, "ANIMA_SIM_REQUIRE_KEY",
+            "answer 401 when Authorization: Bearer is missing");
+  flags.Add("api-key-env", &api_key_env, "ANIMA_SIM_API_KEY_ENV",
+            "name of an environment variable holding the only accepted key (empty = any key)");
+  flags.Add("idle-close-seconds", &idle_close_seconds, "ANIMA_SIM_IDLE_CLOSE_SECONDS",
+            "close keep-alive connections idle this long (0 = never)");
+  flags.Add("threads", &threads, "ANIMA_SIM_THREADS", "I/O threads");
+  flags.Add("max-body-bytes", &max_body_bytes, "ANIMA_SIM_MAX_BODY_BYTES",
+            "larger request bodies get 413");
+  flags.Add("log-format", &log_format, "ANIMA_SIM_LOG_FORMAT", "text or json");
+  flags.Add("log-level", &log_level, "ANIMA_SIM_LOG_LEVEL", "trace, debug, info, warn, error");
+  flags.Add("ready-file", &ready_file, "ANIMA_SIM_READY_FILE",
+            "write {\"http\":port,\"metrics\":port} here once listening");
+  if (auto s = flags.Parse(argc, argv); !s.ok()) return Fail(std::string(s.message()));
+  if (flags.help_requested()) {
+    std::printf("%s\nScenarios (header x-sim-scenario, comma-separated): %s\n",
+                flags.Usage().c_str(), absl::StrJoin(anima::sim::ScenarioNames(), ", ").c_str());
+    return 0;
+  }
+  if (port < 0 || port > 65535) return Fail("--port: must be between 0 and 65535");
+  if (metrics_port < 0 || metrics_port > 65535) {
+    return Fail("--metrics-port: must be between 0 and 65535");
+  }
+  for (auto [name, value] : {std::pair{"--first-token-ms", first_token_ms},
+                             {"--token-interval-ms", token_interval_ms},
+                             {"--latency-ms", latency_ms},
+                             {"--slow-first-token-ms", slow_first_token_ms},
+                             {"--slow-token-interval-ms", slow_token_interval_ms},
+                             {"--idle-close-seconds", idle_close_seconds}}) {
+    if (value < 0) return Fail(absl::StrCat(name, ": must not be negative"));
+  }
+  if (threads < 1 || threads > 256) return Fail("--threads: must be between 1 and 256");
+  if (max_body_bytes < 1024) return Fail("--max-body-bytes: must be at least 1024");
+  if (auto s = anima::common::InitLogging("anima-llm-sim", log_format, log_level); !s.ok()) {
+    return Fail(std::string(s.message()));
+  }
+
+  auto config = std::make_shared<SimConfig>();
+  if (!rules_path.empty()) {
+    auto rules = anima::sim::RuleSet::LoadFile(rules_path);
+    if (!rules.ok()) return Fail(absl::StrCat("--rules: ", rules.status().message()));
+    config->rules = *std::move(rules);
+  }
+  config->timing = {first_token_ms, token_interval_ms, latency_ms, slow_first_token_ms,
+                    slow_token_interval_ms};
+  config->require_key = require_key;
+  if (!api_key_env.empty()) {
+    const char* key = std::getenv(api_key_env.c_str());
+    if (key == nullptr || *key == '\0') {
+      return Fail(absl::StrCat("--api-key-env: environment variable ", api_key_env, " is not set"));
+    }
+    config->api_key = key;
+  }
+
+  try {
+    auto metrics = anima::common::MetricsServer::Start(absl::StrCat(bind, ":", metrics_port));
+    if (!metrics.ok()) return Fail(absl::StrCat("--metrics-port: ", metrics.status().message()));
+
+    std::vector<std::unique_ptr<anima::sim::ProviderApi>> apis;
+    apis.push_back(std::make_unique<anima::sim::OpenAiApi>(config));
+    anima::sim::SimServerOptions options{bind, port, threads, idle_close_seconds,
+                                         static_cast<size_t>(max_body_bytes)};
+    auto server =
+        anima::sim::SimServer::Start(options, std::move(apis), (*metrics)->shared_registry());
+    if (!server.ok()) return Fail(std::string(server.status().message()));
+
+    if (auto s = anima::common::WriteReadyFile(
+            ready_file, {{"http", (*server)->port()}, {"metrics", (*metrics)->port()}});
+        !s.ok()) {
+      return Fail(absl::StrCat("--ready-file: ", s.message()));
+    }
+    spdlog::info("anima-llm-sim listening on {}:{} (OpenAI API at /v1), metrics on {}, {} rules",
+                 bind, (*server)->port(), (*metrics)->port(), config->rules.size());
+    int sig = anima::common::WaitForShutdownSignal();
+    spdlog::info("signal {}: shutting down", sig);
+    (*server)->Stop();
+  } catch (const std::exception& e) {
+    spdlog::critical("fatal: {}", e.what());
+    return 1;
+  }
+  return 0;
+}

@@ -1,0 +1,63 @@
+#pragma once
+
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+namespace anima::sim {
+
+// What a simulated provider does with one request. A scenario is one outcome (`ok`,
+// `rate_limit_429`, `midstream_error`, ...) plus any number of framing modifiers that change how
+// the bytes of a stream reach the client without changing what they mean.
+//
+// Written as a comma-separated list, e.g. "midstream_error,crlf,split_bytes": at most one outcome
+// (default `ok`) and any modifiers, in any order. The same names serve every provider API.
+enum class Outcome {
+  kOk,
+  kSlow,                  // ok, with the slow first-token and inter-token delays
+  kLength,                // finish_reason "length", the reply cut in half
+  kToolCall,              // a function call instead of content
+  kError400,              // unsupported_parameter
+  kError401,              // invalid_api_key
+  kError403,              // unsupported_country_region_territory
+  kError404Model,         // model_not_found
+  kRateLimit429,          // rate_limit_exceeded with retry-after and retry-after-ms
+  kRateLimit429NoHeader,  // rate_limit_exceeded, delay only in the message
+  kQuota429,              // insufficient_quota, no retry-after
+  kError500,
+  kError503,
+  kMidstreamError,  // content, then an error event after HTTP 200, no [DONE]
+  kTruncated,       // the connection closes inside a chunk, mid-JSON
+};
+
+struct Modifiers {
+  bool split_bytes = false;   // random small writes; always splits CR|LF and multibyte characters
+  bool byte_by_byte = false;  // one byte per write
+  bool crlf = false;          // "\r\n" line endings
+  bool comments = false;      // ": keep-alive" comment events between events
+  bool nospace = false;       // "data:" without the space
+  bool multi = false;         // several events in one write
+  bool fields = false;        // "id:" on every event and a leading "retry: 3000"
+  bool close_after = false;   // close the connection after the response, without saying so
+};
+
+struct Scenario {
+  Outcome outcome = Outcome::kOk;
+  Modifiers modifiers;
+};
+
+// Parses "name[,name...]". Unknown names and two outcomes are errors naming the culprit.
+absl::StatusOr<Scenario> ParseScenario(std::string_view text);
+
+// The outcome's name as written in headers and rules (a bounded set: safe as a metric label).
+std::string_view OutcomeName(Outcome outcome);
+
+// Every outcome and modifier name, for --help and docs.
+std::vector<std::string> ScenarioNames();
+
+// True when the outcome answers with an HTTP error before any body.
+bool IsHttpError(Outcome outcome);
+
+}  // namespace anima::sim
