@@ -182,9 +182,56 @@ HttpResponse HttpRequest(int port, const std::string& method, const std::string&
   return out;
 }
 
+// Every operation after the handshake is asynchronous, driven by running the io_context for at
+// most the caller's timeout. A read that times out stays pending and is completed by the next
+// Read, so a timeout never breaks the stream and no frame is lost.
 struct WsClient::Impl {
   asio::io_context ioc;
   websocket::stream<beast::tcp_stream> ws{ioc};
+  beast::flat_buffer buffer;
+  bool reading = false;
+  bool read_done = false;
+  beast::error_code read_ec;
+
+  void StartRead() {
+    reading = true;
+    read_done = false;
+    buffer.clear();
+    ws.async_read(buffer, [this](beast::error_code ec, std::size_t) {
+      read_ec = ec;
+      read_done = true;
+      reading = false;
+    });
+  }
+
+  // Runs the io_context until `done` or the timeout; other completions (a pending read) are
+  // recorded by their own handlers.
+  bool RunUntil(const bool& done, std::chrono::steady_clock::duration timeout) {
+    auto deadline = std::chrono::steady_clock::now() + timeout;
+    while (!done) {
+      auto left = deadline - std::chrono::steady_clock::now();
+      if (left <= std::chrono::steady_clock::duration::zero()) return false;
+      ioc.restart();
+      ioc.run_one_for(left);
+    }
+    return true;
+  }
+
+  bool Write(bool text, const std::string& data, std::string* error) {
+    bool done = false;
+    beast::error_code result;
+    ws.text(text);
+    ws.async_write(asio::buffer(data), [&](beast::error_code ec, std::size_t) {
+      result = ec;
+      done = true;
+    });
+    if (!RunUntil(done, 10s)) {
+      *error = "write timed out";
+      return false;
+    }
+    if (result) *error = result.message();
+    return !result;
+  }
 };
 
 WsClient::WsClient() : impl_(std::make_unique<Impl>()) {}
@@ -210,39 +257,23 @@ bool WsClient::Connect(int port, const std::string& target,
 }
 
 bool WsClient::SendText(const std::string& text) {
-  try {
-    impl_->ws.text(true);
-    beast::get_lowest_layer(impl_->ws).expires_after(10s);
-    impl_->ws.write(asio::buffer(text));
-    return true;
-  } catch (const std::exception& e) {
-    error_ = e.what();
-    return false;
-  }
+  return !closed_ && impl_->Write(true, text, &error_);
 }
 
 bool WsClient::SendBinary(const std::string& bytes) {
-  try {
-    impl_->ws.binary(true);
-    beast::get_lowest_layer(impl_->ws).expires_after(10s);
-    impl_->ws.write(asio::buffer(bytes));
-    impl_->ws.text(true);
-    return true;
-  } catch (const std::exception& e) {
-    error_ = e.what();
-    return false;
-  }
+  return !closed_ && impl_->Write(false, bytes, &error_);
 }
 
 std::optional<nlohmann::json> WsClient::Read(std::chrono::milliseconds timeout) {
   auto deadline = std::chrono::steady_clock::now() + timeout;
   while (!closed_) {
-    auto left = deadline - std::chrono::steady_clock::now();
-    if (left <= std::chrono::steady_clock::duration::zero()) return std::nullopt;
-    beast::flat_buffer buffer;
-    beast::error_code ec;
-    beast::get_lowest_layer(impl_->ws).expires_after(left);
-    impl_->ws.read(buffer, ec);
+    if (!impl_->reading && !impl_->read_done) impl_->StartRead();
+    if (!impl_->RunUntil(impl_->read_done, deadline - std::chrono::steady_clock::now())) {
+      error_ = "timeout";
+      return std::nullopt;
+    }
+    impl_->read_done = false;
+    beast::error_code ec = impl_->read_ec;
     if (ec == websocket::error::closed) {
       closed_ = true;
       close_code_ = impl_->ws.reason().code;
@@ -250,11 +281,15 @@ std::optional<nlohmann::json> WsClient::Read(std::chrono::milliseconds timeout) 
     }
     if (ec) {
       error_ = ec.message();
-      if (ec != beast::error::timeout) closed_ = true;
+      closed_ = true;
       return std::nullopt;
     }
-    auto json = nlohmann::json::parse(beast::buffers_to_string(buffer.data()), nullptr, false);
-    if (json.is_discarded()) return std::nullopt;
+    auto json =
+        nlohmann::json::parse(beast::buffers_to_string(impl_->buffer.data()), nullptr, false);
+    if (json.is_discarded()) {
+      error_ = "a frame that is not JSON";
+      return std::nullopt;
+    }
     std::string type = json.value("type", "");
     if (std::find(ignore_.begin(), ignore_.end(), type) != ignore_.end()) continue;
     return json;
@@ -280,10 +315,16 @@ std::optional<nlohmann::json> WsClient::ReadUntil(const std::string& type, const
 
 void WsClient::Close() {
   if (closed_ || !impl_) return;
-  beast::error_code ec;
-  beast::get_lowest_layer(impl_->ws).expires_after(2s);
-  if (impl_->ws.is_open()) impl_->ws.close(websocket::close_code::normal, ec);
   closed_ = true;
+  beast::error_code ec;
+  // A clean close handshake when nothing is pending; otherwise just drop the connection.
+  if (!impl_->reading && impl_->ws.is_open()) {
+    bool done = false;
+    impl_->ws.async_close(websocket::close_code::normal,
+                          [&done](beast::error_code) { done = true; });
+    if (impl_->RunUntil(done, 2s)) return;
+  }
+  beast::get_lowest_layer(impl_->ws).socket().close(ec);
 }
 
 std::map<std::string, double> ScrapeMetrics(int port) {

@@ -1,6 +1,8 @@
 // The whole system as a client sees it: the real simulator, broker, router and gateway binaries
 // on free ports, a WebSocket client, and the metrics endpoints.
 #include <csignal>
+#include <iostream>
+#include <thread>
 
 #include "gtest/gtest.h"
 #include "tests/integration/harness/harness.h"
@@ -22,15 +24,15 @@ class SystemTest : public ::testing::Test {
     ASSERT_NE(broker_, nullptr);
     StartRouter(0);
     ASSERT_NE(router_, nullptr);
-    gateway_ = Process::Start("anima-gateway", {"--port=0", "--metrics-port=0",
-                                                "--router=" + router_->address("grpc")});
+    gateway_ = Process::Start(
+        "anima-gateway", {"--port=0", "--metrics-port=0", "--router=" + router_->address("grpc")});
     ASSERT_NE(gateway_, nullptr);
   }
 
   static void StartRouter(int port) {
-    router_ = Process::Start("anima-router", {"--port=" + std::to_string(port), "--metrics-port=0",
-                                              "--poll-interval-ms=200",
-                                              "--broker=" + broker_->address("grpc")});
+    router_ = Process::Start("anima-router",
+                             {"--port=" + std::to_string(port), "--metrics-port=0",
+                              "--poll-interval-ms=200", "--broker=" + broker_->address("grpc")});
   }
 
   static void TearDownTestSuite() {
@@ -112,8 +114,8 @@ TEST_F(SystemTest, ConversationContinuesWithItsId) {
   ASSERT_TRUE(first);
   std::string conv = (*first)["conversation_id"];
   ASSERT_FALSE(conv.empty());
-  ASSERT_TRUE(ws->SendText(nlohmann::json{{"type", "chat"}, {"id", "b"}, {"message", "and now?"},
-                                          {"conversation_id", conv}}
+  ASSERT_TRUE(ws->SendText(nlohmann::json{
+      {"type", "chat"}, {"id", "b"}, {"message", "and now?"}, {"conversation_id", conv}}
                                .dump()));
   auto second = ws->ReadUntil("chat_response", "b");
   ASSERT_TRUE(second);
@@ -248,7 +250,13 @@ TEST_F(SystemTest, KilledRouterGivesUnavailableAndRecoveryOnceBack) {
   auto err = ws->ReadUntil("error", "u");
   ASSERT_TRUE(err);
   EXPECT_EQ((*err)["code"], "unavailable");
-  EXPECT_EQ(HttpRequest(gateway_->port("http"), "GET", "/readyz").status, 503);
+  // Readiness follows the router's health within a few probe intervals.
+  int ready = 200;
+  for (int i = 0; i < 100 && ready != 503; ++i) {
+    ready = HttpRequest(gateway_->port("http"), "GET", "/readyz").status;
+    if (ready != 503) std::this_thread::sleep_for(50ms);
+  }
+  EXPECT_EQ(ready, 503);
 
   StartRouter(port);
   ASSERT_NE(router_, nullptr);
@@ -269,8 +277,14 @@ TEST_F(SystemTest, KilledRouterGivesUnavailableAndRecoveryOnceBack) {
 
 TEST_F(SystemTest, SigtermStopsEveryServiceCleanly) {
   for (auto* p : {gateway_.get(), router_.get(), broker_.get(), sim_.get()}) {
+    auto start = std::chrono::steady_clock::now();
     p->Signal(SIGTERM);
     EXPECT_EQ(p->Wait(), 0) << p->log_path();
+    std::cerr << p->log_path() << " stopped in "
+              << std::chrono::duration_cast<std::chrono::milliseconds>(
+                     std::chrono::steady_clock::now() - start)
+                     .count()
+              << " ms\n";
   }
 }
 

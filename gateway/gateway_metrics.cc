@@ -1,0 +1,67 @@
+#include "gateway/gateway_metrics.h"
+
+#include <algorithm>
+
+#include "gateway/frame_translator.h"
+#include "services/common/metrics.h"
+
+namespace anima::gateway {
+
+GatewayMetrics::GatewayMetrics(prometheus::Registry& registry)
+    : connections_(prometheus::BuildGauge()
+                       .Name("anima_gateway_connections")
+                       .Help("Open WebSocket connections.")
+                       .Register(registry)
+                       .Add({})),
+      connections_total_(prometheus::BuildCounter()
+                             .Name("anima_gateway_connections_total")
+                             .Help("WebSocket connections accepted.")
+                             .Register(registry)
+                             .Add({})),
+      received_(prometheus::BuildCounter()
+                    .Name("anima_gateway_frames_received_total")
+                    .Help("Client frames by type and outcome (ok or the error code answered).")
+                    .Register(registry)),
+      sent_(prometheus::BuildCounter()
+                .Name("anima_gateway_frames_sent_total")
+                .Help("Server frames by type.")
+                .Register(registry)),
+      request_seconds_(prometheus::BuildHistogram()
+                           .Name("anima_gateway_request_seconds")
+                           .Help("From a client frame in to its terminal frame out.")
+                           .Register(registry)),
+      errors_(prometheus::BuildCounter()
+                  .Name("anima_gateway_errors_total")
+                  .Help("Error frames sent, by code.")
+                  .Register(registry)) {}
+
+void GatewayMetrics::ConnectionOpened() {
+  connections_.Increment();
+  connections_total_.Increment();
+}
+
+void GatewayMetrics::ConnectionClosed() { connections_.Decrement(); }
+
+void GatewayMetrics::FrameReceived(std::string_view type, std::string_view outcome) {
+  received_.Add({{"type", TypeLabel(type)}, {"outcome", std::string(outcome)}}).Increment();
+}
+
+void GatewayMetrics::FrameSent(std::string_view type) {
+  sent_.Add({{"type", std::string(type)}}).Increment();
+}
+
+void GatewayMetrics::RequestDone(std::string_view type, double seconds) {
+  request_seconds_.Add({{"type", TypeLabel(type)}}, common::LatencyBuckets()).Observe(seconds);
+}
+
+void GatewayMetrics::ErrorSent(std::string_view code) {
+  errors_.Add({{"code", std::string(code)}}).Increment();
+}
+
+std::string GatewayMetrics::TypeLabel(std::string_view type) {
+  const auto& builtin = FrameTranslator::BuiltinTypes();
+  if (std::find(builtin.begin(), builtin.end(), type) != builtin.end()) return std::string(type);
+  return "other";
+}
+
+}  // namespace anima::gateway

@@ -1,0 +1,47 @@
+#pragma once
+
+#include <map>
+#include <string>
+#include <string_view>
+
+#include "prometheus/counter.h"
+#include "prometheus/family.h"
+#include "prometheus/gauge.h"
+#include "prometheus/histogram.h"
+#include "prometheus/registry.h"
+
+namespace anima::gateway {
+
+// The gateway's own metrics. Label values are bounded: client types are the built-in types or
+// "other"; outcomes are "ok" or a protocol error code; sent types are server frame types.
+//   anima_gateway_connections                       gauge, open WebSocket sessions
+//   anima_gateway_connections_total                 counter, accepted upgrades
+//   anima_gateway_frames_received_total{type,outcome}
+//   anima_gateway_frames_sent_total{type}
+//   anima_gateway_request_seconds{type}             frame in -> terminal frame out
+//   anima_gateway_errors_total{code}                error frames sent
+// Thread-safe.
+class GatewayMetrics {
+ public:
+  explicit GatewayMetrics(prometheus::Registry& registry);
+
+  void ConnectionOpened();
+  void ConnectionClosed();
+  void FrameReceived(std::string_view type, std::string_view outcome);
+  void FrameSent(std::string_view type);
+  void RequestDone(std::string_view type, double seconds);
+  void ErrorSent(std::string_view code);
+
+  // The `type` label for a client message type.
+  static std::string TypeLabel(std::string_view type);
+
+ private:
+  prometheus::Gauge& connections_;
+  prometheus::Counter& connections_total_;
+  prometheus::Family<prometheus::Counter>& received_;
+  prometheus::Family<prometheus::Counter>& sent_;
+  prometheus::Family<prometheus::Histogram>& request_seconds_;
+  prometheus::Family<prometheus::Counter>& errors_;
+};
+
+}  // namespace anima::gateway

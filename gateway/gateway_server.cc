@@ -1,0 +1,81 @@
+#include "gateway/gateway_server.h"
+
+#include <chrono>
+
+#include "absl/strings/str_cat.h"
+#include "boost/asio.hpp"
+#include "gateway/ws_session.h"
+#include "services/common/grpc_server.h"
+#include "spdlog/spdlog.h"
+
+namespace anima::gateway {
+
+namespace net = boost::asio;
+
+absl::StatusOr<std::unique_ptr<GatewayServer>> GatewayServer::Start(
+    GatewaySettings settings, prometheus::Registry& registry) {
+  boost::system::error_code ec;
+  auto address = net::ip::make_address(settings.bind, ec);
+  if (ec) return absl::InvalidArgumentError(absl::StrCat("--bind: bad address ", settings.bind));
+
+  std::unique_ptr<GatewayServer> server(new GatewayServer());
+  server->metrics_ = std::make_unique<GatewayMetrics>(registry);
+  server->router_ = std::make_unique<RouterClient>(common::MakeChannel(settings.router, &registry));
+  // Its own channel, without the metrics interceptor: probes are not traffic.
+  server->readiness_ = std::make_unique<ReadinessProbe>(
+      common::MakeChannel(settings.router, nullptr), settings.readiness_interval);
+  server->context_ = std::make_unique<GatewayContext>(std::move(settings));
+  GatewayContext& context = *server->context_;
+  context.metrics = server->metrics_.get();
+  context.router = server->router_.get();
+  context.readiness = server->readiness_.get();
+
+  int threads = std::max(1, context.settings.threads);
+  server->ioc_ = std::make_unique<net::io_context>(threads);
+  server->listener_ = std::make_shared<Listener>(*server->ioc_, context);
+  auto status = server->listener_->Listen(
+      net::ip::tcp::endpoint(address, static_cast<unsigned short>(context.settings.port)));
+  if (!status.ok()) return status;
+  server->listener_->Run();
+  for (int i = 0; i < threads; ++i) {
+    server->threads_.emplace_back([ioc = server->ioc_.get()] {
+      // A handler that throws is a bug; log it and keep serving the other connections.
+      for (;;) {
+        try {
+          ioc->run();
+          return;
+        } catch (const std::exception& e) {
+          spdlog::error("io thread: uncaught exception: {}", e.what());
+        }
+      }
+    });
+  }
+  return server;
+}
+
+GatewayServer::~GatewayServer() { Shutdown(); }
+
+void GatewayServer::Shutdown() {
+  if (stopped_) return;
+  stopped_ = true;
+  context_->draining.store(true);
+  listener_->Stop();
+  auto sessions = context_->sessions.Snapshot();
+  spdlog::info("shutting down: closing {} connections with 1001", sessions.size());
+  for (auto& session : sessions) session->Close(boost::beast::websocket::close_code::going_away);
+  sessions.clear();
+  auto deadline = std::chrono::steady_clock::now() + context_->settings.shutdown_grace;
+  while (context_->sessions.size() > 0 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  ioc_->stop();
+  for (auto& t : threads_) t.join();
+  threads_.clear();
+  // Calls still open post their last events to the stopped io_context, which must outlive
+  // them; destroying it then releases the sessions those handlers hold.
+  router_->CancelAllAndWait();
+  listener_.reset();
+  ioc_.reset();
+}
+
+}  // namespace anima::gateway

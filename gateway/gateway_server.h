@@ -1,0 +1,48 @@
+#pragma once
+
+#include <memory>
+#include <thread>
+#include <utility>  // before Boost 1.74's asio, which uses std::exchange unincluded
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "boost/asio/io_context.hpp"
+#include "gateway/gateway_context.h"
+#include "gateway/http_session.h"
+#include "prometheus/registry.h"
+
+namespace anima::gateway {
+
+// The whole gateway: the router channel and its readiness probe, the listener, and the io
+// threads that run every connection.
+class GatewayServer {
+ public:
+  // Binds settings.bind:settings.port and starts settings.threads io threads.
+  static absl::StatusOr<std::unique_ptr<GatewayServer>> Start(GatewaySettings settings,
+                                                              prometheus::Registry& registry);
+  ~GatewayServer();  // Shutdown() if it has not run
+
+  int port() const { return listener_->port(); }
+  size_t connections() { return context_->sessions.size(); }
+
+  // Stops accepting, refuses new upgrades, closes every session with 1001 after the frames
+  // already queued, waits up to settings.shutdown_grace for the close handshakes, then stops the
+  // io threads and ends the router calls still open. Call once, from any thread but an io thread.
+  void Shutdown();
+
+ private:
+  GatewayServer() = default;
+
+  // Declaration order is destruction order reversed: the io_context (and with it every session)
+  // goes before what sessions refer to.
+  std::unique_ptr<GatewayMetrics> metrics_;
+  std::unique_ptr<RouterClient> router_;
+  std::unique_ptr<ReadinessProbe> readiness_;
+  std::unique_ptr<GatewayContext> context_;
+  std::unique_ptr<boost::asio::io_context> ioc_;
+  std::shared_ptr<Listener> listener_;
+  std::vector<std::thread> threads_;
+  bool stopped_ = false;
+};
+
+}  // namespace anima::gateway

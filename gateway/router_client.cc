@@ -1,0 +1,95 @@
+#include "gateway/router_client.h"
+
+#include <chrono>
+#include <vector>
+
+#include "services/common/grpc_server.h"
+
+namespace anima::gateway {
+
+// One call. Keeps itself alive (self_) from StartCall until OnDone; holders of the returned
+// shared_ptr may keep it longer, to cancel it without racing its end.
+class RouterClient::Reactor final : public grpc::ClientReadReactor<anima::v1::Event>,
+                                    public DispatchCall,
+                                    public std::enable_shared_from_this<Reactor> {
+ public:
+  Reactor(RouterClient* client, anima::v1::Envelope envelope, DispatchCallbacks callbacks)
+      : client_(client), envelope_(std::move(envelope)), callbacks_(std::move(callbacks)) {}
+
+  void Start() {
+    self_ = shared_from_this();
+    context_.AddMetadata(common::kRequestIdKey, envelope_.request_id());
+    if (envelope_.timeout_ms() > 0) {
+      context_.set_deadline(std::chrono::system_clock::now() +
+                            std::chrono::milliseconds(envelope_.timeout_ms()));
+    }
+    client_->stub_->async()->Dispatch(&context_, &envelope_, this);
+    StartRead(&event_);
+    StartCall();
+  }
+
+  void Cancel() override { context_.TryCancel(); }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) return;  // the stream ended; OnDone follows
+    callbacks_.on_event(std::move(event_));
+    event_.Clear();
+    StartRead(&event_);
+  }
+
+  void OnDone(const grpc::Status& status) override {
+    callbacks_.on_done(status);
+    callbacks_ = {};  // drops whatever the callbacks captured (the session)
+    client_->Unregister(this);
+    self_.reset();  // may destroy this
+  }
+
+ private:
+  RouterClient* client_;
+  grpc::ClientContext context_;
+  anima::v1::Envelope envelope_;
+  anima::v1::Event event_;
+  DispatchCallbacks callbacks_;
+  std::shared_ptr<Reactor> self_;
+};
+
+RouterClient::RouterClient(std::shared_ptr<grpc::ChannelInterface> channel)
+    : stub_(anima::v1::Router::NewStub(std::move(channel))) {}
+
+RouterClient::~RouterClient() { CancelAllAndWait(); }
+
+std::shared_ptr<DispatchCall> RouterClient::Dispatch(anima::v1::Envelope envelope,
+                                                     DispatchCallbacks callbacks) {
+  auto call = std::make_shared<Reactor>(this, std::move(envelope), std::move(callbacks));
+  Register(call);
+  call->Start();
+  return call;
+}
+
+void RouterClient::Register(const std::shared_ptr<Reactor>& call) {
+  std::lock_guard<std::mutex> lock(mu_);
+  live_.emplace(call.get(), call);
+}
+
+void RouterClient::Unregister(Reactor* call) {
+  std::lock_guard<std::mutex> lock(mu_);
+  live_.erase(call);
+  if (live_.empty()) idle_.notify_all();
+}
+
+void RouterClient::CancelAllAndWait() {
+  std::vector<std::shared_ptr<Reactor>> calls;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto& [ptr, weak] : live_) {
+      if (auto call = weak.lock()) calls.push_back(std::move(call));
+    }
+  }
+  // Outside the lock: gRPC may run OnDone, which takes it, before TryCancel returns.
+  for (auto& call : calls) call->Cancel();
+  calls.clear();
+  std::unique_lock<std::mutex> lock(mu_);
+  idle_.wait(lock, [this] { return live_.empty(); });
+}
+
+}  // namespace anima::gateway

@@ -1,0 +1,338 @@
+#include "gateway/ws_session.h"
+
+#include <random>
+#include <variant>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "services/common/grpc_metrics.h"
+#include "services/common/process.h"
+#include "spdlog/spdlog.h"
+
+namespace anima::gateway {
+
+namespace beast = boost::beast;
+namespace net = boost::asio;
+namespace websocket = beast::websocket;
+
+namespace {
+
+std::string NewSessionId() {
+  thread_local std::mt19937_64 rng{std::random_device{}()};
+  return absl::StrFormat("s-%016x", rng());
+}
+
+constexpr size_t kIdleBufferBytes = 8192;
+
+double SecondsSince(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+}  // namespace
+
+WsSession::WsSession(net::ip::tcp::socket&& socket, GatewayContext& context)
+    : context_(context), ws_(std::move(socket)), session_id_(NewSessionId()) {}
+
+WsSession::~WsSession() {
+  CancelAllCalls();
+  context_.sessions.Remove(this);
+  if (opened_) context_.metrics->ConnectionClosed();
+  spdlog::debug("session {} ended", session_id_);
+}
+
+void WsSession::Run(beast::http::request<beast::http::string_body> request) {
+  context_.sessions.Add(shared_from_this());
+  ws_.set_option(websocket::stream_base::timeout::suggested(beast::role_type::server));
+  ws_.set_option(websocket::stream_base::decorator([](websocket::response_type& res) {
+    res.set(beast::http::field::server, "anima-gateway/0.1.0");
+  }));
+  // Beast's own limit would fail the connection before the `too_large` frame could be sent, so
+  // OnRead enforces max_message_bytes and Beast's is off.
+  ws_.read_message_max(0);
+  ws_.async_accept(request, beast::bind_front_handler(&WsSession::OnAccept, shared_from_this()));
+}
+
+void WsSession::Close(websocket::close_code code) {
+  net::post(ws_.get_executor(), [self = shared_from_this(), code] {
+    if (!self->opened_) {
+      beast::get_lowest_layer(self->ws_).close();
+      return;
+    }
+    self->CloseAfterFlush(code);
+  });
+}
+
+void WsSession::OnAccept(beast::error_code ec) {
+  if (ec) {
+    spdlog::debug("websocket handshake failed: {}", ec.message());
+    return;
+  }
+  opened_ = true;
+  context_.metrics->ConnectionOpened();
+  spdlog::debug("session {} opened", session_id_);
+  FrameTranslator::WelcomeLimits limits;
+  limits.max_message_bytes = static_cast<int64_t>(context_.settings.max_message_bytes);
+  limits.max_in_flight = context_.settings.max_in_flight;
+  limits.messages_per_second = context_.settings.messages_per_second;
+  Send("welcome", FrameTranslator::RenderWelcome(session_id_, limits));
+  if (context_.draining.load()) {
+    CloseAfterFlush(websocket::close_code::going_away);
+  }
+  DoRead();
+}
+
+void WsSession::DoRead() {
+  // Reads at most one byte past the limit, so an oversized message is noticed without holding
+  // more than max_message_bytes + 1 of it.
+  size_t limit = context_.settings.max_message_bytes + 1 - buffer_.size();
+  ws_.async_read_some(buffer_, limit,
+                      beast::bind_front_handler(&WsSession::OnRead, shared_from_this()));
+}
+
+void WsSession::OnRead(beast::error_code ec, size_t) {
+  if (ec) {
+    if (ec != websocket::error::closed && ec != net::error::operation_aborted) {
+      spdlog::debug("session {} read: {}", session_id_, ec.message());
+    }
+    CancelAllCalls();
+    return;
+  }
+  if (close_after_flush_) return;  // closing: what the client still sends is not answered
+  if (buffer_.size() > context_.settings.max_message_bytes) {
+    context_.metrics->FrameReceived("other", kTooLarge);
+    SendError(kTooLarge,
+              absl::StrCat("the frame is over max_message_bytes (",
+                           context_.settings.max_message_bytes, ")"),
+              context_.translator.AssignId());
+    CloseAfterFlush(websocket::close_code::too_big);
+    return;
+  }
+  if (!ws_.is_message_done()) {
+    DoRead();
+    return;
+  }
+  if (ws_.got_binary()) {
+    context_.metrics->FrameReceived("other", kInvalidMessage);
+    SendError(kInvalidMessage, "binary frames are not supported: send JSON text frames",
+              context_.translator.AssignId());
+  } else {
+    // flat_buffer is contiguous: the frame is parsed in place.
+    HandleText(std::string_view(static_cast<const char*>(buffer_.data().data()), buffer_.size()));
+  }
+  buffer_.consume(buffer_.size());
+  // An idle connection should not keep the memory of the largest frame it ever sent.
+  if (buffer_.capacity() > kIdleBufferBytes) buffer_.shrink_to_fit();
+  if (!close_after_flush_) DoRead();
+}
+
+void WsSession::HandleText(std::string_view text) {
+  auto start = std::chrono::steady_clock::now();
+  ParseResult result = context_.translator.Parse(text);
+  if (auto* error = std::get_if<ProtocolError>(&result)) {
+    context_.metrics->FrameReceived(error->type.empty() ? "other" : error->type, error->code);
+    SendError(error->code, error->message, error->id);
+    return;
+  }
+  ParsedFrame& frame = std::get<ParsedFrame>(result);
+  switch (frame.kind) {
+    case ParsedFrame::Kind::kPing:
+      context_.metrics->FrameReceived(frame.type, "ok");
+      Send("pong", FrameTranslator::RenderPong(frame.id));
+      context_.metrics->RequestDone(frame.type, SecondsSince(start));
+      return;
+    case ParsedFrame::Kind::kSubscribe:
+    case ParsedFrame::Kind::kUnsubscribe: {
+      // Only consciousness_state exists; the broadcast that reads this flag comes later.
+      bool subscribe = frame.kind == ParsedFrame::Kind::kSubscribe;
+      subscribed_ = subscribe;
+      context_.metrics->FrameReceived(frame.type, "ok");
+      const char* reply = subscribe ? "subscribed" : "unsubscribed";
+      Send(reply, FrameTranslator::RenderTopics(reply, frame.id, frame.topics));
+      return;
+    }
+    case ParsedFrame::Kind::kCancel:
+      HandleCancel(frame);
+      return;
+    case ParsedFrame::Kind::kRouted:
+      StartRequest(std::move(frame), start);
+      return;
+  }
+}
+
+void WsSession::StartRequest(ParsedFrame frame, std::chrono::steady_clock::time_point start) {
+  if (in_flight_.count(frame.id) > 0) {
+    context_.metrics->FrameReceived(frame.type, kInvalidMessage);
+    SendError(kInvalidMessage,
+              absl::StrCat("id: \"", frame.id, "\" is already used by a request in flight"),
+              frame.id);
+    return;
+  }
+  if (in_flight_.size() >= static_cast<size_t>(context_.settings.max_in_flight)) {
+    context_.metrics->FrameReceived(frame.type, kTooManyInFlight);
+    SendError(kTooManyInFlight,
+              absl::StrCat("over max_in_flight (", context_.settings.max_in_flight,
+                           ") requests in flight on this connection"),
+              frame.id);
+    return;
+  }
+  context_.metrics->FrameReceived(frame.type, "ok");
+  anima::v1::Envelope& envelope = frame.envelope;
+  envelope.set_request_id(common::NewRequestId());
+  envelope.set_session_id(session_id_);
+  spdlog::debug("req={} session {} {} id={}", envelope.request_id(), session_id_, frame.type,
+                frame.id);
+
+  uint64_t seq = ++next_seq_;
+  InFlight& entry = in_flight_[frame.id];
+  entry.seq = seq;
+  entry.type = frame.type;
+  entry.request_id = envelope.request_id();
+  entry.start = start;
+
+  // The callbacks run on gRPC threads: they only post to this session's strand, and only while
+  // the session is alive.
+  std::weak_ptr<WsSession> weak = weak_from_this();
+  auto executor = ws_.get_executor();
+  DispatchCallbacks callbacks;
+  callbacks.on_event = [weak, executor, seq, id = frame.id](anima::v1::Event event) {
+    auto self = weak.lock();
+    if (!self) return;
+    net::post(executor, [self = std::move(self), seq, id, event = std::move(event)]() mutable {
+      self->OnCallEvent(seq, id, std::move(event));
+    });
+  };
+  callbacks.on_done = [weak, executor, seq, id = frame.id](const grpc::Status& status) {
+    auto self = weak.lock();
+    if (!self) return;
+    net::post(executor,
+              [self = std::move(self), seq, id, status] { self->OnCallDone(seq, id, status); });
+  };
+  // Events are posted, so none can run before the call is stored below.
+  entry.call = context_.router->Dispatch(std::move(envelope), std::move(callbacks));
+}
+
+void WsSession::HandleCancel(const ParsedFrame& frame) {
+  auto it = in_flight_.find(frame.target_id);
+  if (it == in_flight_.end()) {
+    context_.metrics->FrameReceived(frame.type, kNotFound);
+    SendError(kNotFound, absl::StrCat("no request with id \"", frame.target_id, "\" is in flight"),
+              frame.id);
+    return;
+  }
+  context_.metrics->FrameReceived(frame.type, "ok");
+  it->second.call->Cancel();
+  // The target ends here; whatever its call still delivers is dropped (it is no longer in
+  // flight).
+  SendError(kCancelled, "cancelled by the client", frame.target_id);
+  Finish(it);
+}
+
+void WsSession::OnCallEvent(uint64_t seq, const std::string& id, anima::v1::Event event) {
+  auto it = in_flight_.find(id);
+  if (it == in_flight_.end() || it->second.seq != seq) return;
+  RenderedFrame frame = FrameTranslator::Render(event, id);
+  if (frame.type == "module") it->second.saw_module_frame = true;
+  if (frame.type == "error") {
+    context_.metrics->ErrorSent(
+        event.has_error() && !event.error().code().empty() ? event.error().code() : kInternal);
+  }
+  Send(frame.type, std::move(frame.text));
+  if (frame.terminal) Finish(it);
+}
+
+void WsSession::OnCallDone(uint64_t seq, const std::string& id, const grpc::Status& status) {
+  auto it = in_flight_.find(id);
+  if (it == in_flight_.end() || it->second.seq != seq) return;  // already answered
+  // The stream ended without a terminal event.
+  if (status.ok() && it->second.saw_module_frame) {
+    Finish(it);  // an external module's stream: its frames were the answer
+    return;
+  }
+  switch (status.error_code()) {
+    case grpc::StatusCode::UNAVAILABLE:
+      SendError(kUnavailable, "router unavailable", id);
+      break;
+    case grpc::StatusCode::DEADLINE_EXCEEDED:
+      SendError(kDeadlineExceeded, "the request ran past its deadline", id);
+      break;
+    case grpc::StatusCode::CANCELLED:
+      SendError(kCancelled, "the request was cancelled", id);
+      break;
+    default:
+      spdlog::warn(
+          "req={} session {} id={} type={}: router ended the call with {} ({}) and no "
+          "answer",
+          it->second.request_id, session_id_, id, it->second.type,
+          common::StatusCodeName(status.error_code()), status.error_message());
+      SendError(kInternal,
+                status.ok() ? "the router ended the request without an answer"
+                            : absl::StrCat("router: ", common::StatusCodeName(status.error_code()),
+                                           ": ", status.error_message()),
+                id);
+  }
+  Finish(it);
+}
+
+void WsSession::Finish(InFlightMap::iterator it) {
+  context_.metrics->RequestDone(it->second.type, SecondsSince(it->second.start));
+  in_flight_.erase(it);
+}
+
+void WsSession::CancelAllCalls() {
+  for (auto& [id, entry] : in_flight_) {
+    if (entry.call) entry.call->Cancel();
+  }
+  in_flight_.clear();
+}
+
+void WsSession::SendError(std::string_view code, std::string_view message, std::string_view id) {
+  context_.metrics->ErrorSent(code);
+  Send("error", FrameTranslator::RenderError(code, message, id));
+}
+
+void WsSession::Send(const std::string& type, std::string text) {
+  if (close_after_flush_ || write_failed_) return;
+  context_.metrics->FrameSent(type);
+  queue_.push_back(std::make_shared<const std::string>(std::move(text)));
+  if (!writing_) DoWrite();
+}
+
+void WsSession::DoWrite() {
+  writing_ = true;
+  ws_.text(true);
+  ws_.async_write(net::buffer(*queue_.front()),
+                  beast::bind_front_handler(&WsSession::OnWrite, shared_from_this()));
+}
+
+void WsSession::OnWrite(beast::error_code ec, size_t) {
+  writing_ = false;
+  if (ec) {
+    write_failed_ = true;
+    queue_.clear();
+    CancelAllCalls();
+    return;
+  }
+  queue_.pop_front();
+  if (!queue_.empty()) {
+    DoWrite();
+  } else if (close_after_flush_) {
+    ws_.async_close(websocket::close_reason(*close_after_flush_),
+                    beast::bind_front_handler(&WsSession::OnClose, shared_from_this()));
+  }
+}
+
+void WsSession::CloseAfterFlush(websocket::close_code code) {
+  if (close_after_flush_ || write_failed_) return;
+  close_after_flush_ = code;
+  if (!writing_) {
+    ws_.async_close(websocket::close_reason(code),
+                    beast::bind_front_handler(&WsSession::OnClose, shared_from_this()));
+  }
+}
+
+void WsSession::OnClose(beast::error_code ec) {
+  if (ec) spdlog::debug("session {} close: {}", session_id_, ec.message());
+  CancelAllCalls();
+}
+
+}  // namespace anima::gateway

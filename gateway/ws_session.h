@@ -1,0 +1,85 @@
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+
+#include <utility>  // before Boost 1.74's asio, which uses std::exchange unincluded
+
+#include "boost/asio.hpp"
+#include "boost/beast/core.hpp"
+#include "boost/beast/http.hpp"
+#include "boost/beast/websocket.hpp"
+#include "gateway/gateway_context.h"
+
+namespace anima::gateway {
+
+// One WebSocket connection (PROTOCOL.md §1-3).
+//
+// Threading: every member runs on the connection's strand (the executor of its socket); router
+// events arrive on gRPC threads and are posted there. Lifetime: the session lives while a Beast
+// operation or a posted handler holds it (bind_front_handler with shared_from_this); router
+// calls hold it only weakly, and the destructor cancels the calls still in flight.
+//
+// Send path: one queue of serialised frames, exactly one async_write in flight; the next write
+// starts from the completion of the previous one. A close is queued behind the frames before it.
+class WsSession : public std::enable_shared_from_this<WsSession> {
+ public:
+  WsSession(boost::asio::ip::tcp::socket&& socket, GatewayContext& context);
+  ~WsSession();
+
+  // Completes the upgrade of `request`, whose connection this session now owns.
+  void Run(boost::beast::http::request<boost::beast::http::string_body> request);
+
+  // Thread-safe: closes with `code` once the frames queued so far are written.
+  void Close(boost::beast::websocket::close_code code);
+
+ private:
+  struct InFlight {
+    uint64_t seq = 0;  // tells this call's late events from those of a reused id
+    std::shared_ptr<DispatchCall> call;
+    std::string type;
+    std::string request_id;  // for log lines
+    std::chrono::steady_clock::time_point start;
+    bool saw_module_frame = false;
+  };
+  using InFlightMap = std::unordered_map<std::string, InFlight>;
+
+  void OnAccept(boost::beast::error_code ec);
+  void DoRead();
+  void OnRead(boost::beast::error_code ec, size_t bytes);
+  void HandleText(std::string_view text);
+  void StartRequest(ParsedFrame frame, std::chrono::steady_clock::time_point start);
+  void HandleCancel(const ParsedFrame& frame);
+  void OnCallEvent(uint64_t seq, const std::string& id, anima::v1::Event event);
+  void OnCallDone(uint64_t seq, const std::string& id, const grpc::Status& status);
+  void Finish(InFlightMap::iterator it);
+  void CancelAllCalls();
+
+  void Send(const std::string& type, std::string text);
+  void SendError(std::string_view code, std::string_view message, std::string_view id);
+  void DoWrite();
+  void OnWrite(boost::beast::error_code ec, size_t bytes);
+  void CloseAfterFlush(boost::beast::websocket::close_code code);
+  void OnClose(boost::beast::error_code ec);
+
+  GatewayContext& context_;
+  boost::beast::websocket::stream<boost::beast::tcp_stream> ws_;
+  boost::beast::flat_buffer buffer_;
+  const std::string session_id_;
+  bool opened_ = false;  // the upgrade completed
+  bool write_failed_ = false;
+  bool writing_ = false;
+  std::deque<std::shared_ptr<const std::string>> queue_;
+  std::optional<boost::beast::websocket::close_code> close_after_flush_;
+  bool subscribed_ = true;  // to consciousness_state broadcasts
+  InFlightMap in_flight_;
+  uint64_t next_seq_ = 0;
+};
+
+}  // namespace anima::gateway

@@ -1,0 +1,67 @@
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "services/llm_broker/http_transport.h"
+#include "services/llm_broker/strategy.h"
+
+namespace anima::broker {
+
+struct HttpClientOptions {
+  // PEM file of trusted CAs; empty: the system's default verify paths (the CA bundle).
+  std::string ca_file;
+  size_t max_idle_per_origin = 32;
+  // Pooled connections idle for longer are not reused (servers and load balancers close them).
+  std::chrono::milliseconds idle_timeout{30000};
+  int threads = 2;
+  // Called (on a client thread) for every new connection, with its origin (scheme://host:port).
+  std::function<void(const std::string& origin)> on_connection_opened;
+};
+
+// HTTP/1.1 over Boost.Beast and OpenSSL: https with certificate and hostname verification and SNI
+// (the bare host name), plain http, a keep-alive pool per origin, one transparent retry on a
+// fresh connection when a reused one fails before any response byte, incremental body delivery
+// (chunked, Content-Length or read-until-close), connect / first-byte / total timeouts, and
+// cancellation by closing the socket. A connection returns to the pool only when its response was
+// read to the end and both sides allow keep-alive. Sends Accept-Encoding: identity unless the
+// request sets it.
+//
+// Owns an io_context and `threads` threads. Thread-safe. Destroy it only after every exchange has
+// completed or been abandoned (its destructor stops the threads; pending callbacks are dropped).
+class HttpClient : public HttpTransport {
+ public:
+  static absl::StatusOr<std::shared_ptr<HttpClient>> Create(HttpClientOptions options);
+  ~HttpClient() override;
+
+  std::shared_ptr<HttpExchange> Send(HttpRequest request, HttpHandler handler) override;
+
+  // Timers on this client's threads, for strategies.
+  std::shared_ptr<Scheduler> scheduler();
+
+  int64_t connections_opened() const;
+  int64_t stale_retries() const;
+
+  struct Impl;
+
+ private:
+  explicit HttpClient(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+// The parts of an http(s) URL. `port` is explicit or the scheme's default; `origin` is
+// scheme://host:port; `target` starts with '/'.
+struct ParsedUrl {
+  bool tls = false;
+  std::string host;
+  std::string port;
+  std::string target;
+  std::string origin;
+};
+absl::StatusOr<ParsedUrl> ParseUrl(std::string_view url);
+
+}  // namespace anima::broker

@@ -1,0 +1,184 @@
+// anima-llm-broker: wires the configuration, the HTTP client, the providers, the failover
+// strategy and the gRPC services together, then waits for SIGINT/SIGTERM.
+#include <cstdio>
+#include <cstdlib>
+#include <exception>
+
+#include "absl/strings/str_cat.h"
+#include "services/common/config.h"
+#include "services/common/flags.h"
+#include "services/common/grpc_server.h"
+#include "services/common/logging.h"
+#include "services/common/metrics.h"
+#include "services/common/process.h"
+#include "services/llm_broker/broker.h"
+#include "services/llm_broker/broker_config.h"
+#include "services/llm_broker/broker_metrics.h"
+#include "services/llm_broker/failover_strategy.h"
+#include "services/llm_broker/http_client.h"
+#include "services/llm_broker/instrumented_provider.h"
+#include "services/llm_broker/llm_broker_service.h"
+#include "services/llm_broker/openai_provider.h"
+#include "spdlog/spdlog.h"
+
+namespace {
+
+using namespace anima;
+using namespace anima::broker;
+
+int Usage(const std::string& message) {
+  std::fprintf(stderr, "anima-llm-broker: %s\n", message.c_str());
+  return 2;
+}
+
+int Run(int argc, char** argv) {
+  common::BlockShutdownSignals();
+  std::string bind = "127.0.0.1";
+  int port = 50052;
+  int metrics_port = 9102;
+  std::string config_path;
+  std::string openai_base_url;
+  std::string log_format = "text";
+  std::string log_level = "info";
+  std::string ready_file;
+  common::FlagSet flags("anima-llm-broker");
+  flags.Add("bind", &bind, "ANIMA_LLM_BROKER_BIND", "address to listen on");
+  flags.Add("port", &port, "ANIMA_LLM_BROKER_PORT", "gRPC port (0: pick a free one)");
+  flags.Add("metrics-port", &metrics_port, "ANIMA_LLM_BROKER_METRICS_PORT",
+            "Prometheus /metrics port (0: pick a free one)");
+  flags.Add("config", &config_path, "ANIMA_LLM_BROKER_CONFIG",
+            "JSON configuration file (providers); without it: OpenAI when OPENAI_API_KEY is set, "
+            "else the simulator at http://127.0.0.1:18080/v1");
+  flags.Add("openai-base-url", &openai_base_url, "ANIMA_LLM_BROKER_OPENAI_BASE_URL",
+            "overrides base_url of the provider named 'openai'");
+  flags.Add("log-format", &log_format, "ANIMA_LLM_BROKER_LOG_FORMAT", "text or json");
+  flags.Add("log-level", &log_level, "ANIMA_LLM_BROKER_LOG_LEVEL",
+            "trace, debug, info, warn, error");
+  flags.Add("ready-file", &ready_file, "ANIMA_LLM_BROKER_READY_FILE",
+            "written with {\"grpc\":port,\"metrics\":port} once listening");
+  if (auto s = flags.Parse(argc, argv); !s.ok()) return Usage(std::string(s.message()));
+  if (flags.help_requested()) {
+    std::printf("%s", flags.Usage().c_str());
+    return 0;
+  }
+  if (port < 0 || port > 65535) return Usage("--port: must be between 0 and 65535");
+  if (metrics_port < 0 || metrics_port > 65535) {
+    return Usage("--metrics-port: must be between 0 and 65535");
+  }
+  if (auto s = common::InitLogging("llm-broker", log_format, log_level); !s.ok()) {
+    return Usage(std::string(s.message()));
+  }
+
+  BrokerConfig config;
+  if (!config_path.empty()) {
+    auto json = common::LoadJsonFile(config_path);
+    if (!json.ok()) return Usage(std::string(json.status().message()));
+    auto parsed = ParseBrokerConfig(*json);
+    if (!parsed.ok()) return Usage(absl::StrCat(config_path, ": ", parsed.status().message()));
+    config = *std::move(parsed);
+    config.source = "config file " + config_path;
+  } else {
+    const char* key = std::getenv("OPENAI_API_KEY");
+    config = DefaultBrokerConfig(key != nullptr && *key != '\0');
+  }
+  if (!openai_base_url.empty()) {
+    if (auto url = ParseUrl(openai_base_url); !url.ok()) {
+      return Usage(absl::StrCat("--openai-base-url: ", url.status().message()));
+    }
+    bool found = false;
+    for (auto& p : config.providers) {
+      if (p.name == "openai") {
+        p.base_url = openai_base_url;
+        found = true;
+      }
+    }
+    if (!found) return Usage("--openai-base-url: the configuration has no provider named openai");
+  }
+  spdlog::info("providers from {}", config.source);
+  for (const auto& p : config.providers) {
+    spdlog::info("provider {} ({}) at {}", p.name, p.type, p.base_url);
+  }
+
+  auto metrics_server = common::MetricsServer::Start(absl::StrCat(bind, ":", metrics_port));
+  if (!metrics_server.ok()) return Usage(std::string(metrics_server.status().message()));
+  auto metrics = std::make_shared<BrokerMetrics>((*metrics_server)->registry());
+
+  HttpClientOptions http_options;
+  http_options.ca_file = config.ca_file;
+  http_options.max_idle_per_origin = static_cast<size_t>(config.max_idle_connections_per_origin);
+  http_options.idle_timeout = std::chrono::milliseconds(config.idle_timeout_ms);
+  http_options.on_connection_opened = [metrics](const std::string& origin) {
+    metrics->ConnectionOpened(origin);
+  };
+  auto client = HttpClient::Create(http_options);
+  if (!client.ok()) return Usage(absl::StrCat("ca_file: ", client.status().message()));
+
+  std::vector<std::shared_ptr<Provider>> providers;
+  std::vector<std::shared_ptr<InstrumentedProvider>> instrumented;
+  for (const auto& p : config.providers) {
+    auto key = LoadApiKey(p);
+    OpenAiProviderOptions options;
+    if (!key.ok()) {
+      if (p.type == "openai") return Usage(std::string(key.status().message()));
+      spdlog::warn("{}; sending the placeholder key EMPTY", std::string(key.status().message()));
+    } else {
+      options.api_key = *key;
+    }
+    if (options.api_key.empty() && p.type == "openai_compatible") options.api_key = "EMPTY";
+    options.name = p.name;
+    options.base_url = p.base_url;
+    options.organization = p.organization;
+    options.models = p.models;
+    options.default_model = p.default_model;
+    options.connect_timeout = std::chrono::milliseconds(p.connect_timeout_ms);
+    options.first_token_timeout = std::chrono::milliseconds(p.first_token_timeout_ms);
+    options.total_timeout = std::chrono::milliseconds(p.total_timeout_ms);
+    options.max_retries = p.max_retries;
+    metrics->AddModels(p.name, p.models);
+    auto provider = std::make_shared<InstrumentedProvider>(
+        std::make_shared<OpenAiProvider>(std::move(options), *client), metrics);
+    instrumented.push_back(provider);
+    providers.push_back(provider);
+  }
+
+  RetryPolicy policy;
+  policy.initial_backoff = std::chrono::milliseconds(config.initial_backoff_ms);
+  policy.max_backoff = std::chrono::milliseconds(config.max_backoff_ms);
+  policy.max_retry_after = std::chrono::milliseconds(config.max_retry_after_ms);
+  std::map<std::string, std::shared_ptr<Strategy>> strategies;
+  strategies["failover"] = std::make_shared<FailoverStrategy>((*client)->scheduler(), policy);
+  auto broker = std::make_shared<Broker>(providers, strategies, config.default_strategy);
+
+  LlmBrokerService broker_service(broker, metrics);
+  BrokerIntrospectionService introspection(&broker_service, instrumented);
+  auto server =
+      common::GrpcServer::Start(absl::StrCat(bind, ":", port), {&broker_service, &introspection},
+                                (*metrics_server)->registry());
+  if (!server.ok()) return Usage(std::string(server.status().message()));
+  spdlog::info("llm-broker listening: grpc {}:{} metrics {}:{}", bind, (*server)->port(), bind,
+               (*metrics_server)->port());
+  if (auto s = common::WriteReadyFile(
+          ready_file, {{"grpc", (*server)->port()}, {"metrics", (*metrics_server)->port()}});
+      !s.ok()) {
+    spdlog::error("ready file: {}", s.ToString());
+    return 1;
+  }
+
+  int sig = common::WaitForShutdownSignal();
+  spdlog::info("signal {}: draining", sig);
+  (*server)->Shutdown(std::chrono::seconds(10));
+  server->reset();
+  spdlog::info("stopped");
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    return Run(argc, argv);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "anima-llm-broker: fatal: %s\n", e.what());
+    return 1;
+  }
+}

@@ -1,0 +1,174 @@
+#include "tests/integration/gateway/fake_router.h"
+
+#include <vector>
+
+#include "grpcpp/health_check_service_interface.h"
+
+namespace anima::gateway::testing {
+
+namespace {
+
+grpc::StatusCode CodeByName(const std::string& name) {
+  static const std::pair<const char*, grpc::StatusCode> kCodes[] = {
+      {"UNAVAILABLE", grpc::StatusCode::UNAVAILABLE},
+      {"DEADLINE_EXCEEDED", grpc::StatusCode::DEADLINE_EXCEEDED},
+      {"INTERNAL", grpc::StatusCode::INTERNAL},
+      {"RESOURCE_EXHAUSTED", grpc::StatusCode::RESOURCE_EXHAUSTED},
+      {"OK", grpc::StatusCode::OK}};
+  for (const auto& [n, c] : kCodes) {
+    if (name == n) return c;
+  }
+  return grpc::StatusCode::UNKNOWN;
+}
+
+std::vector<anima::v1::Event> AnswerFor(const anima::v1::Envelope& e) {
+  std::vector<anima::v1::Event> out;
+  if (e.has_chat()) {
+    if (e.chat().stream()) {
+      out.emplace_back().mutable_chat_delta()->set_delta("Hel");
+      auto* d = out.emplace_back().mutable_chat_delta();
+      d->set_delta("lo!");
+      d->set_index(0);
+    }
+    auto* r = out.emplace_back().mutable_chat_response();
+    r->set_conversation_id(e.chat().conversation_id());
+    r->set_message("echo: " + e.chat().message());
+    r->set_provider("fake");
+    r->set_model("fake-1");
+    r->set_finish_reason("stop");
+    r->mutable_usage()->set_prompt_tokens(3);
+    r->mutable_usage()->set_completion_tokens(2);
+    r->mutable_usage()->set_total_tokens(5);
+    r->set_latency_ms(1);
+  } else if (e.has_consciousness_query()) {
+    auto* s = out.emplace_back().mutable_consciousness_state();
+    s->set_ts("2026-11-25T10:00:00.000Z");
+    s->set_harmony(1.0);
+    s->set_status("healthy");
+    auto* m = s->add_modules();
+    m->set_name("router");
+    m->set_service("router");
+    m->set_kind("service");
+    m->set_health(anima::v1::MODULE_HEALTH_HEALTHY);
+    s->mutable_load()->set_connections(1);
+  } else if (e.has_self_coding()) {
+    out.emplace_back().mutable_self_coding_accepted()->set_job_id("job-1");
+    auto* p = out.emplace_back().mutable_self_coding_progress();
+    p->set_job_id("job-1");
+    p->set_seq(1);
+    p->set_stage("queued");
+    auto* r = out.emplace_back().mutable_self_coding_result();
+    r->set_job_id("job-1");
+    r->set_status("succeeded");
+    r->set_attempts(1);
+  } else if (e.has_raw_json()) {
+    out.emplace_back().set_raw_json("{\"type\":\"" + e.type() +
+                                    "_result\",\"echo\":" + e.raw_json() + "}");
+  }
+  return out;
+}
+
+}  // namespace
+
+// Writes its events one at a time, then finishes; a hanging call finishes only when cancelled.
+class FakeDispatch final : public grpc::ServerWriteReactor<anima::v1::Event> {
+ public:
+  FakeDispatch(FakeRouter* owner, std::vector<anima::v1::Event> events, grpc::Status final,
+               bool hang)
+      : owner_(owner), events_(std::move(events)), final_(std::move(final)), hang_(hang) {
+    NextWrite();
+  }
+
+  void OnWriteDone(bool ok) override {
+    if (!ok) {
+      FinishOnce(grpc::Status(grpc::StatusCode::CANCELLED, "write failed"));
+      return;
+    }
+    NextWrite();
+  }
+
+  void OnCancel() override {
+    owner_->cancelled_++;
+    if (hang_) FinishOnce(grpc::Status::CANCELLED);
+  }
+
+  void OnDone() override { delete this; }
+
+ private:
+  void NextWrite() {
+    if (next_ < events_.size()) {
+      StartWrite(&events_[next_++]);
+    } else if (!hang_) {
+      FinishOnce(final_);
+    }
+  }
+  void FinishOnce(const grpc::Status& status) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (finished_) return;
+    finished_ = true;
+    Finish(status);
+  }
+
+  FakeRouter* owner_;
+  std::vector<anima::v1::Event> events_;
+  size_t next_ = 0;
+  grpc::Status final_;
+  bool hang_;
+  std::mutex mu_;
+  bool finished_ = false;
+};
+
+std::unique_ptr<FakeRouter> FakeRouter::Start(int port) {
+  grpc::EnableDefaultHealthCheckService(true);
+  std::unique_ptr<FakeRouter> router(new FakeRouter());
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort("127.0.0.1:" + std::to_string(port), grpc::InsecureServerCredentials(),
+                           &router->port_);
+  builder.RegisterService(router.get());
+  router->server_ = builder.BuildAndStart();
+  if (router->server_ == nullptr || router->port_ == 0) return nullptr;
+  return router;
+}
+
+FakeRouter::~FakeRouter() { Stop(); }
+
+void FakeRouter::Stop() {
+  if (server_ == nullptr) return;
+  server_->Shutdown(std::chrono::system_clock::now());
+  server_->Wait();
+  server_.reset();
+}
+
+std::string FakeRouter::last_request_id() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return last_request_id_;
+}
+
+anima::v1::Envelope FakeRouter::last_envelope() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return last_envelope_;
+}
+
+grpc::ServerWriteReactor<anima::v1::Event>* FakeRouter::Dispatch(
+    grpc::CallbackServerContext* context, const anima::v1::Envelope* request) {
+  dispatched_++;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = context->client_metadata().find("x-request-id");
+    last_request_id_ = it == context->client_metadata().end()
+                           ? ""
+                           : std::string(it->second.data(), it->second.size());
+    last_envelope_ = *request;
+  }
+  if (request->has_chat()) {
+    const std::string& m = request->chat().message();
+    if (m == "hang") return new FakeDispatch(this, {}, grpc::Status::OK, /*hang=*/true);
+    if (m.rfind("fail:", 0) == 0) {
+      return new FakeDispatch(this, {}, grpc::Status(CodeByName(m.substr(5)), "fake failure"),
+                              false);
+    }
+  }
+  return new FakeDispatch(this, AnswerFor(*request), grpc::Status::OK, false);
+}
+
+}  // namespace anima::gateway::testing

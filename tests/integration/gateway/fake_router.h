@@ -1,0 +1,50 @@
+#pragma once
+
+#include <atomic>
+#include <memory>
+#include <mutex>
+#include <string>
+
+#include "anima/v1/router.grpc.pb.h"
+#include "grpcpp/grpcpp.h"
+
+namespace anima::gateway::testing {
+
+// An in-process Router for gateway tests, serving grpc.health.v1 as well. Dispatch answers:
+//   chat: "hang" never answers until cancelled; "fail:UNAVAILABLE" (or another code name, e.g.
+//     INTERNAL, DEADLINE_EXCEEDED) ends with that status and no event; otherwise chat_delta
+//     "Hel", "lo!" when stream, then chat_response "echo: <message>".
+//   consciousness_query: one consciousness_state.
+//   self_coding_request: accepted, one progress, a succeeded result.
+//   any other type (raw_json): one module frame {"type":"<type>_result","echo":<frame>}.
+class FakeRouter final : public anima::v1::Router::CallbackService {
+ public:
+  // Starts on 127.0.0.1:port (0: a free port); nullptr when the port cannot be bound.
+  static std::unique_ptr<FakeRouter> Start(int port = 0);
+  ~FakeRouter() override;
+
+  int port() const { return port_; }
+  // Stops serving: open calls are cancelled, new connections refused.
+  void Stop();
+
+  int dispatched() const { return dispatched_.load(); }
+  int cancelled() const { return cancelled_.load(); }
+  std::string last_request_id();
+  anima::v1::Envelope last_envelope();
+
+  grpc::ServerWriteReactor<anima::v1::Event>* Dispatch(grpc::CallbackServerContext* context,
+                                                       const anima::v1::Envelope* request) override;
+
+ private:
+  FakeRouter() = default;
+  std::unique_ptr<grpc::Server> server_;
+  int port_ = 0;
+  std::atomic<int> dispatched_{0};
+  std::atomic<int> cancelled_{0};
+  std::mutex mu_;
+  std::string last_request_id_;
+  anima::v1::Envelope last_envelope_;
+  friend class FakeDispatch;
+};
+
+}  // namespace anima::gateway::testing

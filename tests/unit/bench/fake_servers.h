@@ -1,0 +1,68 @@
+#pragma once
+
+#include <atomic>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+
+namespace anima::bench::testing {
+
+// A stand-in for the gateway on 127.0.0.1:<any port>, one thread per connection (synchronous
+// Beast). On connect it sends a welcome and a consciousness_state broadcast; it answers `chat`
+// with chat_delta frames (when stream is true) then chat_response, or with error rate_limited
+// when the message is "please fail"; `ping` with pong; `consciousness_query` with a state;
+// invalid JSON with error invalid_json (no id).
+class FakeGateway {
+ public:
+  FakeGateway();
+  ~FakeGateway();
+  int port() const { return port_; }
+  std::string url() const { return "ws://127.0.0.1:" + std::to_string(port_) + "/"; }
+  int chats() const { return chats_.load(); }
+
+ private:
+  void Serve(std::shared_ptr<boost::asio::ip::tcp::socket> socket);
+
+  boost::asio::io_context io_;
+  boost::asio::ip::tcp::acceptor acceptor_;
+  int port_ = 0;
+  std::atomic<int> chats_{0};
+  std::atomic<bool> stopping_{false};
+  std::mutex mu_;
+  std::vector<std::shared_ptr<boost::asio::ip::tcp::socket>> sockets_;
+  std::vector<std::thread> sessions_;
+  std::thread accept_thread_;
+};
+
+// A stand-in for the simulator: POST -> an OpenAI chat completion (JSON, or SSE ending in
+// data: [DONE] when the body asks for stream), keep-alive; 401 without "Bearer sim-key".
+class FakeSim {
+ public:
+  FakeSim();
+  ~FakeSim();
+  std::string url() const {
+    return "http://127.0.0.1:" + std::to_string(port_) + "/v1/chat/completions";
+  }
+  int requests() const { return requests_.load(); }
+
+ private:
+  void Serve(std::shared_ptr<boost::asio::ip::tcp::socket> socket);
+
+  boost::asio::io_context io_;
+  boost::asio::ip::tcp::acceptor acceptor_;
+  int port_ = 0;
+  std::atomic<int> requests_{0};
+  std::atomic<bool> stopping_{false};
+  std::mutex mu_;
+  std::vector<std::shared_ptr<boost::asio::ip::tcp::socket>> sockets_;
+  std::vector<std::thread> sessions_;
+  std::thread accept_thread_;
+};
+
+}  // namespace anima::bench::testing

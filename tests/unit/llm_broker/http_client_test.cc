@@ -1,0 +1,356 @@
+#include "services/llm_broker/http_client.h"
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdlib>
+#include <filesystem>
+#include <future>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "tests/unit/llm_broker/test_http_server.h"
+
+namespace anima::broker {
+namespace {
+
+using namespace std::chrono_literals;
+using testing::Chunk;
+using testing::ChunkedHead;
+using testing::JsonResponse;
+using testing::kLastChunk;
+using testing::TestConnection;
+using testing::TestHttpServer;
+using testing::TestRequest;
+
+// Collects one exchange and lets the test wait for its end.
+struct Fetch {
+  std::mutex mu;
+  std::condition_variable cv;
+  HttpResponseHead head;
+  std::vector<std::string> pieces;
+  std::optional<absl::Status> status;
+  std::function<void(const std::string&)> on_piece;
+
+  HttpHandler Handler() {
+    HttpHandler h;
+    h.on_head = [this](const HttpResponseHead& hd) {
+      std::lock_guard lock(mu);
+      head = hd;
+    };
+    h.on_body = [this](std::string_view bytes) {
+      std::string piece(bytes);
+      {
+        std::lock_guard lock(mu);
+        pieces.push_back(piece);
+      }
+      if (on_piece) on_piece(piece);
+    };
+    h.on_complete = [this](absl::Status s) {
+      std::lock_guard lock(mu);
+      status = std::move(s);
+      cv.notify_all();
+    };
+    return h;
+  }
+  bool Wait(std::chrono::milliseconds timeout = 10s) {
+    std::unique_lock lock(mu);
+    return cv.wait_for(lock, timeout, [&] { return status.has_value(); });
+  }
+  std::string Body() {
+    std::lock_guard lock(mu);
+    std::string all;
+    for (const auto& p : pieces) all += p;
+    return all;
+  }
+};
+
+HttpRequest Get(const std::string& url) {
+  HttpRequest r;
+  r.method = "GET";
+  r.url = url;
+  return r;
+}
+
+std::shared_ptr<HttpClient> NewClient(HttpClientOptions options = {}) {
+  auto client = HttpClient::Create(std::move(options));
+  EXPECT_TRUE(client.ok()) << client.status();
+  return *client;
+}
+
+TEST(ParseUrlTest, SplitsUrls) {
+  auto u = ParseUrl("https://api.openai.com/v1");
+  ASSERT_TRUE(u.ok());
+  EXPECT_TRUE(u->tls);
+  EXPECT_EQ(u->host, "api.openai.com");
+  EXPECT_EQ(u->port, "443");
+  EXPECT_EQ(u->target, "/v1");
+  EXPECT_EQ(u->origin, "https://api.openai.com:443");
+  auto p = ParseUrl("http://127.0.0.1:18080/v1/chat");
+  ASSERT_TRUE(p.ok());
+  EXPECT_EQ(p->port, "18080");
+  EXPECT_FALSE(ParseUrl("ftp://x").ok());
+  EXPECT_FALSE(ParseUrl("http://:80/").ok());
+  EXPECT_FALSE(ParseUrl("http://h:99999/").ok());
+}
+
+TEST(HttpClientTest, KeepAliveReusesOneConnection) {
+  TestHttpServer server([](const TestRequest& r, TestConnection& c) {
+    c.Write(JsonResponse(200, "{\"n\":\"" + r.target + "\"}"));
+    return true;
+  });
+  auto client = NewClient();
+  for (int i = 0; i < 3; ++i) {
+    Fetch f;
+    client->Send(Get(server.url("/r" + std::to_string(i))), f.Handler());
+    ASSERT_TRUE(f.Wait());
+    ASSERT_TRUE(f.status->ok()) << *f.status;
+    EXPECT_EQ(f.head.status, 200);
+    EXPECT_EQ(f.Body(), "{\"n\":\"/r" + std::to_string(i) + "\"}");
+  }
+  EXPECT_EQ(server.connections(), 1);
+  EXPECT_EQ(client->connections_opened(), 1);
+  EXPECT_EQ(server.requests()[0].headers["accept-encoding"], "identity");
+}
+
+TEST(HttpClientTest, StalePooledConnectionIsRetriedOnAFreshOne) {
+  // The server answers, then closes the idle connection without saying so.
+  TestHttpServer server([](const TestRequest&, TestConnection& c) {
+    c.Write(JsonResponse(200, "{}"));
+    return false;
+  });
+  auto client = NewClient();
+  Fetch first;
+  client->Send(Get(server.url("/a")), first.Handler());
+  ASSERT_TRUE(first.Wait());
+  ASSERT_TRUE(first.status->ok());
+  ASSERT_TRUE(server.WaitConnectionsClosed(1, 5s));
+  Fetch second;
+  client->Send(Get(server.url("/b")), second.Handler());
+  ASSERT_TRUE(second.Wait());
+  EXPECT_TRUE(second.status->ok()) << *second.status;
+  EXPECT_EQ(second.head.status, 200);
+  EXPECT_EQ(server.connections(), 2);
+  EXPECT_EQ(client->stale_retries(), 1);
+}
+
+TEST(HttpClientTest, ChunkedBodyIsDeliveredAsItArrives) {
+  std::promise<void> got_first;
+  auto got_first_future = got_first.get_future().share();
+  TestHttpServer server([&](const TestRequest&, TestConnection& c) {
+    c.Write(ChunkedHead());
+    c.Write(Chunk("data: first\n\n"));
+    // The second piece is only sent once the client has seen the first one.
+    if (got_first_future.wait_for(10s) != std::future_status::ready) return false;
+    c.Write(Chunk("data: second\n\n"));
+    c.Write(kLastChunk);
+    return true;
+  });
+  auto client = NewClient();
+  Fetch f;
+  std::once_flag once;
+  f.on_piece = [&](const std::string&) { std::call_once(once, [&] { got_first.set_value(); }); };
+  client->Send(Get(server.url("/stream")), f.Handler());
+  ASSERT_TRUE(f.Wait());
+  ASSERT_TRUE(f.status->ok()) << *f.status;
+  EXPECT_GE(f.pieces.size(), 2u);
+  EXPECT_EQ(f.pieces.front(), "data: first\n\n");
+  EXPECT_EQ(f.Body(), "data: first\n\ndata: second\n\n");
+  // The body was read to its end, so the connection went back to the pool.
+  Fetch again;
+  client->Send(Get(server.url("/stream")), again.Handler());
+  ASSERT_TRUE(again.Wait());
+  EXPECT_EQ(server.connections(), 1);
+}
+
+TEST(HttpClientTest, ReadUntilCloseBody) {
+  TestHttpServer server([](const TestRequest&, TestConnection& c) {
+    c.Write("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\nall of it");
+    return false;
+  });
+  auto client = NewClient();
+  Fetch f;
+  client->Send(Get(server.url("/")), f.Handler());
+  ASSERT_TRUE(f.Wait());
+  ASSERT_TRUE(f.status->ok()) << *f.status;
+  EXPECT_EQ(f.Body(), "all of it");
+}
+
+TEST(HttpClientTest, TruncatedChunkedBodyIsAnError) {
+  TestHttpServer server([](const TestRequest&, TestConnection& c) {
+    c.Write(ChunkedHead());
+    c.Write(Chunk("data: {\"a\":1}\n\n"));
+    c.Write("20\r\ndata: {\"tru");  // then close mid-chunk
+    return false;
+  });
+  auto client = NewClient();
+  Fetch f;
+  client->Send(Get(server.url("/")), f.Handler());
+  ASSERT_TRUE(f.Wait());
+  EXPECT_EQ(f.status->code(), absl::StatusCode::kUnavailable) << *f.status;
+  EXPECT_EQ(f.head.status, 200);
+}
+
+TEST(HttpClientTest, FirstByteTimeout) {
+  TestHttpServer server([](const TestRequest&, TestConnection& c) {
+    c.WaitPeerClosed(10s);  // never answers
+    return false;
+  });
+  auto client = NewClient();
+  Fetch f;
+  HttpRequest r = Get(server.url("/slow"));
+  r.first_byte_timeout = 200ms;
+  client->Send(r, f.Handler());
+  ASSERT_TRUE(f.Wait());
+  EXPECT_EQ(f.status->code(), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_NE(f.status->message().find("first byte"), std::string::npos) << *f.status;
+}
+
+TEST(HttpClientTest, SilentStreamHitsTheIdleTimeout) {
+  TestHttpServer server([](const TestRequest&, TestConnection& c) {
+    c.Write(ChunkedHead());
+    c.Write(Chunk("data: one\n\n"));
+    c.WaitPeerClosed(10s);  // then silence
+    return false;
+  });
+  auto client = NewClient();
+  Fetch f;
+  HttpRequest r = Get(server.url("/stream"));
+  r.idle_timeout = 200ms;
+  client->Send(r, f.Handler());
+  ASSERT_TRUE(f.Wait());
+  EXPECT_EQ(f.Body(), "data: one\n\n");
+  EXPECT_EQ(f.status->code(), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_NE(f.status->message().find("idle timeout"), std::string::npos) << *f.status;
+}
+
+TEST(HttpClientTest, CancelClosesTheConnection) {
+  std::promise<bool> peer_closed;
+  TestHttpServer server([&](const TestRequest&, TestConnection& c) {
+    c.Write(ChunkedHead());
+    c.Write(Chunk("data: one\n\n"));
+    peer_closed.set_value(c.WaitPeerClosed(10s));
+    return false;
+  });
+  auto client = NewClient();
+  Fetch f;
+  std::shared_ptr<HttpExchange> exchange;
+  std::promise<void> ready;
+  auto ready_future = ready.get_future().share();
+  f.on_piece = [&](const std::string&) {
+    ready_future.wait();
+    exchange->Cancel();
+  };
+  exchange = client->Send(Get(server.url("/")), f.Handler());
+  ready.set_value();
+  ASSERT_TRUE(f.Wait());
+  EXPECT_EQ(f.status->code(), absl::StatusCode::kCancelled);
+  EXPECT_TRUE(peer_closed.get_future().get());
+}
+
+TEST(HttpClientTest, ConnectionRefusedIsUnavailable) {
+  int port;
+  {
+    TestHttpServer server([](const TestRequest&, TestConnection&) { return false; });
+    port = server.port();
+  }
+  auto client = NewClient();
+  Fetch f;
+  client->Send(Get("http://127.0.0.1:" + std::to_string(port) + "/"), f.Handler());
+  ASSERT_TRUE(f.Wait());
+  EXPECT_EQ(f.status->code(), absl::StatusCode::kUnavailable);
+}
+
+// A test CA, a certificate for localhost/127.0.0.1 and one for another name, made with the
+// openssl command line in a temporary directory.
+class HttpClientTlsTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = std::filesystem::temp_directory_path() / ("anima-tls-" + std::to_string(::getpid()));
+    std::filesystem::create_directories(dir_);
+    std::string d = dir_.string();
+    std::string script =
+        "set -e; cd '" + d +
+        "'; "
+        "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes "
+        "-keyout ca.key -out ca.pem -days 3650 -subj '/CN=Anima Test CA' "
+        "-addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign "
+        ">/dev/null 2>&1; "
+        "for leaf in good:DNS:localhost,IP:127.0.0.1 wrong:DNS:other.example.test; do "
+        "name=${leaf%%:*}; san=${leaf#*:}; "
+        "openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes "
+        "-keyout $name.key -out $name.csr -subj /CN=$name >/dev/null 2>&1; "
+        "printf 'subjectAltName=%s\\nbasicConstraints=CA:FALSE\\nextendedKeyUsage=serverAuth\\n' "
+        "$san > $name.ext; "
+        "openssl x509 -req -in $name.csr -CA ca.pem -CAkey ca.key -CAcreateserial "
+        "-out $name.pem -days 3650 -extfile $name.ext >/dev/null 2>&1; done";
+    ok_ = std::system(script.c_str()) == 0;
+  }
+  static void TearDownTestSuite() { std::filesystem::remove_all(dir_); }
+
+  void SetUp() override {
+    if (!ok_) GTEST_SKIP() << "openssl could not make the test certificates";
+  }
+
+  static std::string File(const std::string& name) { return (dir_ / name).string(); }
+  static testing::TestHandler Hello() {
+    return [](const TestRequest&, TestConnection& c) {
+      c.Write(JsonResponse(200, "{\"tls\":true}"));
+      return true;
+    };
+  }
+
+  static inline std::filesystem::path dir_;
+  static inline bool ok_ = false;
+};
+
+TEST_F(HttpClientTlsTest, VerifiesAgainstTheConfiguredCaAndSendsSni) {
+  testing::TestTls tls{File("good.pem"), File("good.key")};
+  TestHttpServer server(Hello(), &tls);
+  HttpClientOptions options;
+  options.ca_file = File("ca.pem");
+  auto client = NewClient(options);
+  Fetch f;
+  client->Send(Get("https://localhost:" + std::to_string(server.port()) + "/"), f.Handler());
+  ASSERT_TRUE(f.Wait());
+  ASSERT_TRUE(f.status->ok()) << *f.status;
+  EXPECT_EQ(f.Body(), "{\"tls\":true}");
+  ASSERT_EQ(server.sni_names().size(), 1u);
+  EXPECT_EQ(server.sni_names()[0], "localhost");  // the bare host, no port
+  // An IP address is verified against the certificate's IP entry (and sends no SNI).
+  Fetch by_ip;
+  HttpClientOptions fresh_options;
+  fresh_options.ca_file = File("ca.pem");
+  auto fresh = NewClient(fresh_options);
+  fresh->Send(Get(server.url("/")), by_ip.Handler());
+  ASSERT_TRUE(by_ip.Wait());
+  EXPECT_TRUE(by_ip.status->ok()) << *by_ip.status;
+}
+
+TEST_F(HttpClientTlsTest, FailsVerificationWithoutTheCa) {
+  testing::TestTls tls{File("good.pem"), File("good.key")};
+  TestHttpServer server(Hello(), &tls);
+  auto client = NewClient();  // the system CA bundle does not know the test CA
+  Fetch f;
+  client->Send(Get("https://localhost:" + std::to_string(server.port()) + "/"), f.Handler());
+  ASSERT_TRUE(f.Wait());
+  EXPECT_EQ(f.status->code(), absl::StatusCode::kUnavailable);
+  EXPECT_NE(f.status->message().find("certificate verify failed"), std::string::npos) << *f.status;
+}
+
+TEST_F(HttpClientTlsTest, FailsWhenTheCertificateNamesAnotherHost) {
+  testing::TestTls tls{File("wrong.pem"), File("wrong.key")};
+  TestHttpServer server(Hello(), &tls);
+  HttpClientOptions options;
+  options.ca_file = File("ca.pem");
+  auto client = NewClient(options);
+  Fetch f;
+  client->Send(Get("https://localhost:" + std::to_string(server.port()) + "/"), f.Handler());
+  ASSERT_TRUE(f.Wait());
+  EXPECT_EQ(f.status->code(), absl::StatusCode::kUnavailable);
+  EXPECT_NE(f.status->message().find("TLS"), std::string::npos) << *f.status;
+}
+
+}  // namespace
+}  // namespace anima::broker

@@ -1,0 +1,126 @@
+// anima-bench: a load generator for the gateway (WebSocket) and the simulator (HTTP) with exact
+// latency percentiles. See docs/BENCHMARKS.md for the method.
+#include <iostream>
+#include <string>
+
+#include "services/common/flags.h"
+#include "tools/bench/report.h"
+#include "tools/bench/runner.h"
+#include "tools/cli/url.h"
+
+namespace {
+
+constexpr char kAbout[] = R"(anima-bench [flags]
+
+Sends chat messages at a fixed rate (--rate R, open loop, latency from the scheduled send time)
+or as fast as answers come back (--rate 0, closed loop, --in-flight per connection), to the
+gateway's WebSocket (--target ws), straight to the simulator (--target sim), or both in turn
+(--target both, then the difference of each percentile is what Anima adds). It stops by itself
+after --warmup + --duration seconds (or --requests recorded requests) and only loads loopback
+hosts. Exit codes: 0 done, 1 no successful answer, 2 usage, 4 could not connect.
+
+)";
+
+int Usage(const std::string& message) {
+  std::cerr << "anima-bench: " << message << "\n";
+  return 2;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  using anima::bench::BenchConfig;
+  BenchConfig c;
+  std::string target = "ws";
+  c.ws_url_text = "ws://127.0.0.1:3002/";
+  c.sim_url_text = "http://127.0.0.1:18080/v1/chat/completions";
+  c.sim_key = "sim-key";
+  c.load.message = "Hello from anima-bench";
+  bool json = false;
+
+  anima::common::FlagSet flags("anima-bench");
+  flags.Add("target", &target, "ANIMA_BENCH_TARGET", "ws, sim or both (sim first, then ws)");
+  flags.Add("url", &c.ws_url_text, "ANIMA_BENCH_URL", "gateway WebSocket URL (loopback only)");
+  flags.Add("sim-url", &c.sim_url_text, "ANIMA_BENCH_SIM_URL",
+            "simulator chat completions URL, http:// (loopback only)");
+  flags.Add("sim-key", &c.sim_key, "ANIMA_BENCH_SIM_KEY", "bearer key sent to the simulator");
+  flags.Add("token", &c.token, "ANIMA_BENCH_TOKEN", "gateway bearer token, if auth is on");
+  flags.Add("message", &c.load.message, "", "the chat message every request sends");
+  flags.Add("stream", &c.load.stream, "",
+            "ask for streamed answers (ws: until chat_response; sim: until data: [DONE])");
+  flags.Add("model", &c.load.model, "", "model to ask for (sim default gpt-4o-mini)");
+  flags.Add("rate", &c.rate, "",
+            "messages per second over all connections (open loop); 0 = full speed (closed loop)");
+  flags.Add("connections", &c.connections, "", "WebSocket connections / sim lanes");
+  flags.Add("in-flight", &c.in_flight, "",
+            "closed loop: requests outstanding per connection; sim: HTTP connections per lane");
+  flags.Add("threads", &c.threads, "",
+            "generator threads (default 1 leaves the other core to the system under test)");
+  flags.Add("duration", &c.duration_s, "", "seconds recorded, after the warmup");
+  flags.Add("warmup", &c.warmup_s, "", "seconds of load before recording starts");
+  flags.Add("requests", &c.requests, "", "stop after this many recorded requests (0: no limit)");
+  flags.Add("drain-ms", &c.drain_ms, "",
+            "after the last send, wait this long for answers; missing ones count as timeout");
+  flags.Add("json", &json, "", "print one JSON line instead of the text report");
+
+  if (auto s = flags.Parse(argc, argv); !s.ok()) return Usage(std::string(s.message()));
+  if (flags.help_requested()) {
+    std::cout << kAbout << flags.Usage();
+    return 0;
+  }
+  if (!flags.positional().empty()) return Usage("unexpected argument " + flags.positional()[0]);
+  if (target != "ws" && target != "sim" && target != "both") {
+    return Usage("--target must be ws, sim or both");
+  }
+  if (c.rate < 0 || c.rate > 1e6) return Usage("--rate must be 0 to 1000000");
+  if (c.connections < 1 || c.connections > 20000) return Usage("--connections must be 1-20000");
+  if (c.in_flight < 1 || c.in_flight > 1024) return Usage("--in-flight must be 1-1024");
+  if (c.threads < 1 || c.threads > 64) return Usage("--threads must be 1-64");
+  if (!(c.duration_s > 0 && c.duration_s <= 3600)) return Usage("--duration must be (0, 3600]");
+  if (!(c.warmup_s >= 0 && c.warmup_s <= 600)) return Usage("--warmup must be [0, 600]");
+  if (c.requests < 0) return Usage("--requests must be >= 0");
+  if (c.drain_ms < 0 || c.drain_ms > 600000) return Usage("--drain-ms must be 0-600000");
+  if (c.load.message.empty()) return Usage("--message must not be empty");
+
+  auto ws_url = anima::cli::ParseUrl(c.ws_url_text);
+  if (!ws_url.ok()) return Usage("--url: " + std::string(ws_url.status().message()));
+  if (ws_url->scheme != "ws" && ws_url->scheme != "wss") return Usage("--url must be ws(s)://");
+  auto sim_url = anima::cli::ParseUrl(c.sim_url_text);
+  if (!sim_url.ok()) return Usage("--sim-url: " + std::string(sim_url.status().message()));
+  if (sim_url->scheme != "http") return Usage("--sim-url must be http://");
+  if (!anima::cli::IsLoopbackHost(ws_url->host) || !anima::cli::IsLoopbackHost(sim_url->host)) {
+    return Usage("only loopback hosts (127.0.0.0/8, ::1, localhost) may be loaded");
+  }
+  c.ws_url = *ws_url;
+  c.sim_url = *sim_url;
+
+  try {
+    std::vector<anima::bench::BenchResult> results;
+    for (const std::string t : {"sim", "ws"}) {
+      if (target != "both" && target != t) continue;
+      auto r = anima::bench::RunLoad(c, t);
+      if (!r.ok()) {
+        std::cerr << "anima-bench: " << r.status().message() << "\n";
+        return 4;
+      }
+      if (!json) std::cout << anima::bench::FormatText(*r) << std::flush;
+      results.push_back(*std::move(r));
+    }
+    if (results.size() == 2) {
+      if (json) {
+        std::cout << anima::bench::ComparisonJson(results[0], results[1]).dump() << "\n";
+      } else {
+        std::cout << "\n" << anima::bench::FormatComparison(results[0], results[1]);
+      }
+    } else if (json) {
+      std::cout << anima::bench::ToJson(results[0]).dump() << "\n";
+    }
+    for (const auto& r : results) {
+      if (r.ok == 0) return 1;
+    }
+    return 0;
+  } catch (const std::exception& e) {
+    std::cerr << "anima-bench: " << e.what() << "\n";
+    return 1;
+  }
+}

@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# Starts anima-llm-sim, anima-llm-broker, anima-router and anima-gateway from build/bin on their
+# default ports, runs the benchmark set of docs/BENCHMARKS.md against them, and stops every
+# process it started (also on Ctrl-C or failure).
+#
+#   tools/bench/run_system_bench.sh [OUT_DIR]      # default /tmp/anima-bench
+#   DURATION=10 WARMUP=1 RATES="200 1000" tools/bench/run_system_bench.sh
+#   TARGET=sim tools/bench/run_system_bench.sh     # only the simulator (and only it is started)
+#   CLOSED=0 RATES=5000 CONNECTIONS=128 tools/bench/run_system_bench.sh   # fixed-rate runs only
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+bin=${ANIMA_BIN_DIR:-$here/../../build/bin}
+out=${1:-/tmp/anima-bench}
+duration=${DURATION:-10}
+warmup=${WARMUP:-1}
+rates=${RATES:-200 1000}
+target=${TARGET:-both}
+closed=${CLOSED:-1}
+connections=${CONNECTIONS:-64}
+mkdir -p "$out"
+
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+}
+trap cleanup EXIT INT TERM
+
+# start NAME ARGS...: runs build/bin/NAME with a ready file and waits (10 s at most) for it.
+start() {
+  local name=$1
+  shift
+  rm -f "$out/$name.ready"
+  "$bin/$name" "$@" --metrics-port 0 --log-level warn --ready-file "$out/$name.ready" \
+    >"$out/$name.log" 2>&1 &
+  pids+=($!)
+  for _ in $(seq 100); do
+    [[ -s "$out/$name.ready" ]] && return 0
+    if ! kill -0 "${pids[-1]}" 2>/dev/null; then
+      echo "$name exited at start; see $out/$name.log" >&2
+      return 1
+    fi
+    sleep 0.1
+  done
+  echo "$name did not become ready in 10 s; see $out/$name.log" >&2
+  return 1
+}
+
+start anima-llm-sim --port 18080
+if [[ "$target" != sim ]]; then
+  start anima-llm-broker --port 50052
+  start anima-router --port 50051 --broker 127.0.0.1:50052
+  start anima-gateway --port 3002 --router 127.0.0.1:50051
+fi
+
+# run LABEL ARGS...: one anima-bench run, text report on stdout, JSON line in OUT/LABEL.json.
+run() {
+  local label=$1
+  shift
+  echo "== $label: anima-bench --target $target $*"
+  "$bin/anima-bench" --target "$target" --duration "$duration" --warmup "$warmup" "$@" \
+    --json >"$out/$label.json"
+  python3 - "$out/$label.json" <<'PY'
+import json, sys
+doc = json.load(open(sys.argv[1]))
+runs = [doc] if "target" in doc else [doc[k] for k in ("sim", "ws") if k in doc]
+for r in runs:
+    l = r["latency_ms"]
+    print(f'{r["target"]:>4}: sent {r["sent"]} ok {r["ok"]} errors {r["errors"]} '
+          f'{r["throughput_per_s"]:.1f} ok/s  p50 {l["p50"]:.3f} p90 {l["p90"]:.3f} '
+          f'p99 {l["p99"]:.3f} p99.9 {l["p99.9"]:.3f} max {l["max"]:.3f} ms  '
+          f'generator CPU {r["generator_cpu_percent"]:.0f} %')
+    for n in r["notes"]:
+        print("      note:", n)
+if "overhead_ms" in doc:
+    o = doc["overhead_ms"]
+    print(f'overhead: p50 {o["p50"]:.3f} p90 {o["p90"]:.3f} p99 {o["p99"]:.3f} '
+          f'p99.9 {o["p99.9"]:.3f} max {o["max"]:.3f} ms')
+PY
+}
+
+if [[ "$closed" == 1 ]]; then
+  run closed-c16 --rate 0 --connections 16 --in-flight 1
+fi
+for rate in $rates; do
+  run "open-${rate}" --rate "$rate" --connections "$connections"
+done
+if [[ "$closed" == 1 ]]; then
+  run closed-c16-stream --rate 0 --connections 16 --in-flight 1 --stream
+fi

@@ -1,0 +1,97 @@
+#include "tools/bench/ws_lane.h"
+
+#include <charconv>
+
+#include <nlohmann/json.hpp>
+
+#include "tools/cli/frame_rules.h"
+
+namespace anima::bench {
+
+WsLane::WsLane(boost::asio::io_context& io, int index, const LoadPlan& plan, LaneStats& stats,
+               cli::Url url, cli::WsClientOptions options, const ChatLoad& load)
+    : Lane(io, index, plan, stats), io_(io), url_(std::move(url)), options_(std::move(options)) {
+  frame_prefix_ = R"({"type":"chat","id":"b-)";
+  frame_suffix_ = "\",\"message\":" + nlohmann::json(load.message).dump();
+  if (load.stream) frame_suffix_ += ",\"stream\":true";
+  if (!load.model.empty()) frame_suffix_ += ",\"model\":" + nlohmann::json(load.model).dump();
+  frame_suffix_ += "}";
+}
+
+void WsLane::Connect(std::function<void(std::string error)> done) {
+  auto ws = cli::WsClient::Create(io_, url_, options_);
+  if (!ws.ok()) return done(std::string(ws.status().message()));
+  ws_ = *std::move(ws);
+  ws_->Connect([this](std::string text, bool binary) { OnFrame(text); },
+               [this](boost::system::error_code, std::string detail) {
+                 if (close_guard_) close_guard_->cancel();
+                 if (!finished()) FailAll("connection_closed");
+               },
+               [done = std::move(done)](boost::system::error_code ec, std::string detail) {
+                 done(ec ? detail : "");
+               });
+}
+
+void WsLane::Abort() {
+  if (ws_) ws_->Abort();
+}
+
+void WsLane::Transmit(uint64_t seq) {
+  char digits[24];
+  auto [end, ec] = std::to_chars(digits, digits + sizeof digits, seq);
+  std::string frame;
+  frame.reserve(frame_prefix_.size() + 24 + frame_suffix_.size());
+  frame.append(frame_prefix_).append(digits, end).append(frame_suffix_);
+  ws_->Send(std::move(frame));
+}
+
+void WsLane::Shutdown() {
+  ws_->Close();
+  // A gateway that never answers the close frame must not hold the run open.
+  close_guard_ = std::make_unique<boost::asio::steady_timer>(io_, std::chrono::seconds(2));
+  close_guard_->async_wait([ws = ws_](boost::system::error_code ec) {
+    if (!ec) ws->Abort();
+  });
+}
+
+void WsLane::OnFrame(const std::string& text) {
+  const Clock::time_point now = Clock::now();
+  const bool maybe_answer = text.find("chat_response") != std::string::npos ||
+                            text.find("\"error\"") != std::string::npos;
+  const bool maybe_welcome = !maybe_answer && text.find("welcome") != std::string::npos;
+  if (!maybe_answer && !maybe_welcome) return;  // deltas and broadcasts: not worth parsing
+  nlohmann::json frame = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (!frame.is_object()) return;
+  const std::string type = cli::StringField(frame, "type");
+  if (type == "welcome") {
+    if (auto l = frame.find("limits"); l != frame.end() && l->is_object()) {
+      auto integer = [&](const char* key) -> int64_t {
+        auto v = l->find(key);
+        return v != l->end() && v->is_number_integer() ? v->get<int64_t>() : 0;
+      };
+      stats().limit_messages_per_second = integer("messages_per_second");
+      stats().limit_max_in_flight = integer("max_in_flight");
+    }
+    return;
+  }
+  if (type != "chat_response" && type != "error") return;
+  auto id = frame.find("id");
+  if (id == frame.end() || !id->is_string()) {
+    if (type == "error") ++stats().errors["unmatched_error"];
+    return;
+  }
+  const std::string& s = id->get_ref<const std::string&>();
+  uint64_t seq = 0;
+  if (s.size() < 3 || s.compare(0, 2, "b-") != 0 ||
+      std::from_chars(s.data() + 2, s.data() + s.size(), seq).ec != std::errc()) {
+    return;
+  }
+  if (type == "chat_response") {
+    Complete(seq, "", now);
+  } else {
+    std::string code = cli::StringField(frame, "code");
+    Complete(seq, code.empty() ? "error" : code, now);
+  }
+}
+
+}  // namespace anima::bench

@@ -1,0 +1,44 @@
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "tools/bench/load_lane.h"
+#include "tools/cli/url.h"
+#include "tools/cli/ws_client.h"
+
+namespace anima::bench {
+
+struct ChatLoad {
+  std::string message;
+  bool stream = false;
+  std::string model;  // "" : the gateway's / simulator's default
+};
+
+// A lane over one WebSocket connection to the gateway. Sends
+// {"type":"chat","id":"b-<n>","message":...} and completes request n on the chat_response or
+// error carrying id "b-<n>"; every other frame (welcome, deltas, broadcasts) is ignored, except
+// that the welcome's limits are noted.
+class WsLane : public Lane {
+ public:
+  WsLane(boost::asio::io_context& io, int index, const LoadPlan& plan, LaneStats& stats,
+         cli::Url url, cli::WsClientOptions options, const ChatLoad& load);
+
+  void Connect(std::function<void(std::string error)> done) override;
+  void Abort() override;
+
+ private:
+  void Transmit(uint64_t seq) override;
+  void Shutdown() override;
+  void OnFrame(const std::string& text);
+
+  boost::asio::io_context& io_;
+  cli::Url url_;
+  cli::WsClientOptions options_;
+  std::string frame_prefix_;  // {"type":"chat","id":"b-
+  std::string frame_suffix_;  // ","message":"...",...}
+  std::shared_ptr<cli::WsClient> ws_;
+  std::unique_ptr<boost::asio::steady_timer> close_guard_;
+};
+
+}  // namespace anima::bench
