@@ -8,6 +8,7 @@
 #include "services/common/metrics.h"
 #include "services/common/process.h"
 #include "services/router/router_config.h"
+#include "services/router/router_metrics.h"
 #include "services/router/router_service.h"
 #include "services/router/state_poller.h"
 #include "spdlog/spdlog.h"
@@ -126,6 +127,9 @@ int Run(int argc, char** argv) {
   anima::router::RouterService service(downstreams, &config, &poller, &counters,
                                        (*metrics)->registry(), options);
   poller.SetScheduler(&service.scheduler(), config.scheduler);
+  anima::router::StateMetrics state_metrics((*metrics)->registry());
+  poller.Subscribe(
+      [&state_metrics](const anima::v1::ConsciousnessState& s) { state_metrics.Record(s); });
 
   auto server = anima::common::GrpcServer::Start(o.bind + ":" + std::to_string(o.port), {&service},
                                                  (*metrics)->registry());

@@ -79,4 +79,34 @@ void RouterMetrics::Finished(const std::string& type, const std::string& outcome
   seconds_.Add({{"type", TypeLabel(type)}}, common::LatencyBuckets()).Observe(seconds);
 }
 
+namespace {
+prometheus::Family<prometheus::Gauge>& ModulesFamily(prometheus::Registry& registry) {
+  return prometheus::BuildGauge()
+      .Name("anima_router_modules")
+      .Help("Modules of the system state by status.")
+      .Register(registry);
+}
+}  // namespace
+
+StateMetrics::StateMetrics(prometheus::Registry& registry)
+    : harmony_(prometheus::BuildGauge()
+                   .Name("anima_router_harmony")
+                   .Help("Mean module health (healthy 1, degraded 0.5, down 0), as in "
+                         "consciousness_state.")
+                   .Register(registry)
+                   .Add({})),
+      modules_(ModulesFamily(registry)),
+      healthy_(modules_.Add({{"status", "healthy"}})),
+      degraded_(modules_.Add({{"status", "degraded"}})),
+      down_(modules_.Add({{"status", "down"}})) {}
+
+void StateMetrics::Record(const anima::v1::ConsciousnessState& state) {
+  harmony_.Set(state.harmony());
+  double counts[4] = {0, 0, 0, 0};
+  for (const auto& m : state.modules()) counts[m.health() & 3] += 1;
+  healthy_.Set(counts[anima::v1::MODULE_HEALTH_HEALTHY]);
+  degraded_.Set(counts[anima::v1::MODULE_HEALTH_DEGRADED]);
+  down_.Set(counts[anima::v1::MODULE_HEALTH_DOWN] + counts[anima::v1::MODULE_HEALTH_UNSPECIFIED]);
+}
+
 }  // namespace anima::router

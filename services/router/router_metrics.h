@@ -2,6 +2,7 @@
 
 #include <string>
 
+#include "anima/v1/introspection.pb.h"
 #include "services/router/priority_scheduler.h"
 
 #include "prometheus/counter.h"
@@ -32,6 +33,21 @@ class RouterMetrics {
   prometheus::Family<prometheus::Gauge>& queue_depth_;
   prometheus::Family<prometheus::Histogram>& queue_wait_;
   prometheus::Family<prometheus::Counter>& rejected_;
+};
+
+// The system state as metrics, recorded after every poll: anima_router_harmony (0..1) and
+// anima_router_modules{status} (how many modules are healthy, degraded, down).
+class StateMetrics {
+ public:
+  explicit StateMetrics(prometheus::Registry& registry);
+  void Record(const anima::v1::ConsciousnessState& state);
+
+ private:
+  prometheus::Gauge& harmony_;
+  prometheus::Family<prometheus::Gauge>& modules_;
+  prometheus::Gauge& healthy_;
+  prometheus::Gauge& degraded_;
+  prometheus::Gauge& down_;
 };
 
 // Known message types keep their name as a label; anything else is "other".
