@@ -6,15 +6,17 @@ namespace anima::cli {
 
 namespace {
 
-constexpr std::array<std::string_view, 7> kTerminalTypes = {
-    "chat_response",      "error",      "pong",        "consciousness_state",
-    "self_coding_result", "subscribed", "unsubscribed"};
+// Replies that announce more to come. Every other reply type ends its request, including the
+// result frames of external modules, whose types the CLI cannot know.
+constexpr std::array<std::string_view, 4> kNonTerminalTypes = {"chat_delta", "self_coding_accepted",
+                                                               "self_coding_progress", "welcome"};
 
 bool IsTerminalType(std::string_view type) {
-  for (auto t : kTerminalTypes) {
-    if (t == type) return true;
+  if (type.empty()) return false;
+  for (auto t : kNonTerminalTypes) {
+    if (t == type) return false;
   }
-  return false;
+  return true;
 }
 
 }  // namespace
@@ -66,7 +68,9 @@ bool IsTerminalFor(const SentFrame& sent, const nlohmann::json& reply) {
   if (type == "error") return true;
   // A consciousness_state without an id is a broadcast, not the answer to a query.
   if (type == "consciousness_state" && id.empty()) return false;
-  return type == TerminalReplyType(sent.type);
+  std::string_view expected = TerminalReplyType(sent.type);
+  if (!expected.empty()) return type == expected;
+  return !id.empty();  // a module's answer carries the id the gateway assigned
 }
 
 bool IsUnsolicited(const nlohmann::json& reply) {

@@ -18,15 +18,15 @@ struct SentFrame {
 SentFrame DescribeSent(std::string_view text);
 
 // The reply type that ends a request of `sent_type` ("chat" -> "chat_response"); "" when the
-// type is unknown (then only an `error` ends it).
+// type is not built in (a module's type).
 std::string_view TerminalReplyType(std::string_view sent_type);
 
 // True when `reply` is the last frame the gateway sends for `sent`:
-// - with a known id: any terminal type (chat_response, error, pong, consciousness_state,
-//   self_coding_result, subscribed, unsubscribed) carrying that id; for `cancel`, also the
+// - with a known id: any reply carrying that id except chat_delta, self_coding_accepted and
+//   self_coding_progress (so a module's result frame ends it too); for `cancel`, also the
 //   `error` that ends its target;
-// - without a known id (none given, or not a valid id): the terminal type expected for the sent
-//   type, or any `error`;
+// - without a known id (none given, or not a valid id): the terminal type expected for a
+//   built-in type, the first such reply with an id for a module's type, or any `error`;
 // - for a frame that was not a JSON object: any `error`.
 bool IsTerminalFor(const SentFrame& sent, const nlohmann::json& reply);
 

@@ -60,6 +60,16 @@ TEST(FrameRulesTest, WithoutAnIdTheExpectedTypeOrAnErrorEndsIt) {
   EXPECT_TRUE(IsTerminalFor(unknown, json::parse(R"({"type":"error","code":"unknown_type"})")));
 }
 
+TEST(FrameRulesTest, AModulesResultFrameEndsItsRequest) {
+  const SentFrame with_id = DescribeSent(R"({"type":"word_count","id":"w","text":"a b"})");
+  EXPECT_TRUE(IsTerminalFor(with_id, json::parse(R"({"type":"word_count_result","id":"w"})")));
+  EXPECT_FALSE(IsTerminalFor(with_id, json::parse(R"({"type":"word_count_result","id":"x"})")));
+  const SentFrame without_id = DescribeSent(R"({"type":"word_count","text":"a b"})");
+  EXPECT_TRUE(
+      IsTerminalFor(without_id, json::parse(R"({"type":"word_count_result","id":"g-3"})")));
+  EXPECT_FALSE(IsTerminalFor(without_id, json::parse(R"({"type":"consciousness_state"})")));
+}
+
 TEST(FrameRulesTest, InvalidJsonEndsWithAnyError) {
   const SentFrame garbage = DescribeSent("{oops");
   EXPECT_TRUE(IsTerminalFor(garbage, json::parse(R"({"type":"error","code":"invalid_json"})")));
