@@ -2,6 +2,9 @@
 // latency percentiles. See docs/BENCHMARKS.md for the method.
 #include <iostream>
 #include <string>
+#include <thread>
+
+#include "nlohmann/json.hpp"
 
 #include "services/common/flags.h"
 #include "tools/bench/report.h"
@@ -19,11 +22,63 @@ gateway's WebSocket (--target ws), straight to the simulator (--target sim), or 
 after --warmup + --duration seconds (or --requests recorded requests) and only loads loopback
 hosts. Exit codes: 0 done, 1 no successful answer, 2 usage, 4 could not connect.
 
+--scenario priority measures the router's priority promise: a steady trickle of high-priority
+chat (--rate, default 20/s, over --connections) alone, then the same trickle while a flood of
+low-priority frames (--flood-frame, by default word_count, which tools/word_count/router.json
+routes at low priority) runs at full speed over --flood-connections x --flood-in-flight. It
+reports the chat latency of both runs, their p99 ratio, and the flood's own numbers.
+
 )";
 
 int Usage(const std::string& message) {
   std::cerr << "anima-bench: " << message << "\n";
   return 2;
+}
+
+// The priority scenario: the high trickle alone, then with the low flood beside it.
+int RunPriority(anima::bench::BenchConfig high, const std::string& flood_frame,
+                int flood_connections, int flood_in_flight, bool json) {
+  using anima::bench::BenchResult;
+  auto alone = anima::bench::RunLoad(high, "ws");
+  if (!alone.ok()) {
+    std::cerr << "anima-bench: " << alone.status().message() << "\n";
+    return 4;
+  }
+  anima::bench::BenchConfig flood = high;
+  flood.load.frame = flood_frame;
+  flood.rate = 0;
+  flood.connections = flood_connections;
+  flood.in_flight = flood_in_flight;
+  flood.requests = 0;
+  // The flood starts first and ends after the trickle's recorded window.
+  flood.warmup_s = high.warmup_s + 1;
+  flood.duration_s = high.duration_s + 1;
+  absl::StatusOr<BenchResult> flooded;
+  std::thread flood_thread([&] { flooded = anima::bench::RunLoad(flood, "ws"); });
+  std::this_thread::sleep_for(std::chrono::seconds(1));
+  auto loaded = anima::bench::RunLoad(high, "ws");
+  flood_thread.join();
+  if (!loaded.ok() || !flooded.ok()) {
+    std::cerr << "anima-bench: "
+              << (loaded.ok() ? flooded.status().message() : loaded.status().message()) << "\n";
+    return 4;
+  }
+  double ratio = alone->latency.p99_ms > 0 ? loaded->latency.p99_ms / alone->latency.p99_ms : 0;
+  if (json) {
+    nlohmann::json out = {{"scenario", "priority"},
+                          {"high_alone", anima::bench::ToJson(*alone)},
+                          {"high_under_flood", anima::bench::ToJson(*loaded)},
+                          {"flood", anima::bench::ToJson(*flooded)},
+                          {"p99_ratio", ratio}};
+    std::cout << out.dump() << "\n";
+  } else {
+    std::cout << "high-priority chat, alone:\n"
+              << anima::bench::FormatText(*alone) << "\nhigh-priority chat, under the flood:\n"
+              << anima::bench::FormatText(*loaded) << "\nthe low-priority flood:\n"
+              << anima::bench::FormatText(*flooded)
+              << "\nhigh p99 under the flood / alone: " << ratio << "x (goal: within 2x)\n";
+  }
+  return loaded->ok > 0 && alone->ok > 0 ? 0 : 1;
 }
 
 }  // namespace
@@ -37,6 +92,11 @@ int main(int argc, char** argv) {
   c.sim_key = "sim-key";
   c.load.message = "Hello from anima-bench";
   bool json = false;
+  std::string scenario = "load";
+  std::string flood_frame =
+      R"({"type":"word_count","text":"the quick brown fox jumps over the lazy dog"})";
+  int flood_connections = 8;
+  int flood_in_flight = 8;
 
   anima::common::FlagSet flags("anima-bench");
   flags.Add("target", &target, "ANIMA_BENCH_TARGET", "ws, sim or both (sim first, then ws)");
@@ -62,6 +122,11 @@ int main(int argc, char** argv) {
   flags.Add("drain-ms", &c.drain_ms, "",
             "after the last send, wait this long for answers; missing ones count as timeout");
   flags.Add("json", &json, "", "print one JSON line instead of the text report");
+  flags.Add("scenario", &scenario, "", "load (the default) or priority (see above)");
+  flags.Add("flood-frame", &flood_frame, "", "priority: the low-priority frame of the flood");
+  flags.Add("flood-connections", &flood_connections, "", "priority: connections of the flood");
+  flags.Add("flood-in-flight", &flood_in_flight, "",
+            "priority: requests each flood connection keeps outstanding");
 
   if (auto s = flags.Parse(argc, argv); !s.ok()) return Usage(std::string(s.message()));
   if (flags.help_requested()) {
@@ -93,6 +158,16 @@ int main(int argc, char** argv) {
   }
   c.ws_url = *ws_url;
   c.sim_url = *sim_url;
+  if (scenario == "priority") {
+    auto frame = nlohmann::json::parse(flood_frame, nullptr, false);
+    if (!frame.is_object() || !frame.contains("type") || frame.contains("id")) {
+      return Usage("--flood-frame must be a JSON object with a type and no id");
+    }
+    if (flood_connections < 1 || flood_in_flight < 1) return Usage("the flood needs load");
+    if (c.rate == 0) c.rate = 20;
+    return RunPriority(c, frame.dump(), flood_connections, flood_in_flight, json);
+  }
+  if (scenario != "load") return Usage("--scenario must be load or priority");
 
   try {
     std::vector<anima::bench::BenchResult> results;

@@ -11,6 +11,12 @@ namespace anima::bench {
 WsLane::WsLane(boost::asio::io_context& io, int index, const LoadPlan& plan, LaneStats& stats,
                cli::Url url, cli::WsClientOptions options, const ChatLoad& load)
     : Lane(io, index, plan, stats), io_(io), url_(std::move(url)), options_(std::move(options)) {
+  if (!load.frame.empty()) {
+    // {"type":"x",...} -> {"id":"b-<n>","type":"x",...}; the runner checked it is an object.
+    frame_prefix_ = R"({"id":"b-)";
+    frame_suffix_ = "\"," + load.frame.substr(load.frame.find('{') + 1);
+    return;
+  }
   frame_prefix_ = R"({"type":"chat","id":"b-)";
   frame_suffix_ = "\",\"message\":" + nlohmann::json(load.message).dump();
   if (load.stream) frame_suffix_ += ",\"stream\":true";
@@ -56,8 +62,9 @@ void WsLane::Shutdown() {
 
 void WsLane::OnFrame(const std::string& text) {
   const Clock::time_point now = Clock::now();
-  const bool maybe_answer = text.find("chat_response") != std::string::npos ||
-                            text.find("\"error\"") != std::string::npos;
+  const bool maybe_answer = text.find("\"b-") != std::string::npos &&
+                            text.find("chat_delta") == std::string::npos &&
+                            text.find("self_coding_progress") == std::string::npos;
   const bool maybe_welcome = !maybe_answer && text.find("welcome") != std::string::npos;
   if (!maybe_answer && !maybe_welcome) return;  // deltas and broadcasts: not worth parsing
   nlohmann::json frame = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
@@ -74,7 +81,9 @@ void WsLane::OnFrame(const std::string& text) {
     }
     return;
   }
-  if (type != "chat_response" && type != "error") return;
+  if (type == "self_coding_accepted" || (type == "consciousness_state" && !frame.contains("id"))) {
+    return;
+  }
   auto id = frame.find("id");
   if (id == frame.end() || !id->is_string()) {
     if (type == "error") ++stats().errors["unmatched_error"];
@@ -86,7 +95,7 @@ void WsLane::OnFrame(const std::string& text) {
       std::from_chars(s.data() + 2, s.data() + s.size(), seq).ec != std::errc()) {
     return;
   }
-  if (type == "chat_response") {
+  if (type != "error") {
     Complete(seq, "", now);
   } else {
     std::string code = cli::StringField(frame, "code");

@@ -13,12 +13,16 @@ struct ChatLoad {
   std::string message;
   bool stream = false;
   std::string model;  // "" : the gateway's / simulator's default
+  // ws only: send this frame (a JSON object, e.g. {"type":"word_count","text":"..."}) instead of
+  // a chat message; the lane adds the id. Empty: chat.
+  std::string frame;
 };
 
 // A lane over one WebSocket connection to the gateway. Sends
-// {"type":"chat","id":"b-<n>","message":...} and completes request n on the chat_response or
-// error carrying id "b-<n>"; every other frame (welcome, deltas, broadcasts) is ignored, except
-// that the welcome's limits are noted.
+// {"type":"chat","id":"b-<n>","message":...} (or the load's own frame with that id) and
+// completes request n on the first frame carrying id "b-<n>" that ends a request (anything but
+// chat_delta, self_coding_accepted and self_coding_progress; an error counts as its code); every
+// other frame (welcome, broadcasts) is ignored, except that the welcome's limits are noted.
 class WsLane : public Lane {
  public:
   WsLane(boost::asio::io_context& io, int index, const LoadPlan& plan, LaneStats& stats,
