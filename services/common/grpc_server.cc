@@ -14,6 +14,10 @@ absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   auto server = std::unique_ptr<GrpcServer>(new GrpcServer());
   grpc::ServerBuilder builder;
+  // Clients reconnect, and so re-resolve, at least every 5 minutes, which spreads them over new
+  // replicas; a stream in progress gets 30 minutes to finish (self-coding jobs are long).
+  builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_MS, 5 * 60 * 1000);
+  builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_GRACE_MS, 30 * 60 * 1000);
   builder.AddListeningPort(address, grpc::InsecureServerCredentials(), &server->port_);
   for (auto* service : services) builder.RegisterService(service);
   std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> factories;
@@ -36,10 +40,15 @@ void GrpcServer::Shutdown(std::chrono::milliseconds grace) {
 std::shared_ptr<grpc::Channel> MakeChannel(const std::string& target,
                                            prometheus::Registry* metrics) {
   grpc::ChannelArguments args;
+  // Reconnect attempts start 100 ms after a failure and back off to at most 1 s, so a restarted
+  // peer is used again quickly. gRPC also uses MIN_RECONNECT_BACKOFF as the least time one
+  // connection attempt is given (its "min connect timeout"): 2 s, or a busy machine fails the
+  // first call. It may exceed MAX: they bound different things.
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
-  // Also the minimum time a connection attempt may take: too short fails on a busy machine.
   args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 2000);
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
+  // A dns:/// target of a headless Service resolves to every pod: spread calls over them.
+  args.SetLoadBalancingPolicyName("round_robin");
   args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 30000);
   args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
   std::vector<std::unique_ptr<grpc::experimental::ClientInterceptorFactoryInterface>> factories;
