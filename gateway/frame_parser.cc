@@ -229,19 +229,19 @@ const std::vector<std::string>& FrameTranslator::BuiltinTypes() {
   return kTypes;
 }
 
-FrameTranslator::FrameTranslator(std::vector<std::string> extra_types) {
-  for (auto& t : extra_types) {
-    const auto& builtin = BuiltinTypes();
-    if (std::find(builtin.begin(), builtin.end(), t) == builtin.end()) {
-      extra_types_.insert(std::move(t));
-    }
-  }
+bool FrameTranslator::IsBuiltinType(std::string_view type) {
+  const auto& builtin = BuiltinTypes();
+  return std::find(builtin.begin(), builtin.end(), type) != builtin.end();
 }
 
-bool FrameTranslator::IsKnownType(std::string_view type) const {
-  const auto& builtin = BuiltinTypes();
-  return std::find(builtin.begin(), builtin.end(), type) != builtin.end() ||
-         extra_types_.find(type) != extra_types_.end();
+bool FrameTranslator::IsWellFormedType(std::string_view type) {
+  if (type.empty() || type.size() > kMaxTypeLength) return false;
+  for (char c : type) {
+    if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' || c == '.' || c == '-')) {
+      return false;
+    }
+  }
+  return true;
 }
 
 std::string FrameTranslator::AssignId() const {
@@ -280,9 +280,14 @@ ParseResult FrameTranslator::Parse(std::string_view text) const {
     return ProtocolError{kInvalidMessage, "type: required non-empty string", out.id, ""};
   }
   out.type = type_it->get<std::string>();
-  if (!IsKnownType(out.type)) {
+  // A type that is not built in may still be handled by a module the router is configured with;
+  // only the router knows, so every well-formed name goes there. A name no module can have is
+  // answered here.
+  if (!IsBuiltinType(out.type) && !IsWellFormedType(out.type)) {
     std::string shown = out.type.size() > 64 ? out.type.substr(0, 64) + "..." : out.type;
-    return ProtocolError{kUnknownType, absl::StrCat("no module handles type \"", shown, "\""),
+    return ProtocolError{kUnknownType,
+                         absl::StrCat("no module handles type \"", shown,
+                                      "\" (type names are 1 to 64 characters of [a-z0-9_.-])"),
                          out.id, ""};
   }
 

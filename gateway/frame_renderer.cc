@@ -240,6 +240,15 @@ std::string FrameTranslator::RenderError(std::string_view code, std::string_view
   return Dump(j);
 }
 
+std::string FrameTranslator::RenderRateLimited(std::string_view message, std::string_view id,
+                                               int64_t retry_after_ms) {
+  Json j = Head("error", id);
+  j["code"] = kRateLimited;
+  j["message"] = message;
+  j["retry_after_ms"] = retry_after_ms;
+  return Dump(j);
+}
+
 std::string FrameTranslator::RenderPong(std::string_view id) { return Dump(Head("pong", id)); }
 
 std::string FrameTranslator::RenderTopics(std::string_view type, std::string_view id,

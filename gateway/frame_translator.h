@@ -18,6 +18,8 @@ inline constexpr char kInvalidMessage[] = "invalid_message";
 inline constexpr char kUnknownType[] = "unknown_type";
 inline constexpr char kTooLarge[] = "too_large";
 inline constexpr char kTooManyInFlight[] = "too_many_in_flight";
+inline constexpr char kRateLimited[] = "rate_limited";
+inline constexpr char kUnauthenticated[] = "unauthenticated";
 inline constexpr char kUnavailable[] = "unavailable";
 inline constexpr char kDeadlineExceeded[] = "deadline_exceeded";
 inline constexpr char kCancelled[] = "cancelled";
@@ -66,11 +68,11 @@ struct RenderedFrame {
 // messages (§3). No I/O; Parse and the Render functions are safe to call from any thread.
 class FrameTranslator {
  public:
-  // `extra_types`: message types routed to external modules besides the built-in ones; such a
-  // frame is dispatched with the whole frame as Envelope.raw_json.
-  explicit FrameTranslator(std::vector<std::string> extra_types = {});
+  FrameTranslator() = default;
 
-  // Validates one text frame. Unknown fields are ignored; optional fields may be null.
+  // Validates one text frame. Unknown fields are ignored; optional fields may be null. A
+  // well-formed type that is not built in is routed with the whole frame as Envelope.raw_json
+  // (the router answers unknown_type when no module handles it).
   ParseResult Parse(std::string_view text) const;
 
   // The frame of one router event for the request `id` (an empty id is left out, as in
@@ -80,6 +82,8 @@ class FrameTranslator {
   static std::string RenderError(const ProtocolError& error);
   static std::string RenderError(std::string_view code, std::string_view message,
                                  std::string_view id);
+  static std::string RenderRateLimited(std::string_view message, std::string_view id,
+                                       int64_t retry_after_ms);
   static std::string RenderPong(std::string_view id);
   // `type` is "subscribed" or "unsubscribed".
   static std::string RenderTopics(std::string_view type, std::string_view id,
@@ -94,13 +98,14 @@ class FrameTranslator {
   // A fresh gateway-assigned id, "g-<n>", for replies to frames that carry no usable id.
   std::string AssignId() const;
 
-  // True for the built-in types and the configured extra types.
-  bool IsKnownType(std::string_view type) const;
+  static bool IsBuiltinType(std::string_view type);
+  // 1 to 64 characters of [a-z0-9_.-]: the names a module's type may have.
+  static bool IsWellFormedType(std::string_view type);
+  static constexpr size_t kMaxTypeLength = 64;
   // The built-in client message types, in the order of PROTOCOL.md §2.
   static const std::vector<std::string>& BuiltinTypes();
 
  private:
-  std::set<std::string, std::less<>> extra_types_;
   mutable std::atomic<uint64_t> next_id_{0};
 };
 

@@ -33,7 +33,23 @@ GatewayMetrics::GatewayMetrics(prometheus::Registry& registry)
       errors_(prometheus::BuildCounter()
                   .Name("anima_gateway_errors_total")
                   .Help("Error frames sent, by code.")
-                  .Register(registry)) {}
+                  .Register(registry)),
+      limit_hits_(prometheus::BuildCounter()
+                      .Name("anima_gateway_limit_hits_total")
+                      .Help("Times a limit was hit, by limit.")
+                      .Register(registry)),
+      auth_failures_(prometheus::BuildCounter()
+                         .Name("anima_gateway_auth_failures_total")
+                         .Help("Upgrades refused for auth, and tokens that expired in a session.")
+                         .Register(registry)) {}
+
+void GatewayMetrics::AuthFailed(std::string_view reason) {
+  auth_failures_.Add({{"reason", std::string(reason)}}).Increment();
+}
+
+void GatewayMetrics::LimitHit(std::string_view limit) {
+  limit_hits_.Add({{"limit", std::string(limit)}}).Increment();
+}
 
 void GatewayMetrics::ConnectionOpened() {
   connections_.Increment();

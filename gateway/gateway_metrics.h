@@ -20,6 +20,9 @@ namespace anima::gateway {
 //   anima_gateway_frames_sent_total{type}
 //   anima_gateway_request_seconds{type}             frame in -> terminal frame out
 //   anima_gateway_errors_total{code}                error frames sent
+//   anima_gateway_auth_failures_total{reason}      refused upgrades, expired tokens
+//   anima_gateway_limit_hits_total{limit}           a limit refused or closed something; limit is
+//       message_size, messages_per_second, in_flight, send_queue
 // Thread-safe.
 class GatewayMetrics {
  public:
@@ -31,6 +34,9 @@ class GatewayMetrics {
   void FrameSent(std::string_view type);
   void RequestDone(std::string_view type, double seconds);
   void ErrorSent(std::string_view code);
+  void LimitHit(std::string_view limit);
+  // reason: missing, invalid, expired (a token that expired during its connection).
+  void AuthFailed(std::string_view reason);
 
   // The `type` label for a client message type.
   static std::string TypeLabel(std::string_view type);
@@ -42,6 +48,8 @@ class GatewayMetrics {
   prometheus::Family<prometheus::Counter>& sent_;
   prometheus::Family<prometheus::Histogram>& request_seconds_;
   prometheus::Family<prometheus::Counter>& errors_;
+  prometheus::Family<prometheus::Counter>& limit_hits_;
+  prometheus::Family<prometheus::Counter>& auth_failures_;
 };
 
 }  // namespace anima::gateway

@@ -24,6 +24,8 @@ absl::StatusOr<std::unique_ptr<GatewayServer>> GatewayServer::Start(
   // Its own channel, without the metrics interceptor: probes are not traffic.
   server->readiness_ = std::make_unique<ReadinessProbe>(
       common::MakeChannel(settings.router, nullptr), settings.readiness_interval);
+  server->state_watcher_ = std::make_unique<StateWatcher>(
+      common::MakeChannel(settings.router, nullptr), settings.state_interval);
   server->context_ = std::make_unique<GatewayContext>(std::move(settings));
   GatewayContext& context = *server->context_;
   context.metrics = server->metrics_.get();
@@ -37,6 +39,8 @@ absl::StatusOr<std::unique_ptr<GatewayServer>> GatewayServer::Start(
       net::ip::tcp::endpoint(address, static_cast<unsigned short>(context.settings.port)));
   if (!status.ok()) return status;
   server->listener_->Run();
+  server->broadcast_timer_ = std::make_unique<net::steady_timer>(net::make_strand(*server->ioc_));
+  server->ScheduleBroadcast();
   for (int i = 0; i < threads; ++i) {
     server->threads_.emplace_back([ioc = server->ioc_.get()] {
       // A handler that throws is a bug; log it and keep serving the other connections.
@@ -55,11 +59,41 @@ absl::StatusOr<std::unique_ptr<GatewayServer>> GatewayServer::Start(
 
 GatewayServer::~GatewayServer() { Shutdown(); }
 
+void GatewayServer::ScheduleBroadcast() {
+  broadcast_timer_->expires_after(context_->settings.state_interval);
+  broadcast_timer_->async_wait([this](boost::system::error_code ec) {
+    if (ec || context_->draining.load()) return;
+    BroadcastState();
+    ScheduleBroadcast();
+  });
+}
+
+void GatewayServer::BroadcastState() {
+  auto state = state_watcher_->Latest();
+  if (!state) return;  // no live WatchState stream: nothing current to tell
+  anima::v1::Event event;
+  *event.mutable_consciousness_state() = std::move(*state);
+  event.mutable_consciousness_state()->mutable_load()->set_connections(
+      context_->open_connections.load());
+  auto frame = std::make_shared<const std::string>(FrameTranslator::Render(event, "").text);
+  for (auto& session : context_->sessions.Snapshot()) session->Broadcast(frame);
+}
+
 void GatewayServer::Shutdown() {
   if (stopped_) return;
   stopped_ = true;
   context_->draining.store(true);
   listener_->Stop();
+  net::post(broadcast_timer_->get_executor(),
+            [timer = broadcast_timer_.get()] { timer->cancel(); });
+  auto drain_deadline = std::chrono::steady_clock::now() + context_->settings.drain_timeout;
+  if (context_->in_flight.load() > 0) {
+    spdlog::info("draining: waiting up to {} ms for {} requests in flight",
+                 context_->settings.drain_timeout.count(), context_->in_flight.load());
+  }
+  while (context_->in_flight.load() > 0 && std::chrono::steady_clock::now() < drain_deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
   auto sessions = context_->sessions.Snapshot();
   spdlog::info("shutting down: closing {} connections with 1001", sessions.size());
   for (auto& session : sessions) session->Close(boost::beast::websocket::close_code::going_away);
@@ -75,7 +109,9 @@ void GatewayServer::Shutdown() {
   // them; destroying it then releases the sessions those handlers hold.
   router_->CancelAllAndWait();
   listener_.reset();
+  broadcast_timer_.reset();
   ioc_.reset();
+  state_watcher_.reset();
 }
 
 }  // namespace anima::gateway

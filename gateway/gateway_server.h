@@ -7,8 +7,10 @@
 
 #include "absl/status/statusor.h"
 #include "boost/asio/io_context.hpp"
+#include "boost/asio/steady_timer.hpp"
 #include "gateway/gateway_context.h"
 #include "gateway/http_session.h"
+#include "gateway/state_watcher.h"
 #include "prometheus/registry.h"
 
 namespace anima::gateway {
@@ -25,22 +27,29 @@ class GatewayServer {
   int port() const { return listener_->port(); }
   size_t connections() { return context_->sessions.size(); }
 
-  // Stops accepting, refuses new upgrades, closes every session with 1001 after the frames
-  // already queued, waits up to settings.shutdown_grace for the close handshakes, then stops the
-  // io threads and ends the router calls still open. Call once, from any thread but an io thread.
+  // The drain: /readyz fails and the listener closes at once; requests in flight get up to
+  // settings.drain_timeout to finish; then every session is closed with 1001 after the frames
+  // already queued, with up to settings.shutdown_grace for the close handshakes; then the io
+  // threads stop and the router calls still open are cancelled. Call once, from any thread but
+  // an io thread.
   void Shutdown();
 
  private:
   GatewayServer() = default;
+  // Every state_interval: the latest state, serialised once, to every session.
+  void ScheduleBroadcast();
+  void BroadcastState();
 
   // Declaration order is destruction order reversed: the io_context (and with it every session)
   // goes before what sessions refer to.
   std::unique_ptr<GatewayMetrics> metrics_;
   std::unique_ptr<RouterClient> router_;
   std::unique_ptr<ReadinessProbe> readiness_;
+  std::unique_ptr<StateWatcher> state_watcher_;
   std::unique_ptr<GatewayContext> context_;
   std::unique_ptr<boost::asio::io_context> ioc_;
   std::shared_ptr<Listener> listener_;
+  std::unique_ptr<boost::asio::steady_timer> broadcast_timer_;
   std::vector<std::thread> threads_;
   bool stopped_ = false;
 };

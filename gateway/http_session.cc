@@ -15,7 +15,8 @@ namespace net = boost::asio;
 using tcp = net::ip::tcp;
 
 namespace {
-constexpr auto kReadTimeout = std::chrono::seconds(30);
+// Between requests of a keep-alive connection.
+constexpr auto kKeepAliveTimeout = std::chrono::seconds(30);
 
 std::string_view PathOf(std::string_view target) { return target.substr(0, target.find('?')); }
 }  // namespace
@@ -32,7 +33,11 @@ void HttpSession::DoRead() {
   parser_.emplace();
   parser_->header_limit(16 * 1024);
   parser_->body_limit(64 * 1024);
-  stream_.expires_after(kReadTimeout);
+  if (got_request_) {
+    stream_.expires_after(kKeepAliveTimeout);
+  } else {
+    stream_.expires_after(context_.settings.handshake_timeout);
+  }
   http::async_read(stream_, buffer_, *parser_,
                    beast::bind_front_handler(&HttpSession::OnRead, shared_from_this()));
 }
@@ -42,7 +47,11 @@ void HttpSession::OnRead(beast::error_code ec, size_t) {
     stream_.socket().shutdown(tcp::socket::shutdown_send, ec);
     return;
   }
+  if (ec == beast::error::timeout && !got_request_) {
+    context_.metrics->LimitHit("handshake_timeout");
+  }
   if (ec) return;
+  got_request_ = true;
   const auto& request = parser_->get();
   std::string_view path = PathOf(request.target());
   if (beast::websocket::is_upgrade(request)) {
@@ -54,8 +63,37 @@ void HttpSession::OnRead(beast::error_code ec, size_t) {
       Respond(http::status::service_unavailable, "shutting down\n");
       return;
     }
+    std::optional<std::chrono::system_clock::time_point> expires;
+    if (context_.settings.auth.enabled()) {
+      std::string token = Authenticator::TokenOf(request[http::field::authorization],
+                                                 std::string_view(request.target()));
+      auto grant = context_.settings.auth.Check(token);
+      if (!grant.ok()) {
+        context_.metrics->AuthFailed(token.empty() ? "missing" : "invalid");
+        Respond(http::status::unauthorized, std::string(grant.status().message()) + "\n", {}, true);
+        return;
+      }
+      expires = grant->expires;
+    }
+    if (context_.sessions.size() >= static_cast<size_t>(context_.settings.max_connections)) {
+      context_.metrics->LimitHit("connections");
+      Respond(http::status::service_unavailable,
+              absl::StrCat("over max_connections (", context_.settings.max_connections, ")\n"),
+              "1");
+      return;
+    }
+    std::chrono::milliseconds wait{0};
+    if (!context_.new_connections.Take(&wait)) {
+      context_.metrics->LimitHit("new_connections_per_second");
+      Respond(http::status::too_many_requests,
+              absl::StrCat("over max_new_connections_per_second (",
+                           context_.settings.max_new_connections_per_second, ")\n"),
+              std::to_string((wait.count() + 999) / 1000));
+      return;
+    }
     stream_.expires_never();
-    std::make_shared<WsSession>(stream_.release_socket(), context_)->Run(parser_->release());
+    std::make_shared<WsSession>(stream_.release_socket(), context_)
+        ->Run(parser_->release(), expires);
     return;
   }
   bool get = request.method() == http::verb::get || request.method() == http::verb::head;
@@ -74,10 +112,13 @@ void HttpSession::OnRead(beast::error_code ec, size_t) {
   }
 }
 
-void HttpSession::Respond(http::status status, std::string body) {
+void HttpSession::Respond(http::status status, std::string body, std::string_view retry_after,
+                          bool bearer_challenge) {
   const auto& request = parser_->get();
   response_ = std::make_shared<http::response<http::string_body>>(status, request.version());
   response_->set(http::field::server, "anima-gateway/0.1.0");
+  if (!retry_after.empty()) response_->set(http::field::retry_after, retry_after);
+  if (bearer_challenge) response_->set(http::field::www_authenticate, "Bearer");
   response_->set(http::field::content_type, "text/plain; charset=utf-8");
   response_->keep_alive(request.keep_alive());
   response_->body() = std::move(body);

@@ -24,7 +24,8 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
  private:
   void DoRead();
   void OnRead(boost::beast::error_code ec, size_t bytes);
-  void Respond(boost::beast::http::status status, std::string body);
+  void Respond(boost::beast::http::status status, std::string body,
+               std::string_view retry_after = {}, bool bearer_challenge = false);
   void OnWrite(bool keep_alive, boost::beast::error_code ec, size_t bytes);
 
   GatewayContext& context_;
@@ -32,6 +33,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
   boost::beast::flat_buffer buffer_;
   std::optional<boost::beast::http::request_parser<boost::beast::http::string_body>> parser_;
   std::shared_ptr<boost::beast::http::response<boost::beast::http::string_body>> response_;
+  bool got_request_ = false;  // a complete request was read on this connection
 };
 
 // Accepts connections on the gateway port; each gets its own strand and an HttpSession.

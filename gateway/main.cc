@@ -1,12 +1,11 @@
 // anima-gateway: the WebSocket front door (PROTOCOL.md), translating client frames to
 // Router.Dispatch calls.
+#include <chrono>
 #include <cstdio>
 #include <iostream>
 #include <string>
 #include <vector>
 
-#include "absl/strings/ascii.h"
-#include "absl/strings/str_split.h"
 #include "gateway/gateway_server.h"
 #include "services/common/flags.h"
 #include "services/common/logging.h"
@@ -21,22 +20,12 @@ int Fail(const std::string& message) {
   return 2;
 }
 
-bool ValidTypeName(const std::string& name) {
-  if (name.empty() || name.size() > 64) return false;
-  for (char c : name) {
-    if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' || c == '.' || c == '-')) {
-      return false;
-    }
-  }
-  return true;
-}
-
 int Main(int argc, char** argv) {
   anima::common::BlockShutdownSignals();
   anima::gateway::GatewaySettings settings;
   int metrics_port = 9100;
   int max_message_bytes = static_cast<int>(settings.max_message_bytes);
-  std::string extra_types, log_format = "text", log_level = "info", ready_file;
+  std::string log_format = "text", log_level = "info", ready_file;
 
   anima::common::FlagSet flags("anima-gateway");
   flags.Add("bind", &settings.bind, "ANIMA_GATEWAY_BIND", "address to listen on");
@@ -49,8 +38,38 @@ int Main(int argc, char** argv) {
             "largest client frame; larger: too_large and close 1009");
   flags.Add("max-in-flight", &settings.max_in_flight, "ANIMA_GATEWAY_MAX_IN_FLIGHT",
             "requests in flight per connection");
-  flags.Add("extra-types", &extra_types, "ANIMA_GATEWAY_EXTRA_TYPES",
-            "comma-separated message types routed to external modules as raw JSON");
+  flags.Add("messages-per-second", &settings.messages_per_second,
+            "ANIMA_GATEWAY_MESSAGES_PER_SECOND",
+            "client frames per second per connection (token bucket, burst of one second)");
+  flags.Add("max-connections", &settings.max_connections, "ANIMA_GATEWAY_MAX_CONNECTIONS",
+            "WebSocket connections open at once; more: HTTP 503");
+  flags.Add("max-new-connections-per-second", &settings.max_new_connections_per_second,
+            "ANIMA_GATEWAY_MAX_NEW_CONNECTIONS_PER_SECOND",
+            "WebSocket upgrades per second, whole gateway; more: HTTP 429");
+  int handshake_timeout_ms = static_cast<int>(settings.handshake_timeout.count());
+  flags.Add("handshake-timeout-ms", &handshake_timeout_ms, "ANIMA_GATEWAY_HANDSHAKE_TIMEOUT_MS",
+            "from TCP accept to a complete request, and for the WebSocket handshake");
+  int idle_timeout_ms = static_cast<int>(settings.idle_timeout.count());
+  flags.Add("idle-timeout-ms", &idle_timeout_ms, "ANIMA_GATEWAY_IDLE_TIMEOUT_MS",
+            "ping after half of it without a client frame; close after all of it");
+  int state_interval_ms = static_cast<int>(settings.state_interval.count());
+  flags.Add("state-interval-ms", &state_interval_ms, "ANIMA_GATEWAY_STATE_INTERVAL_MS",
+            "how often subscribed connections get consciousness_state");
+  int max_send_queue_bytes = static_cast<int>(settings.max_send_queue_bytes);
+  flags.Add("max-send-queue-bytes", &max_send_queue_bytes, "ANIMA_GATEWAY_MAX_SEND_QUEUE_BYTES",
+            "frames queued for one connection; a client that stays over it is closed with 1008");
+  int slow_reader_timeout_ms = static_cast<int>(settings.slow_reader_timeout.count());
+  flags.Add("slow-reader-timeout-ms", &slow_reader_timeout_ms,
+            "ANIMA_GATEWAY_SLOW_READER_TIMEOUT_MS",
+            "how long a connection may stay over --max-send-queue-bytes");
+  int drain_timeout_ms = static_cast<int>(settings.drain_timeout.count());
+  flags.Add("drain-timeout-ms", &drain_timeout_ms, "ANIMA_GATEWAY_DRAIN_TIMEOUT_MS",
+            "on SIGTERM: how long requests in flight get to finish before connections close 1001");
+  std::string auth_tokens_file, auth_jwt_secret_file;
+  flags.Add("auth-tokens-file", &auth_tokens_file, "ANIMA_GATEWAY_AUTH_TOKENS_FILE",
+            "static bearer tokens, one a line (auth is off without this and a JWT secret)");
+  flags.Add("auth-jwt-secret-file", &auth_jwt_secret_file, "ANIMA_GATEWAY_AUTH_JWT_SECRET_FILE",
+            "HS256 secret for JWT bearer tokens, which must carry exp");
   flags.Add("log-format", &log_format, "ANIMA_GATEWAY_LOG_FORMAT", "text or json");
   flags.Add("log-level", &log_level, "ANIMA_GATEWAY_LOG_LEVEL", "trace, debug, info, warn, error");
   flags.Add("ready-file", &ready_file, "ANIMA_GATEWAY_READY_FILE",
@@ -75,13 +94,43 @@ int Main(int argc, char** argv) {
     return Fail("--max-in-flight: expected 1 to 100000");
   }
   if (settings.router.empty()) return Fail("--router: required host:port");
-  for (auto& type : absl::StrSplit(extra_types, ',', absl::SkipWhitespace())) {
-    std::string name(absl::StripAsciiWhitespace(type));
-    if (!ValidTypeName(name)) {
-      return Fail("--extra-types: \"" + name + "\" is not a type name ([a-z0-9_.-], 1 to 64)");
-    }
-    settings.extra_types.push_back(name);
+  if (settings.messages_per_second < 1 || settings.messages_per_second > 1000000) {
+    return Fail("--messages-per-second: expected 1 to 1000000");
   }
+  if (settings.max_connections < 1 || settings.max_connections > 10000000) {
+    return Fail("--max-connections: expected 1 to 10000000");
+  }
+  if (settings.max_new_connections_per_second < 1 ||
+      settings.max_new_connections_per_second > 1000000) {
+    return Fail("--max-new-connections-per-second: expected 1 to 1000000");
+  }
+  if (handshake_timeout_ms < 10 || handshake_timeout_ms > 3600000) {
+    return Fail("--handshake-timeout-ms: expected 10 to 3600000");
+  }
+  settings.handshake_timeout = std::chrono::milliseconds(handshake_timeout_ms);
+  if (idle_timeout_ms < 10 || idle_timeout_ms > 86400000) {
+    return Fail("--idle-timeout-ms: expected 10 to 86400000");
+  }
+  settings.idle_timeout = std::chrono::milliseconds(idle_timeout_ms);
+  if (state_interval_ms < 10 || state_interval_ms > 3600000) {
+    return Fail("--state-interval-ms: expected 10 to 3600000");
+  }
+  settings.state_interval = std::chrono::milliseconds(state_interval_ms);
+  if (max_send_queue_bytes < 65536 || max_send_queue_bytes > 1024 * 1024 * 1024) {
+    return Fail("--max-send-queue-bytes: expected 65536 to 1073741824");
+  }
+  settings.max_send_queue_bytes = static_cast<size_t>(max_send_queue_bytes);
+  if (slow_reader_timeout_ms < 1 || slow_reader_timeout_ms > 3600000) {
+    return Fail("--slow-reader-timeout-ms: expected 1 to 3600000");
+  }
+  settings.slow_reader_timeout = std::chrono::milliseconds(slow_reader_timeout_ms);
+  if (drain_timeout_ms < 0 || drain_timeout_ms > 3600000) {
+    return Fail("--drain-timeout-ms: expected 0 to 3600000");
+  }
+  settings.drain_timeout = std::chrono::milliseconds(drain_timeout_ms);
+  auto auth = anima::gateway::Authenticator::Load(auth_tokens_file, auth_jwt_secret_file);
+  if (!auth.ok()) return Fail(std::string(auth.status().message()));
+  settings.auth = std::move(*auth);
   if (auto s = anima::common::InitLogging("gateway", log_format, log_level); !s.ok()) {
     return Fail(std::string(s.message()));
   }

@@ -5,6 +5,8 @@
 #include <string>
 #include <vector>
 
+#include "gateway/auth.h"
+
 namespace anima::gateway {
 
 // Everything the gateway's listeners and sessions are configured with; filled from flags by
@@ -18,12 +20,33 @@ struct GatewaySettings {
   // with 1009.
   size_t max_message_bytes = 65536;
   int max_in_flight = 32;
-  // Advertised in `welcome`. Not enforced yet: rate limiting comes with the auth/limits issue.
+  // Token bucket per connection: refills at this rate, holds at most this many tokens (a burst
+  // of one second). A frame without a token is answered `rate_limited` with retry_after_ms.
   int messages_per_second = 50;
-  // Types routed to external modules (Envelope.raw_json) besides the built-in ones.
-  std::vector<std::string> extra_types;
+  // WebSocket connections open at once (upgrades in progress included); more: HTTP 503.
+  int max_connections = 10000;
+  // New WebSocket upgrades per second over the whole gateway (token bucket, burst of one
+  // second); more: HTTP 429 with Retry-After.
+  int max_new_connections_per_second = 500;
+  // From TCP accept to a complete HTTP request (the upgrade or an API call), and for the
+  // WebSocket handshake itself.
+  std::chrono::milliseconds handshake_timeout{10000};
+  // A WebSocket connection that sends nothing for half of this gets a ping; one that has sent
+  // nothing, not even a pong, for all of it is closed.
+  std::chrono::milliseconds idle_timeout{60000};
+  // How often subscribed connections get the latest consciousness_state.
+  std::chrono::milliseconds state_interval{5000};
+  // Bytes of frames queued for one connection (the one being written included). A connection
+  // that stays over it for slow_reader_timeout, or goes over twice it, is closed with 1008.
+  size_t max_send_queue_bytes = 1 << 20;
+  std::chrono::milliseconds slow_reader_timeout{5000};
   // How often /readyz's view of the router's grpc.health.v1 status is refreshed.
   std::chrono::milliseconds readiness_interval{500};
+  // On shutdown, after /readyz fails and the listener closes: how long requests in flight get to
+  // finish before every connection is closed with 1001.
+  std::chrono::milliseconds drain_timeout{10000};
+  // Off unless it holds tokens or a JWT secret: then every WebSocket upgrade needs a valid token.
+  Authenticator auth;
   // On shutdown: how long sessions get to finish their close handshake (1001).
   std::chrono::milliseconds shutdown_grace{3000};
 };

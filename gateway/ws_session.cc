@@ -1,5 +1,7 @@
 #include "gateway/ws_session.h"
 
+#include <algorithm>
+#include <cmath>
 #include <random>
 #include <variant>
 
@@ -31,18 +33,35 @@ double SecondsSince(std::chrono::steady_clock::time_point start) {
 }  // namespace
 
 WsSession::WsSession(net::ip::tcp::socket&& socket, GatewayContext& context)
-    : context_(context), ws_(std::move(socket)), session_id_(NewSessionId()) {}
+    : context_(context),
+      ws_(std::move(socket)),
+      session_id_(NewSessionId()),
+      slow_timer_(ws_.get_executor()),
+      auth_timer_(ws_.get_executor()),
+      tokens_(context.settings.messages_per_second),
+      tokens_at_(std::chrono::steady_clock::now()) {}
 
 WsSession::~WsSession() {
   CancelAllCalls();
   context_.sessions.Remove(this);
-  if (opened_) context_.metrics->ConnectionClosed();
+  if (opened_) {
+    context_.metrics->ConnectionClosed();
+    context_.open_connections.fetch_sub(1);
+  }
   spdlog::debug("session {} ended", session_id_);
 }
 
-void WsSession::Run(beast::http::request<beast::http::string_body> request) {
+void WsSession::Run(beast::http::request<beast::http::string_body> request,
+                    std::optional<std::chrono::system_clock::time_point> token_expires) {
+  token_expires_ = token_expires;
   context_.sessions.Add(shared_from_this());
-  ws_.set_option(websocket::stream_base::timeout::suggested(beast::role_type::server));
+  websocket::stream_base::timeout timeouts;
+  timeouts.handshake_timeout = context_.settings.handshake_timeout;
+  // Beast pings after half of idle_timeout without a frame from the client and closes the
+  // connection when the other half passes without one either.
+  timeouts.idle_timeout = context_.settings.idle_timeout;
+  timeouts.keep_alive_pings = true;
+  ws_.set_option(timeouts);
   ws_.set_option(websocket::stream_base::decorator([](websocket::response_type& res) {
     res.set(beast::http::field::server, "anima-gateway/0.1.0");
   }));
@@ -62,6 +81,16 @@ void WsSession::Close(websocket::close_code code) {
   });
 }
 
+void WsSession::Broadcast(std::shared_ptr<const std::string> frame) {
+  net::post(ws_.get_executor(), [self = shared_from_this(), frame = std::move(frame)]() mutable {
+    if (!self->opened_ || !self->subscribed_ || self->close_after_flush_ || self->write_failed_) {
+      return;
+    }
+    self->context_.metrics->FrameSent("consciousness_state");
+    self->Enqueue(std::move(frame), /*state=*/true);
+  });
+}
+
 void WsSession::OnAccept(beast::error_code ec) {
   if (ec) {
     spdlog::debug("websocket handshake failed: {}", ec.message());
@@ -69,12 +98,23 @@ void WsSession::OnAccept(beast::error_code ec) {
   }
   opened_ = true;
   context_.metrics->ConnectionOpened();
+  context_.open_connections.fetch_add(1);
   spdlog::debug("session {} opened", session_id_);
   FrameTranslator::WelcomeLimits limits;
   limits.max_message_bytes = static_cast<int64_t>(context_.settings.max_message_bytes);
   limits.max_in_flight = context_.settings.max_in_flight;
   limits.messages_per_second = context_.settings.messages_per_second;
   Send("welcome", FrameTranslator::RenderWelcome(session_id_, limits));
+  if (token_expires_) {
+    auth_timer_.expires_after(*token_expires_ - std::chrono::system_clock::now());
+    auth_timer_.async_wait([self = shared_from_this()](beast::error_code ec) {
+      if (ec || self->close_after_flush_ || self->write_failed_) return;
+      self->context_.metrics->AuthFailed("expired");
+      self->SendError(kUnauthenticated, "the token has expired",
+                      self->context_.translator.AssignId());
+      self->CloseAfterFlush(websocket::close_code::policy_error);
+    });
+  }
   if (context_.draining.load()) {
     CloseAfterFlush(websocket::close_code::going_away);
   }
@@ -91,14 +131,18 @@ void WsSession::DoRead() {
 
 void WsSession::OnRead(beast::error_code ec, size_t) {
   if (ec) {
-    if (ec != websocket::error::closed && ec != net::error::operation_aborted) {
+    if (ec == beast::error::timeout) {
+      context_.metrics->LimitHit("idle_timeout");
+      spdlog::debug("session {}: idle timeout", session_id_);
+    } else if (ec != websocket::error::closed && ec != net::error::operation_aborted) {
       spdlog::debug("session {} read: {}", session_id_, ec.message());
     }
-    CancelAllCalls();
+    Teardown();
     return;
   }
   if (close_after_flush_) return;  // closing: what the client still sends is not answered
   if (buffer_.size() > context_.settings.max_message_bytes) {
+    context_.metrics->LimitHit("message_size");
     context_.metrics->FrameReceived("other", kTooLarge);
     SendError(kTooLarge,
               absl::StrCat("the frame is over max_message_bytes (",
@@ -128,6 +172,21 @@ void WsSession::OnRead(beast::error_code ec, size_t) {
 void WsSession::HandleText(std::string_view text) {
   auto start = std::chrono::steady_clock::now();
   ParseResult result = context_.translator.Parse(text);
+  if (!TakeToken()) {
+    auto* frame = std::get_if<ParsedFrame>(&result);
+    const std::string& id = frame ? frame->id : std::get<ProtocolError>(result).id;
+    context_.metrics->LimitHit("messages_per_second");
+    context_.metrics->FrameReceived(frame ? frame->type : "other", kRateLimited);
+    context_.metrics->ErrorSent(kRateLimited);
+    // The wait until the bucket holds one token again.
+    double rate = context_.settings.messages_per_second;
+    int64_t retry_ms = static_cast<int64_t>(std::ceil((1.0 - tokens_) * 1000.0 / rate));
+    Send("error", FrameTranslator::RenderRateLimited(
+                      absl::StrCat("over messages_per_second (",
+                                   context_.settings.messages_per_second, ") on this connection"),
+                      id, std::max<int64_t>(1, retry_ms)));
+    return;
+  }
   if (auto* error = std::get_if<ProtocolError>(&result)) {
     context_.metrics->FrameReceived(error->type.empty() ? "other" : error->type, error->code);
     SendError(error->code, error->message, error->id);
@@ -142,7 +201,7 @@ void WsSession::HandleText(std::string_view text) {
       return;
     case ParsedFrame::Kind::kSubscribe:
     case ParsedFrame::Kind::kUnsubscribe: {
-      // Only consciousness_state exists; the broadcast that reads this flag comes later.
+      // Only consciousness_state exists.
       bool subscribe = frame.kind == ParsedFrame::Kind::kSubscribe;
       subscribed_ = subscribe;
       context_.metrics->FrameReceived(frame.type, "ok");
@@ -168,6 +227,7 @@ void WsSession::StartRequest(ParsedFrame frame, std::chrono::steady_clock::time_
     return;
   }
   if (in_flight_.size() >= static_cast<size_t>(context_.settings.max_in_flight)) {
+    context_.metrics->LimitHit("in_flight");
     context_.metrics->FrameReceived(frame.type, kTooManyInFlight);
     SendError(kTooManyInFlight,
               absl::StrCat("over max_in_flight (", context_.settings.max_in_flight,
@@ -183,6 +243,7 @@ void WsSession::StartRequest(ParsedFrame frame, std::chrono::steady_clock::time_
                 frame.id);
 
   uint64_t seq = ++next_seq_;
+  context_.in_flight.fetch_add(1);
   InFlight& entry = in_flight_[frame.id];
   entry.seq = seq;
   entry.type = frame.type;
@@ -230,6 +291,11 @@ void WsSession::HandleCancel(const ParsedFrame& frame) {
 void WsSession::OnCallEvent(uint64_t seq, const std::string& id, anima::v1::Event event) {
   auto it = in_flight_.find(id);
   if (it == in_flight_.end() || it->second.seq != seq) return;
+  if (event.has_consciousness_state()) {
+    // The router cannot count the gateway's connections; the gateway can.
+    event.mutable_consciousness_state()->mutable_load()->set_connections(
+        context_.open_connections.load());
+  }
   RenderedFrame frame = FrameTranslator::Render(event, id);
   if (frame.type == "module") it->second.saw_module_frame = true;
   if (frame.type == "error") {
@@ -276,12 +342,14 @@ void WsSession::OnCallDone(uint64_t seq, const std::string& id, const grpc::Stat
 void WsSession::Finish(InFlightMap::iterator it) {
   context_.metrics->RequestDone(it->second.type, SecondsSince(it->second.start));
   in_flight_.erase(it);
+  context_.in_flight.fetch_sub(1);
 }
 
 void WsSession::CancelAllCalls() {
   for (auto& [id, entry] : in_flight_) {
     if (entry.call) entry.call->Cancel();
   }
+  context_.in_flight.fetch_sub(static_cast<int64_t>(in_flight_.size()));
   in_flight_.clear();
 }
 
@@ -290,17 +358,95 @@ void WsSession::SendError(std::string_view code, std::string_view message, std::
   Send("error", FrameTranslator::RenderError(code, message, id));
 }
 
+bool WsSession::TakeToken() {
+  double rate = context_.settings.messages_per_second;
+  auto now = std::chrono::steady_clock::now();
+  tokens_ =
+      std::min(rate, tokens_ + std::chrono::duration<double>(now - tokens_at_).count() * rate);
+  tokens_at_ = now;
+  if (tokens_ < 1.0) return false;
+  tokens_ -= 1.0;
+  return true;
+}
+
 void WsSession::Send(const std::string& type, std::string text) {
   if (close_after_flush_ || write_failed_) return;
   context_.metrics->FrameSent(type);
-  queue_.push_back(std::make_shared<const std::string>(std::move(text)));
+  Enqueue(std::make_shared<const std::string>(std::move(text)), /*state=*/false);
+}
+
+void WsSession::Enqueue(std::shared_ptr<const std::string> text, bool state) {
+  if (slow_closed_ || write_failed_) return;
+  bool replaced = false;
+  if (state) {
+    // The frame being written (the front, while writing_) cannot be replaced.
+    for (size_t i = writing_ ? 1 : 0; i < queue_.size(); ++i) {
+      if (queue_[i].state) {
+        queued_bytes_ = queued_bytes_ - queue_[i].text->size() + text->size();
+        queue_[i].text = std::move(text);
+        replaced = true;
+        break;
+      }
+    }
+  }
+  if (!replaced) {
+    queued_bytes_ += text->size();
+    queue_.push_back(Outgoing{std::move(text), state});
+  }
+  size_t bound = context_.settings.max_send_queue_bytes;
+  // A single frame over the bound is let through; a queue that keeps growing is not.
+  if (queued_bytes_ > 2 * bound && queue_.size() > 1) {
+    CloseSlowReader();
+    return;
+  }
+  if (queued_bytes_ > bound && !slow_timer_armed_) {
+    slow_timer_armed_ = true;
+    slow_timer_.expires_after(context_.settings.slow_reader_timeout);
+    slow_timer_.async_wait(
+        beast::bind_front_handler(&WsSession::OnSlowReaderTimer, shared_from_this()));
+  }
   if (!writing_) DoWrite();
+}
+
+void WsSession::OnSlowReaderTimer(beast::error_code ec) {
+  slow_timer_armed_ = false;
+  if (ec) return;  // cancelled: the queue went back under the bound
+  if (queued_bytes_ > context_.settings.max_send_queue_bytes) CloseSlowReader();
+}
+
+void WsSession::CloseSlowReader() {
+  if (slow_closed_) return;
+  slow_closed_ = true;
+  context_.metrics->LimitHit("send_queue");
+  spdlog::info("session {}: closing a client too slow to read ({} bytes queued)", session_id_,
+               queued_bytes_);
+  // Later, not here: the caller may hold an iterator into in_flight_.
+  net::post(ws_.get_executor(), [self = shared_from_this()] { self->CancelAllCalls(); });
+  // What waits is dropped; the frame being written must finish before the close frame can go.
+  while (queue_.size() > (writing_ ? 1u : 0u)) {
+    queued_bytes_ -= queue_.back().text->size();
+    queue_.pop_back();
+  }
+  CloseAfterFlush(websocket::close_code::policy_error);
+  // A reader that never reads again would hold that write, and the connection, forever.
+  slow_timer_.expires_after(context_.settings.slow_reader_timeout);
+  slow_timer_.async_wait([self = shared_from_this()](beast::error_code ec) {
+    if (ec) return;
+    beast::error_code ignored;
+    beast::get_lowest_layer(self->ws_).socket().close(ignored);
+  });
+}
+
+void WsSession::Teardown() {
+  CancelAllCalls();
+  slow_timer_.cancel();
+  auth_timer_.cancel();
 }
 
 void WsSession::DoWrite() {
   writing_ = true;
   ws_.text(true);
-  ws_.async_write(net::buffer(*queue_.front()),
+  ws_.async_write(net::buffer(*queue_.front().text),
                   beast::bind_front_handler(&WsSession::OnWrite, shared_from_this()));
 }
 
@@ -309,10 +455,16 @@ void WsSession::OnWrite(beast::error_code ec, size_t) {
   if (ec) {
     write_failed_ = true;
     queue_.clear();
-    CancelAllCalls();
+    queued_bytes_ = 0;
+    Teardown();
     return;
   }
+  queued_bytes_ -= queue_.front().text->size();
   queue_.pop_front();
+  if (slow_timer_armed_ && !slow_closed_ &&
+      queued_bytes_ <= context_.settings.max_send_queue_bytes) {
+    slow_timer_.cancel();
+  }
   if (!queue_.empty()) {
     DoWrite();
   } else if (close_after_flush_) {
@@ -332,7 +484,7 @@ void WsSession::CloseAfterFlush(websocket::close_code code) {
 
 void WsSession::OnClose(beast::error_code ec) {
   if (ec) spdlog::debug("session {} close: {}", session_id_, ec.message());
-  CancelAllCalls();
+  Teardown();
 }
 
 }  // namespace anima::gateway

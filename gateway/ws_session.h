@@ -34,10 +34,17 @@ class WsSession : public std::enable_shared_from_this<WsSession> {
   ~WsSession();
 
   // Completes the upgrade of `request`, whose connection this session now owns.
-  void Run(boost::beast::http::request<boost::beast::http::string_body> request);
+  // `token_expires`: when the connection's auth token expires (it is then told `unauthenticated`
+  // and closed with 1008); nullopt when auth is off or the token does not expire.
+  void Run(boost::beast::http::request<boost::beast::http::string_body> request,
+           std::optional<std::chrono::system_clock::time_point> token_expires = std::nullopt);
 
   // Thread-safe: closes with `code` once the frames queued so far are written.
   void Close(boost::beast::websocket::close_code code);
+
+  // Thread-safe: queues a consciousness_state broadcast if the session is subscribed. A
+  // broadcast still waiting in the queue is replaced by the newer one rather than followed by it.
+  void Broadcast(std::shared_ptr<const std::string> frame);
 
  private:
   struct InFlight {
@@ -61,7 +68,12 @@ class WsSession : public std::enable_shared_from_this<WsSession> {
   void Finish(InFlightMap::iterator it);
   void CancelAllCalls();
 
+  bool TakeToken();
   void Send(const std::string& type, std::string text);
+  void Enqueue(std::shared_ptr<const std::string> text, bool state);
+  void OnSlowReaderTimer(boost::beast::error_code ec);
+  void CloseSlowReader();
+  void Teardown();
   void SendError(std::string_view code, std::string_view message, std::string_view id);
   void DoWrite();
   void OnWrite(boost::beast::error_code ec, size_t bytes);
@@ -75,7 +87,20 @@ class WsSession : public std::enable_shared_from_this<WsSession> {
   bool opened_ = false;  // the upgrade completed
   bool write_failed_ = false;
   bool writing_ = false;
-  std::deque<std::shared_ptr<const std::string>> queue_;
+  struct Outgoing {
+    std::shared_ptr<const std::string> text;
+    bool state = false;  // a consciousness_state broadcast, replaceable while it waits
+  };
+  std::deque<Outgoing> queue_;
+  size_t queued_bytes_ = 0;               // of queue_, the frame being written included
+  boost::asio::steady_timer slow_timer_;  // armed while queued_bytes_ is over the bound
+  bool slow_timer_armed_ = false;
+  bool slow_closed_ = false;
+  boost::asio::steady_timer auth_timer_;
+  std::optional<std::chrono::system_clock::time_point> token_expires_;
+  // Token bucket of messages_per_second.
+  double tokens_ = 0;
+  std::chrono::steady_clock::time_point tokens_at_;
   std::optional<boost::beast::websocket::close_code> close_after_flush_;
   bool subscribed_ = true;  // to consciousness_state broadcasts
   InFlightMap in_flight_;

@@ -1,8 +1,10 @@
 // Fuzzes FrameTranslator::Parse with arbitrary client frames: it must never crash, and whatever it
-// accepts or refuses must render to a JSON frame.
+// accepts or refuses must render to a JSON frame. The same bytes, as a module's raw_json event
+// coming back, must render to a JSON frame too.
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
+#include <string>
 #include <string_view>
 #include <variant>
 
@@ -10,7 +12,7 @@
 #include "nlohmann/json.hpp"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  static const anima::gateway::FrameTranslator translator({"weather"});
+  static const anima::gateway::FrameTranslator translator;
   std::string_view text(reinterpret_cast<const char*>(data), size);
   auto result = translator.Parse(text);
   std::string reply;
@@ -24,7 +26,17 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     if (frame.envelope.has_raw_json() && !nlohmann::json::accept(frame.envelope.raw_json())) {
       std::abort();
     }
+    // Only well-formed names reach the router.
+    if (!anima::gateway::FrameTranslator::IsBuiltinType(frame.type) &&
+        !anima::gateway::FrameTranslator::IsWellFormedType(frame.type)) {
+      std::abort();
+    }
   }
   if (!nlohmann::json::accept(reply)) std::abort();
+
+  anima::v1::Event event;
+  event.set_raw_json(std::string(text));
+  auto rendered = anima::gateway::FrameTranslator::Render(event, "m1");
+  if (!nlohmann::json::accept(rendered.text)) std::abort();
   return 0;
 }

@@ -1,5 +1,7 @@
 #include "tests/integration/gateway/fake_router.h"
 
+#include <condition_variable>
+#include <thread>
 #include <vector>
 
 #include "grpcpp/health_check_service_interface.h"
@@ -32,7 +34,9 @@ std::vector<anima::v1::Event> AnswerFor(const anima::v1::Envelope& e) {
     }
     auto* r = out.emplace_back().mutable_chat_response();
     r->set_conversation_id(e.chat().conversation_id());
-    r->set_message("echo: " + e.chat().message());
+    const std::string& m = e.chat().message();
+    r->set_message(m.rfind("big:", 0) == 0 ? std::string(std::stoul(m.substr(4)), 'x')
+                                           : "echo: " + m);
     r->set_provider("fake");
     r->set_model("fake-1");
     r->set_finish_reason("stop");
@@ -61,6 +65,11 @@ std::vector<anima::v1::Event> AnswerFor(const anima::v1::Envelope& e) {
     r->set_job_id("job-1");
     r->set_status("succeeded");
     r->set_attempts(1);
+  } else if (e.has_raw_json() && e.type() != "weather") {
+    // As the real router does for a type no module handles.
+    auto* err = out.emplace_back().mutable_error();
+    err->set_code("unknown_type");
+    err->set_message("no module handles messages of type \"" + e.type() + "\"");
   } else if (e.has_raw_json()) {
     out.emplace_back().set_raw_json("{\"type\":\"" + e.type() +
                                     "_result\",\"echo\":" + e.raw_json() + "}");
@@ -74,9 +83,17 @@ std::vector<anima::v1::Event> AnswerFor(const anima::v1::Envelope& e) {
 class FakeDispatch final : public grpc::ServerWriteReactor<anima::v1::Event> {
  public:
   FakeDispatch(FakeRouter* owner, std::vector<anima::v1::Event> events, grpc::Status final,
-               bool hang)
+               bool hang, std::chrono::milliseconds delay = std::chrono::milliseconds(0))
       : owner_(owner), events_(std::move(events)), final_(std::move(final)), hang_(hang) {
-    NextWrite();
+    if (delay.count() == 0) {
+      NextWrite();
+      return;
+    }
+    // The call cannot end before the first write starts, so `this` outlives the sleep.
+    std::thread([this, delay] {
+      std::this_thread::sleep_for(delay);
+      NextWrite();
+    }).detach();
   }
 
   void OnWriteDone(bool ok) override {
@@ -116,6 +133,61 @@ class FakeDispatch final : public grpc::ServerWriteReactor<anima::v1::Event> {
   bool hang_;
   std::mutex mu_;
   bool finished_ = false;
+};
+
+// One WatchState stream: a thread writes a state, waits for the write, waits the interval.
+class FakeWatch final : public grpc::ServerWriteReactor<anima::v1::ConsciousnessState> {
+ public:
+  explicit FakeWatch(std::chrono::milliseconds interval)
+      : interval_(interval), thread_([this] { Run(); }) {}
+
+  void OnWriteDone(bool ok) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    write_done_ = true;
+    if (!ok) stop_ = true;
+    cv_.notify_all();
+  }
+  void OnCancel() override {
+    std::lock_guard<std::mutex> lock(mu_);
+    stop_ = true;
+    cv_.notify_all();
+  }
+  void OnDone() override {
+    if (thread_.get_id() == std::this_thread::get_id()) {
+      thread_.detach();
+    } else {
+      thread_.join();
+    }
+    delete this;
+  }
+
+ private:
+  void Run() {
+    for (int n = 1;; ++n) {
+      std::unique_lock<std::mutex> lock(mu_);
+      if (stop_) break;
+      state_.Clear();
+      state_.set_ts("2026-11-25T10:00:" + std::to_string(n % 60) + ".000Z");
+      state_.set_harmony(1.0);
+      state_.set_status("healthy");
+      state_.mutable_load()->set_connections(999);
+      write_done_ = false;
+      lock.unlock();
+      StartWrite(&state_);
+      lock.lock();
+      cv_.wait(lock, [this] { return write_done_; });
+      if (cv_.wait_for(lock, interval_, [this] { return stop_; })) break;
+    }
+    Finish(grpc::Status::OK);  // the last use of `this` on this thread
+  }
+
+  std::chrono::milliseconds interval_;
+  anima::v1::ConsciousnessState state_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool write_done_ = false;
+  bool stop_ = false;
+  std::thread thread_;
 };
 
 std::unique_ptr<FakeRouter> FakeRouter::Start(int port) {
@@ -163,12 +235,23 @@ grpc::ServerWriteReactor<anima::v1::Event>* FakeRouter::Dispatch(
   if (request->has_chat()) {
     const std::string& m = request->chat().message();
     if (m == "hang") return new FakeDispatch(this, {}, grpc::Status::OK, /*hang=*/true);
+    if (m.rfind("slow:", 0) == 0) {
+      return new FakeDispatch(this, AnswerFor(*request), grpc::Status::OK, false,
+                              std::chrono::milliseconds(std::stoi(m.substr(5))));
+    }
     if (m.rfind("fail:", 0) == 0) {
       return new FakeDispatch(this, {}, grpc::Status(CodeByName(m.substr(5)), "fake failure"),
                               false);
     }
   }
   return new FakeDispatch(this, AnswerFor(*request), grpc::Status::OK, false);
+}
+
+grpc::ServerWriteReactor<anima::v1::ConsciousnessState>* FakeRouter::WatchState(
+    grpc::CallbackServerContext*, const anima::v1::WatchStateRequest* request) {
+  watches_++;
+  return new FakeWatch(
+      std::chrono::milliseconds(request->interval_ms() > 0 ? request->interval_ms() : 1000));
 }
 
 }  // namespace anima::gateway::testing

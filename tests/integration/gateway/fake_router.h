@@ -16,7 +16,12 @@ namespace anima::gateway::testing {
 //     "Hel", "lo!" when stream, then chat_response "echo: <message>".
 //   consciousness_query: one consciousness_state.
 //   self_coding_request: accepted, one progress, a succeeded result.
-//   any other type (raw_json): one module frame {"type":"<type>_result","echo":<frame>}.
+//   chat "slow:<ms>": the usual answer, <ms> milliseconds late; "big:<n>": a chat_response whose
+//     message is <n> bytes of 'x'.
+//   weather (raw_json): one module frame {"type":"weather_result","echo":<frame>}; any other
+//     raw_json type: error unknown_type.
+// WatchState: a consciousness_state (load.connections 999, ts counting up) at once and then every
+// interval_ms of the request, until cancelled.
 class FakeRouter final : public anima::v1::Router::CallbackService {
  public:
   // Starts on 127.0.0.1:port (0: a free port); nullptr when the port cannot be bound.
@@ -29,11 +34,14 @@ class FakeRouter final : public anima::v1::Router::CallbackService {
 
   int dispatched() const { return dispatched_.load(); }
   int cancelled() const { return cancelled_.load(); }
+  int watches() const { return watches_.load(); }
   std::string last_request_id();
   anima::v1::Envelope last_envelope();
 
   grpc::ServerWriteReactor<anima::v1::Event>* Dispatch(grpc::CallbackServerContext* context,
                                                        const anima::v1::Envelope* request) override;
+  grpc::ServerWriteReactor<anima::v1::ConsciousnessState>* WatchState(
+      grpc::CallbackServerContext* context, const anima::v1::WatchStateRequest* request) override;
 
  private:
   FakeRouter() = default;
@@ -41,6 +49,7 @@ class FakeRouter final : public anima::v1::Router::CallbackService {
   int port_ = 0;
   std::atomic<int> dispatched_{0};
   std::atomic<int> cancelled_{0};
+  std::atomic<int> watches_{0};
   std::mutex mu_;
   std::string last_request_id_;
   anima::v1::Envelope last_envelope_;

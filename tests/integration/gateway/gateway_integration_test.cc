@@ -1,10 +1,17 @@
 // The real anima-gateway binary against an in-process fake Router, through a real WebSocket.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <csignal>
+#include <fstream>
 #include <functional>
 #include <map>
 #include <string>
 #include <thread>
 
+#include "gateway/auth.h"
 #include "gtest/gtest.h"
 #include "tests/integration/gateway/fake_router.h"
 #include "tests/integration/harness/harness.h"
@@ -39,6 +46,10 @@ class GatewayTest : public ::testing::Test {
     std::vector<std::string> args = {"--port=0", "--metrics-port=0",
                                      "--router=127.0.0.1:" + std::to_string(router_->port()),
                                      "--log-level=debug"};
+    // Broadcasts only where a test asks for them, so they do not interleave with answers.
+    bool interval_given = false;
+    for (const auto& a : extra_args) interval_given |= a.rfind("--state-interval-ms", 0) == 0;
+    if (!interval_given) args.push_back("--state-interval-ms=600000");
     args.insert(args.end(), extra_args.begin(), extra_args.end());
     gateway_ = Process::Start(anima::testing::BinDir() + "/anima-gateway", args);
     ASSERT_NE(gateway_, nullptr);
@@ -207,7 +218,9 @@ TEST_F(GatewayTest, BadInputKeepsTheConnectionOpen) {
   // Still open and serving.
   EXPECT_EQ(Exchange(*ws, R"({"type":"ping","id":"after"})")["type"], "pong");
   EXPECT_FALSE(ws->closed());
-  EXPECT_EQ(router_->dispatched(), 0) << "nothing invalid reaches the router";
+  // Nothing invalid reaches the router; a well-formed type it may route does (and it answers).
+  EXPECT_EQ(router_->dispatched(), 1);
+  EXPECT_EQ(router_->last_envelope().type(), "teleport");
   auto error_id = Exchange(*ws, R"({"type":"chat","id":"keep","message":""})")["id"];
   EXPECT_EQ(error_id, "keep");
 }
@@ -266,14 +279,18 @@ TEST_F(GatewayTest, CancelAndInFlightLimit) {
   EXPECT_TRUE(Eventually([&] { return router_->cancelled() == 2; }));
 }
 
-TEST_F(GatewayTest, ExtraTypesReachModules) {
-  StartGateway({"--extra-types=weather"});
+TEST_F(GatewayTest, OtherTypesGoToTheRouterAsRawJson) {
+  StartGateway();
   auto ws = Connect();
   Json reply = Exchange(*ws, R"({"type":"weather","id":"w1","city":"Oslo"})");
   EXPECT_EQ(reply["type"], "weather_result");
   EXPECT_EQ(reply["id"], "w1");
   EXPECT_EQ(reply["echo"]["city"], "Oslo");
   EXPECT_EQ(router_->last_envelope().type(), "weather");
+  EXPECT_EQ(Json::parse(router_->last_envelope().raw_json())["city"], "Oslo");
+  // A name no module can have is answered by the gateway itself.
+  ExpectError(*ws, R"({"type":"Weather!","id":"w2"})", "unknown_type", "Weather!");
+  EXPECT_EQ(router_->dispatched(), 1);
   // The module's stream ended without an error frame: the request is over, the slot is free.
   EXPECT_EQ(Exchange(*ws, R"({"type":"ping","id":"p"})")["type"], "pong");
 }
@@ -356,6 +373,291 @@ TEST_F(GatewayTest, SigtermClosesSessionsWith1001AndExitsZero) {
   EXPECT_TRUE(ws->closed());
   EXPECT_EQ(ws->close_code(), 1001);
   EXPECT_EQ(gateway_->Wait(), 0) << gateway_->Log();
+}
+
+TEST_F(GatewayTest, StateBroadcastsReachSubscribersOnly) {
+  StartGateway({"--state-interval-ms=100"});
+  auto quiet = Connect();
+  auto listening = Connect();
+  EXPECT_EQ(Exchange(*quiet,
+                     R"({"type":"unsubscribe","id":"u","topics":["consciousness_state"]})")["type"],
+            "unsubscribed");
+  // New connections are subscribed; the count is the gateway's own, not the router's.
+  for (int i = 0; i < 3; ++i) {
+    auto state = listening->Read();
+    ASSERT_TRUE(state.has_value()) << gateway_->Log();
+    EXPECT_EQ((*state)["type"], "consciousness_state");
+    EXPECT_FALSE(state->contains("id"));
+    EXPECT_EQ((*state)["load"]["connections"], 2);
+    EXPECT_EQ((*state)["status"], "healthy");
+  }
+  EXPECT_EQ(router_->watches(), 1) << "one WatchState stream for all connections";
+  // The unsubscribed connection's next frame is the answer to its own request.
+  Json answer = Exchange(*quiet, R"({"type":"consciousness_query","id":"q"})");
+  EXPECT_EQ(answer["type"], "consciousness_state");
+  EXPECT_EQ(answer["id"], "q");
+  EXPECT_EQ(answer["load"]["connections"], 2);
+  // Subscribing again brings the broadcasts back.
+  EXPECT_EQ(
+      Exchange(*quiet, R"({"type":"subscribe","id":"s","topics":["consciousness_state"]})")["type"],
+      "subscribed");
+  auto state = quiet->ReadUntil("consciousness_state");
+  ASSERT_TRUE(state.has_value());
+  EXPECT_FALSE(state->contains("id"));
+}
+
+TEST_F(GatewayTest, StateBroadcastsResumeWhenTheRouterComesBack) {
+  StartGateway({"--state-interval-ms=100"});
+  auto ws = Connect();
+  ASSERT_TRUE(ws->ReadUntil("consciousness_state").has_value());
+  int port = router_->port();
+  router_->Stop();
+  router_ = testing::FakeRouter::Start(port);
+  ASSERT_NE(router_, nullptr) << "port " << port << " could not be bound again";
+  EXPECT_TRUE(Eventually([&] { return router_->watches() == 1; })) << gateway_->Log();
+  EXPECT_TRUE(ws->ReadUntil("consciousness_state").has_value());
+}
+
+TEST_F(GatewayTest, SlowReaderIsClosedWith1008WithoutDelayingOthers) {
+  StartGateway({"--max-send-queue-bytes=65536", "--max-in-flight=100", "--state-interval-ms=50"});
+  auto slow = Connect();
+  auto other = Connect();
+  // About 64 MB of answers to a client that reads none of them: more than the socket buffers
+  // hold, so the gateway's queue for it grows past the bound.
+  for (int i = 0; i < 64; ++i) {
+    ASSERT_TRUE(slow->SendText(R"({"type":"chat","id":"b)" + std::to_string(i) +
+                               R"(","message":"big:1000000"})"));
+  }
+  ASSERT_TRUE(Eventually([&] {
+    return anima::testing::ScrapeMetrics(gateway_->port(
+               "metrics"))["anima_gateway_limit_hits_total{limit=\"send_queue\"}"] == 1;
+  })) << gateway_->Log();
+  // The other connection is served as usual meanwhile.
+  other->Ignore("consciousness_state");
+  EXPECT_EQ(Exchange(*other, R"({"type":"ping","id":"p"})")["type"], "pong");
+  EXPECT_EQ(Exchange(*other, R"({"type":"chat","id":"c","message":"hi"})")["message"], "echo: hi");
+  // What was already on its way still arrives, then the close.
+  while (slow->Read(10s).has_value()) {
+  }
+  EXPECT_TRUE(slow->closed()) << slow->error();
+  EXPECT_EQ(slow->close_code(), 1008);
+}
+
+TEST_F(GatewayTest, RateLimitAnswersWithRetryAfter) {
+  StartGateway({"--messages-per-second=5"});
+  auto ws = Connect();
+  int limited = 0;
+  Json first_limited;
+  for (int i = 0; i < 20; ++i) {
+    Json reply = Exchange(*ws, R"({"type":"ping","id":"r)" + std::to_string(i) + R"("})");
+    if (reply["type"] == "error") {
+      EXPECT_EQ(reply["code"], "rate_limited") << reply.dump();
+      EXPECT_EQ(reply["id"], "r" + std::to_string(i));
+      EXPECT_GT(reply["retry_after_ms"].get<int>(), 0);
+      EXPECT_LE(reply["retry_after_ms"].get<int>(), 200);
+      ++limited;
+    }
+  }
+  EXPECT_GE(limited, 10) << "a burst of 20 against 5 per second";
+  auto m = anima::testing::ScrapeMetrics(gateway_->port("metrics"));
+  EXPECT_EQ(m["anima_gateway_limit_hits_total{limit=\"messages_per_second\"}"], limited);
+  // The connection stays open, and a token comes back.
+  EXPECT_TRUE(
+      Eventually([&] { return Exchange(*ws, R"({"type":"ping","id":"x"})")["type"] == "pong"; }));
+}
+
+TEST_F(GatewayTest, SigtermLetsRequestsInFlightFinish) {
+  StartGateway({"--drain-timeout-ms=10000"});
+  auto ws = Connect();
+  ASSERT_TRUE(ws->SendText(R"({"type":"chat","id":"late","message":"slow:1500"})"));
+  ASSERT_TRUE(Eventually([&] { return router_->dispatched() == 1; }));
+  gateway_->Signal(SIGTERM);
+  // Not ready at once, and no new connections.
+  EXPECT_TRUE(Eventually(
+      [&] { return HttpRequest(gateway_->port("http"), "GET", "/readyz").status != 200; }));
+  WsClient late;
+  EXPECT_FALSE(late.Connect(gateway_->port("http"), "/"));
+  // The request in flight is answered, then the connection closes with 1001.
+  auto answer = ws->Read();
+  ASSERT_TRUE(answer.has_value()) << gateway_->Log();
+  EXPECT_EQ((*answer)["type"], "chat_response");
+  EXPECT_EQ((*answer)["id"], "late");
+  EXPECT_FALSE(ws->Read().has_value());
+  EXPECT_TRUE(ws->closed());
+  EXPECT_EQ(ws->close_code(), 1001);
+  EXPECT_EQ(gateway_->Wait(), 0) << gateway_->Log();
+}
+
+TEST_F(GatewayTest, SigtermDrainEndsAtItsDeadline) {
+  StartGateway({"--drain-timeout-ms=200"});
+  auto ws = Connect();
+  ASSERT_TRUE(ws->SendText(R"({"type":"chat","id":"h","message":"hang"})"));
+  ASSERT_TRUE(Eventually([&] { return router_->dispatched() == 1; }));
+  gateway_->Signal(SIGTERM);
+  EXPECT_FALSE(ws->Read().has_value());
+  EXPECT_EQ(ws->close_code(), 1001);
+  EXPECT_EQ(gateway_->Wait(), 0) << gateway_->Log();
+  EXPECT_TRUE(Eventually([&] { return router_->cancelled() == 1; }));
+}
+
+double LimitHits(int metrics_port, const std::string& limit) {
+  return anima::testing::ScrapeMetrics(
+      metrics_port)["anima_gateway_limit_hits_total{limit=\"" + limit + "\"}"];
+}
+
+TEST_F(GatewayTest, ConnectionStormIsCappedAtMaxConnections) {
+  StartGateway({"--max-connections=20", "--max-new-connections-per-second=100000"});
+  std::vector<std::unique_ptr<WsClient>> clients;
+  int accepted = 0, refused = 0;
+  for (int i = 0; i < 40; ++i) {
+    auto ws = std::make_unique<WsClient>();
+    if (ws->Connect(gateway_->port("http"))) {
+      ++accepted;
+      clients.push_back(std::move(ws));
+    } else {
+      ++refused;
+    }
+  }
+  EXPECT_EQ(accepted, 20);
+  EXPECT_EQ(refused, 20);
+  EXPECT_EQ(LimitHits(gateway_->port("metrics"), "connections"), 20);
+  // The refused upgrade is a 503 an HTTP client can read.
+  auto refusal = HttpRequest(gateway_->port("http"), "GET", "/", "",
+                             {{"Connection", "Upgrade"},
+                              {"Upgrade", "websocket"},
+                              {"Sec-WebSocket-Version", "13"},
+                              {"Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="}});
+  EXPECT_EQ(refusal.status, 503);
+  // The connections that got in are served; once one leaves, a new one gets in.
+  auto reply = clients[0]->Read();
+  ASSERT_TRUE(reply.has_value());
+  EXPECT_EQ((*reply)["type"], "welcome");
+  clients.back()->Close();
+  clients.pop_back();
+  EXPECT_TRUE(Eventually([&] {
+    WsClient again;
+    return again.Connect(gateway_->port("http"));
+  }));
+}
+
+TEST_F(GatewayTest, NewConnectionsPerSecondAreLimited) {
+  StartGateway({"--max-new-connections-per-second=5"});
+  int accepted = 0;
+  for (int i = 0; i < 20; ++i) {
+    WsClient ws;
+    accepted += ws.Connect(gateway_->port("http"));
+  }
+  EXPECT_GE(accepted, 5);
+  EXPECT_LT(accepted, 20);
+  EXPECT_EQ(LimitHits(gateway_->port("metrics"), "new_connections_per_second"), 20 - accepted);
+  // Tokens come back.
+  EXPECT_TRUE(Eventually([&] {
+    WsClient ws;
+    return ws.Connect(gateway_->port("http"));
+  }));
+}
+
+TEST_F(GatewayTest, HandshakeTimeoutClosesSilentConnections) {
+  StartGateway({"--handshake-timeout-ms=200"});
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  ASSERT_GE(fd, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(gateway_->port("http")));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  // Half a request line, then nothing.
+  ASSERT_EQ(send(fd, "GET / HT", 8, 0), 8);
+  timeval tv{10, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  char byte;
+  EXPECT_EQ(recv(fd, &byte, 1, 0), 0) << "the gateway closes the connection";
+  close(fd);
+  EXPECT_EQ(LimitHits(gateway_->port("metrics"), "handshake_timeout"), 1);
+}
+
+TEST_F(GatewayTest, IdleTimeoutPingsAndClosesSilentClients) {
+  StartGateway({"--idle-timeout-ms=300"});
+  auto silent = Connect();  // reads nothing from now on, so it answers no ping
+  auto alive = Connect();
+  // The client that reads answers the pings (its Beast stream does) and stays open.
+  ASSERT_TRUE(Eventually([&] {
+    EXPECT_FALSE(alive->Read(50ms).has_value());
+    return LimitHits(gateway_->port("metrics"), "idle_timeout") == 1;
+  })) << gateway_->Log();
+  EXPECT_FALSE(silent->Read(2s).has_value());
+  EXPECT_TRUE(silent->closed() || !silent->error().empty());
+  for (int i = 0; i < 10; ++i) EXPECT_FALSE(alive->Read(100ms).has_value());
+  EXPECT_EQ(Exchange(*alive, R"({"type":"ping","id":"p"})")["type"], "pong");
+  EXPECT_EQ(LimitHits(gateway_->port("metrics"), "idle_timeout"), 1);
+}
+
+TEST_F(GatewayTest, AuthTokensOnTheUpgradeAndExpiryMidConnection) {
+  char dir[] = "/tmp/anima-gateway-auth.XXXXXX";
+  ASSERT_NE(mkdtemp(dir), nullptr);
+  std::string tokens = std::string(dir) + "/tokens", secret_file = std::string(dir) + "/secret";
+  const std::string secret = "a-test-secret-of-some-length";
+  std::ofstream(tokens) << "# test clients\nstatic-token\n";
+  std::ofstream(secret_file) << secret << "\n";
+  StartGateway({"--auth-tokens-file=" + tokens, "--auth-jwt-secret-file=" + secret_file});
+  int port = gateway_->port("http");
+
+  // No token, a wrong token: 401 and no WebSocket.
+  std::map<std::string, std::string> upgrade = {{"Connection", "Upgrade"},
+                                                {"Upgrade", "websocket"},
+                                                {"Sec-WebSocket-Version", "13"},
+                                                {"Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="}};
+  auto refused = HttpRequest(port, "GET", "/", "", upgrade);
+  EXPECT_EQ(refused.status, 401);
+  EXPECT_EQ(refused.headers["www-authenticate"], "Bearer");
+  WsClient nobody;
+  EXPECT_FALSE(nobody.Connect(port, "/"));
+  WsClient wrong;
+  EXPECT_FALSE(wrong.Connect(port, "/", {{"Authorization", "Bearer not-a-token"}}));
+  auto expired = Authenticator::SignHs256(R"({"exp":1000})", secret);
+  WsClient late;
+  EXPECT_FALSE(late.Connect(port, "/?token=" + expired));
+  // Probes stay open to the load balancer.
+  EXPECT_EQ(HttpRequest(port, "GET", "/healthz").status, 200);
+
+  // A static token in the header, a JWT in the query.
+  WsClient by_header;
+  ASSERT_TRUE(by_header.Connect(port, "/", {{"Authorization", "Bearer static-token"}}))
+      << by_header.error();
+  EXPECT_EQ(by_header.Read().value_or(Json())["type"], "welcome");
+  auto exp = std::chrono::duration_cast<std::chrono::seconds>(
+                 (std::chrono::system_clock::now() + 2s).time_since_epoch())
+                 .count();
+  std::string jwt =
+      Authenticator::SignHs256(R"({"sub":"t","exp":)" + std::to_string(exp) + "}", secret);
+  WsClient by_query;
+  ASSERT_TRUE(by_query.Connect(port, "/ws?token=" + jwt)) << by_query.error();
+  EXPECT_EQ(by_query.Read().value_or(Json())["type"], "welcome");
+  EXPECT_EQ(Exchange(by_query, R"({"type":"ping","id":"p"})")["type"], "pong");
+
+  // The JWT expires while its connection is open: unauthenticated, then 1008.
+  auto error = by_query.ReadUntil("error");
+  ASSERT_TRUE(error.has_value()) << gateway_->Log();
+  EXPECT_EQ((*error)["code"], "unauthenticated");
+  EXPECT_FALSE(by_query.Read().has_value());
+  EXPECT_TRUE(by_query.closed());
+  EXPECT_EQ(by_query.close_code(), 1008);
+  // The static token's connection is unaffected.
+  EXPECT_EQ(Exchange(by_header, R"({"type":"ping","id":"p"})")["type"], "pong");
+  auto m = anima::testing::ScrapeMetrics(gateway_->port("metrics"));
+  EXPECT_EQ(m["anima_gateway_auth_failures_total{reason=\"missing\"}"], 2);
+  EXPECT_EQ(m["anima_gateway_auth_failures_total{reason=\"invalid\"}"], 2);
+  EXPECT_EQ(m["anima_gateway_auth_failures_total{reason=\"expired\"}"], 1);
+  std::remove(tokens.c_str());
+  std::remove(secret_file.c_str());
+  rmdir(dir);
+}
+
+TEST_F(GatewayTest, BadAuthFilesExitTwo) {
+  auto gateway =
+      Process::Start(anima::testing::BinDir() + "/anima-gateway",
+                     {"--port=0", "--metrics-port=0", "--auth-tokens-file=/nonexistent/tokens"});
+  EXPECT_EQ(gateway, nullptr);
 }
 
 }  // namespace

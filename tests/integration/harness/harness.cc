@@ -291,7 +291,10 @@ std::optional<nlohmann::json> WsClient::Read(std::chrono::milliseconds timeout) 
       return std::nullopt;
     }
     std::string type = json.value("type", "");
-    if (std::find(ignore_.begin(), ignore_.end(), type) != ignore_.end()) continue;
+    if (!json.contains("id") &&
+        std::find(ignore_.begin(), ignore_.end(), type) != ignore_.end()) {
+      continue;
+    }
     return json;
   }
   return std::nullopt;

@@ -81,7 +81,8 @@ class WsClient {
   // other types are kept in skipped(). nullopt on timeout or close.
   std::optional<nlohmann::json> ReadUntil(const std::string& type, const std::string& id = "",
                                           std::chrono::milliseconds timeout = 10s);
-  // Frames whose type is in `ignore` (e.g. consciousness_state broadcasts) are dropped by Read.
+  // Frames of this type without an id (e.g. consciousness_state broadcasts, the welcome) are
+  // dropped by Read; answers, which carry an id, are not.
   void Ignore(const std::string& type) { ignore_.push_back(type); }
   // After the server closed: the close code (0 if not closed).
   int close_code() const { return close_code_; }

@@ -1,6 +1,7 @@
 // The whole system as a client sees it: the real simulator, broker, router and gateway binaries
 // on free ports, a WebSocket client, and the metrics endpoints.
 #include <csignal>
+#include <fstream>
 #include <iostream>
 #include <thread>
 
@@ -238,6 +239,150 @@ TEST_F(SystemTest, HealthAndReadiness) {
   EXPECT_EQ(HttpRequest(gateway_->port("http"), "GET", "/healthz").status, 200);
   EXPECT_EQ(HttpRequest(gateway_->port("http"), "GET", "/readyz").status, 200);
   EXPECT_EQ(HttpRequest(gateway_->port("http"), "GET", "/nope").status, 404);
+}
+
+// Waits until the simulator has seen `n` streams cut off by their client.
+bool SimSawCancellations(Process& sim, double n) {
+  for (int i = 0; i < 200; ++i) {
+    if (ScrapeMetrics(sim.port("metrics"))["anima_sim_streams_cancelled_total"] >= n) return true;
+    std::this_thread::sleep_for(50ms);
+  }
+  return false;
+}
+
+TEST_F(SystemTest, CancelStopsTheProviderRequest) {
+  double before = ScrapeMetrics(sim_->port("metrics"))["anima_sim_streams_cancelled_total"];
+  auto ws = Connect();
+  ASSERT_TRUE(
+      ws->SendText(R"({"type":"chat","id":"slow","message":"take your time","stream":true})"));
+  // Give the request time to reach the provider, then cancel it.
+  std::this_thread::sleep_for(300ms);
+  ASSERT_TRUE(ws->SendText(R"({"type":"cancel","id":"k","target_id":"slow"})"));
+  auto err = ws->ReadUntil("error", "slow");
+  ASSERT_TRUE(err);
+  EXPECT_EQ((*err)["code"], "cancelled");
+  EXPECT_TRUE(SimSawCancellations(*sim_, before + 1));
+}
+
+TEST_F(SystemTest, TimeoutMsEndsTheRequestAndTheProviderCall) {
+  double before = ScrapeMetrics(sim_->port("metrics"))["anima_sim_streams_cancelled_total"];
+  auto ws = Connect();
+  ASSERT_TRUE(ws->SendText(
+      R"({"type":"chat","id":"t","message":"take your time","stream":true,"timeout_ms":300})"));
+  auto err = ws->ReadUntil("error", "t");
+  ASSERT_TRUE(err);
+  EXPECT_EQ((*err)["code"], "deadline_exceeded");
+  EXPECT_TRUE(SimSawCancellations(*sim_, before + 1));
+}
+
+TEST_F(SystemTest, AClientThatDisconnectsStopsTheProviderRequest) {
+  double before = ScrapeMetrics(sim_->port("metrics"))["anima_sim_streams_cancelled_total"];
+  {
+    auto ws = Connect();
+    ASSERT_TRUE(
+        ws->SendText(R"({"type":"chat","id":"gone","message":"take your time","stream":true})"));
+    std::this_thread::sleep_for(300ms);
+  }  // the client goes away
+  EXPECT_TRUE(SimSawCancellations(*sim_, before + 1));
+}
+
+// The state follows a back end that dies and comes back.
+TEST_F(SystemTest, StateShowsAKilledBrokerDownAndThenBack) {
+  auto broker_state = [&]() {
+    WsClient ws;
+    EXPECT_TRUE(ws.Connect(gateway_->port("http")));
+    ws.SendText(R"({"type":"consciousness_query","id":"q"})");
+    auto state = ws.ReadUntil("consciousness_state", "q");
+    std::string status = "missing";
+    double harmony = state ? (*state)["harmony"].get<double>() : -1;
+    if (state) {
+      for (const auto& m : (*state)["modules"]) {
+        if (m["name"] == "llm-broker") status = m["status"];
+      }
+    }
+    return std::make_pair(status, harmony);
+  };
+  auto wait_for = [&](const std::string& want) {
+    for (int i = 0; i < 100; ++i) {
+      auto [status, harmony] = broker_state();
+      if (status == want) return harmony;
+      std::this_thread::sleep_for(100ms);
+    }
+    return -1.0;
+  };
+  double healthy = wait_for("healthy");
+  ASSERT_GE(healthy, 0.9);
+  int port = broker_->port("grpc");
+  broker_->Signal(SIGKILL);
+  broker_->Wait();
+  double down = wait_for("down");
+  ASSERT_GE(down, 0);
+  EXPECT_LT(down, healthy);
+
+  broker_ = Process::Start(
+      "anima-llm-broker",
+      {"--port=" + std::to_string(port), "--metrics-port=0",
+       "--config=" + SourceDir() + "/services/llm_broker/config.sim.json",
+       "--openai-base-url=http://127.0.0.1:" + std::to_string(sim_->port("http")) + "/v1"});
+  ASSERT_NE(broker_, nullptr);
+  EXPECT_GE(wait_for("healthy"), 0.9);
+}
+
+// A router whose chat is normal priority with room for one at a time and one waiting: the
+// scheduler's promises as a client sees them.
+TEST_F(SystemTest, PrioritiesAndOverloadThroughTheScheduler) {
+  std::string dir = MakeTempDir("anima-sched");
+  std::ofstream(dir + "/router.json") << R"({
+    "priorities": {"chat": "normal"},
+    "scheduler": {"max_in_flight": 1, "queue_capacity": {"normal": 1}}})";
+  auto router = Process::Start("anima-router",
+                               {"--port=0", "--metrics-port=0", "--config=" + dir + "/router.json",
+                                "--broker=" + broker_->address("grpc")});
+  ASSERT_NE(router, nullptr);
+  auto gateway = Process::Start(
+      "anima-gateway", {"--port=0", "--metrics-port=0", "--router=" + router->address("grpc")});
+  ASSERT_NE(gateway, nullptr);
+  WsClient ws;
+  ASSERT_TRUE(ws.Connect(gateway->port("http")));
+  ws.Ignore("consciousness_state");
+  ws.Ignore("welcome");
+  ASSERT_TRUE(ws.SendText(R"({"type":"chat","id":"running","message":"take your time"})"));
+  // Wait until the first holds the only slot, so the next one has to queue.
+  for (int i = 0; i < 100; ++i) {
+    if (ScrapeMetrics(router->port("metrics"))["anima_router_in_flight"] >= 1) break;
+    std::this_thread::sleep_for(20ms);
+  }
+  ASSERT_TRUE(
+      ws.SendText(R"({"type":"chat","id":"queued","message":"Hello, consciousness system!"})"));
+  for (int i = 0; i < 100; ++i) {
+    if (ScrapeMetrics(router->port("metrics"))["anima_router_queue_depth{priority=\"normal\"}"] >=
+        1) {
+      break;
+    }
+    std::this_thread::sleep_for(20ms);
+  }
+  ASSERT_TRUE(ws.SendText(R"({"type":"chat","id":"rejected","message":"one more"})"));
+  auto overloaded = ws.ReadUntil("error", "rejected");
+  ASSERT_TRUE(overloaded);
+  EXPECT_EQ((*overloaded)["code"], "overloaded");
+  EXPECT_GT((*overloaded)["retry_after_ms"].get<int>(), 0);
+
+  // High priority is not held back by the full normal class.
+  ASSERT_TRUE(ws.SendText(R"({"type":"consciousness_query","id":"high"})"));
+  auto state = ws.Read();
+  ASSERT_TRUE(state);
+  EXPECT_EQ((*state)["id"], "high");
+  EXPECT_EQ((*state)["load"]["queue_depth"]["normal"], 1);
+
+  // Freeing the slot starts the queued chat.
+  ASSERT_TRUE(ws.SendText(R"({"type":"cancel","id":"c","target_id":"running"})"));
+  auto cancelled = ws.ReadUntil("error", "running");
+  ASSERT_TRUE(cancelled);
+  EXPECT_EQ((*cancelled)["code"], "cancelled");
+  auto answer = ws.ReadUntil("chat_response", "queued");
+  ASSERT_TRUE(answer);
+  auto metrics = ScrapeMetrics(router->port("metrics"));
+  EXPECT_EQ(metrics["anima_router_rejected_total{priority=\"normal\"}"], 1);
 }
 
 // Runs last among the chat tests (gtest runs tests in declaration order).

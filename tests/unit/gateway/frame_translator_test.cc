@@ -35,7 +35,7 @@ class ParseTest : public ::testing::Test {
     EXPECT_EQ(e.message.rfind(field + ":", 0), 0u) << text << " -> " << e.message;
   }
 
-  FrameTranslator translator_{{"weather", "chat"}};
+  FrameTranslator translator_;
 };
 
 TEST_F(ParseTest, NotJsonIsInvalidJson) {
@@ -96,11 +96,19 @@ TEST_F(ParseTest, MissingIdIsAssignedUniquely) {
   EXPECT_FALSE(Ok(R"({"type":"ping","id":"p"})").id_assigned);
 }
 
-TEST_F(ParseTest, UnknownType) {
-  ProtocolError e = Err(R"({"type":"dance","id":"d1"})");
-  EXPECT_EQ(e.code, kUnknownType);
-  EXPECT_EQ(e.id, "d1");
-  EXPECT_NE(e.message.find("dance"), std::string::npos);
+TEST_F(ParseTest, IllFormedTypeIsUnknownHere) {
+  // Names no module can have are answered by the gateway; well-formed ones go to the router.
+  for (const std::string& type : std::vector<std::string>{
+           "Dance", "da nce", "dance!", std::string(65, 'a'), "t\u00e9", "a/b", "UPPER"}) {
+    ProtocolError e = Err(R"({"type":")" + type + R"(","id":"d1"})");
+    EXPECT_EQ(e.code, kUnknownType) << type;
+    EXPECT_EQ(e.id, "d1");
+  }
+  ProtocolError e = Err(R"({"type":"Dance"})");
+  EXPECT_NE(e.message.find("Dance"), std::string::npos);
+  EXPECT_TRUE(FrameTranslator::IsWellFormedType(std::string(64, 'a')));
+  EXPECT_TRUE(FrameTranslator::IsWellFormedType("a.b-c_9"));
+  EXPECT_FALSE(FrameTranslator::IsWellFormedType(""));
 }
 
 TEST_F(ParseTest, PingAndConsciousnessQuery) {
@@ -309,7 +317,7 @@ TEST_F(ParseTest, Cancel) {
                    "cancel.target_id");
 }
 
-TEST_F(ParseTest, ExtraTypesAreRoutedAsRawJson) {
+TEST_F(ParseTest, OtherWellFormedTypesAreRoutedAsRawJson) {
   ParsedFrame f = Ok(R"({"type":"weather","city":"Oslo","timeout_ms":100})");
   EXPECT_EQ(f.kind, ParsedFrame::Kind::kRouted);
   EXPECT_EQ(f.envelope.type(), "weather");
@@ -318,10 +326,15 @@ TEST_F(ParseTest, ExtraTypesAreRoutedAsRawJson) {
   Json raw = Json::parse(f.envelope.raw_json());
   EXPECT_EQ(raw["city"], "Oslo");
   EXPECT_EQ(raw["id"], f.id) << "the module sees the id replies will carry";
-  EXPECT_TRUE(translator_.IsKnownType("weather"));
-  // A built-in type listed as extra stays built in.
   EXPECT_TRUE(Ok(R"({"type":"chat","message":"m"})").envelope.has_chat());
-  EXPECT_EQ(FrameTranslator().Parse(R"({"type":"weather"})").index(), 1u);
+  // Any well-formed name: the router decides whether a module handles it.
+  ParsedFrame t = Ok(R"({"type":"teleport"})");
+  EXPECT_EQ(t.envelope.type(), "teleport");
+  EXPECT_EQ(Json::parse(t.envelope.raw_json())["type"], "teleport");
+  EXPECT_EQ(Ok("{\"type\":\"" + std::string(64, 'x') + "\"}").envelope.body_case(),
+            anima::v1::Envelope::kRawJson);
+  // A routed external type still has its fields checked where the gateway owns them.
+  EXPECT_EQ(Err(R"({"type":"weather","timeout_ms":-1})").code, kInvalidMessage);
 }
 
 // --- Render -------------------------------------------------------------------------------------
@@ -349,7 +362,7 @@ TEST(RenderTest, ChatResponseMinimal) {
   RenderedFrame f = FrameTranslator::Render(e, "c1");
   EXPECT_TRUE(f.terminal);
   EXPECT_EQ(f.text, R"({"type":"chat_response","id":"c1","message":"Hello!","provider":"openai",)"
-                    R"("model":"gpt-4o-mini","finish_reason":"stop"})");
+                    R"("model":"gpt-4o-mini","finish_reason":"stop","latency_ms":0})");
 }
 
 TEST(RenderTest, ChatResponseFull) {

@@ -1,0 +1,98 @@
+// A type the gateway does not know, end to end: the real gateway, the real router with a
+// `--config` that routes `word_count` to the real anima-word-count module.
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <functional>
+#include <string>
+#include <thread>
+
+#include "gtest/gtest.h"
+#include "tests/integration/harness/harness.h"
+
+namespace anima::gateway {
+namespace {
+
+using namespace std::chrono_literals;
+using anima::testing::HttpRequest;
+using anima::testing::Process;
+using anima::testing::WsClient;
+using Json = nlohmann::json;
+
+bool Eventually(const std::function<bool()>& condition, std::chrono::milliseconds timeout = 15s) {
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (condition()) return true;
+    std::this_thread::sleep_for(20ms);
+  }
+  return condition();
+}
+
+TEST(ModuleRoutingTest, UnknownTypesReachTheRoutersModules) {
+  auto word_count = Process::Start("anima-word-count", {"--port=0", "--metrics-port=0"});
+  ASSERT_NE(word_count, nullptr);
+
+  char dir_template[] = "/tmp/anima-gateway-modules.XXXXXX";
+  ASSERT_NE(mkdtemp(dir_template), nullptr);
+  std::string config = std::string(dir_template) + "/router.json";
+  {
+    std::ofstream out(config);
+    out << Json{{"modules", Json::array({{{"name", "word-count"},
+                                          {"address", word_count->address("grpc")},
+                                          {"types", {"word_count"}},
+                                          {"priority", "low"},
+                                          {"deadline_ms", 5000}}})}}
+               .dump();
+  }
+  auto router =
+      Process::Start("anima-router", {"--port=0", "--metrics-port=0", "--config=" + config});
+  ASSERT_NE(router, nullptr);
+  auto gateway = Process::Start(
+      "anima-gateway", {"--port=0", "--metrics-port=0", "--router=" + router->address("grpc")});
+  ASSERT_NE(gateway, nullptr);
+  ASSERT_TRUE(Eventually([&] {
+    return HttpRequest(gateway->port("http"), "GET", "/readyz").status == 200;
+  })) << gateway->Log();
+
+  WsClient ws;
+  ASSERT_TRUE(ws.Connect(gateway->port("http"))) << ws.error();
+  ws.Ignore("consciousness_state");
+  auto welcome = ws.Read();
+  ASSERT_TRUE(welcome.has_value());
+  EXPECT_EQ((*welcome)["type"], "welcome");
+
+  ASSERT_TRUE(ws.SendText(R"({"type":"word_count","id":"w","text":"a b c"})"));
+  auto result = ws.Read();
+  ASSERT_TRUE(result.has_value()) << ws.error() << "\n" << router->Log();
+  EXPECT_EQ((*result)["type"], "word_count_result") << result->dump();
+  EXPECT_EQ((*result)["id"], "w");
+  EXPECT_EQ((*result)["words"], 3);
+  EXPECT_EQ((*result)["characters"], 5);
+
+  // The module's own error answer reaches the client too, with the request's id.
+  ASSERT_TRUE(ws.SendText(R"({"type":"word_count","id":"bad"})"));
+  auto bad = ws.Read();
+  ASSERT_TRUE(bad.has_value());
+  EXPECT_EQ((*bad)["id"], "bad") << bad->dump();
+  EXPECT_EQ((*bad)["type"], "error") << bad->dump();
+
+  ASSERT_TRUE(ws.SendText(R"({"type":"teleport"})"));
+  auto unknown = ws.Read();
+  ASSERT_TRUE(unknown.has_value());
+  EXPECT_EQ((*unknown)["type"], "error");
+  EXPECT_EQ((*unknown)["code"], "unknown_type") << unknown->dump();
+  EXPECT_TRUE((*unknown)["id"].is_string());
+
+  // Still open: the connection serves the next request.
+  ASSERT_TRUE(ws.SendText(R"({"type":"word_count","id":"w2","text":""})"));
+  auto again = ws.Read();
+  ASSERT_TRUE(again.has_value());
+  EXPECT_EQ((*again)["words"], 0);
+  std::remove(config.c_str());
+  rmdir(dir_template);
+}
+
+}  // namespace
+}  // namespace anima::gateway
