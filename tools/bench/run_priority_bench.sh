@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# The priority benchmark of docs/BENCHMARKS.md: starts the simulator, broker, example module,
+# router (word_count at low priority) and gateway on their own ports, runs
+# `anima-bench --scenario priority`, and stops everything it started, also on Ctrl-C.
+# Extra arguments go to anima-bench (e.g. --rate 20 --duration 10 --flood-connections 8).
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+BIN="${BIN:-$ROOT/build/bin}"
+RUN="$(mktemp -d /tmp/anima-priority-bench.XXXXXX)"
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  wait "${PIDS[@]}" 2>/dev/null || true
+  rm -rf "$RUN"
+}
+trap cleanup EXIT INT TERM
+
+# start NAME ARGS...: runs build/bin/NAME with a ready file; sets PORT_<key> from it.
+start() {
+  local name="$1"; shift
+  "$BIN/$name" --port=0 --metrics-port=0 --ready-file="$RUN/$name.json" "$@" \
+    >"$RUN/$name.log" 2>&1 &
+  PIDS+=($!)
+  for _ in $(seq 1 200); do [[ -f "$RUN/$name.json" ]] && return 0; sleep 0.05; done
+  echo "$name did not start:" >&2
+  cat "$RUN/$name.log" >&2
+  exit 4
+}
+port() { python3 -c "import json,sys;print(json.load(open(sys.argv[1]))[sys.argv[2]])" "$RUN/$1.json" "$2"; }
+
+start anima-llm-sim --rules="$ROOT/tools/llm_sim/rules.json"
+start anima-llm-broker --config="$ROOT/services/llm_broker/config.sim.json" \
+  --openai-base-url="http://127.0.0.1:$(port anima-llm-sim http)/v1"
+start anima-word-count
+# The routing entry of the example module, with the scheduler's normal+low budget
+# (ROUTER_MAX_IN_FLIGHT, default 64 as in the router's defaults).
+python3 - "$ROOT/tools/word_count/router.json" "$(port anima-word-count grpc)" \
+  "${ROUTER_MAX_IN_FLIGHT:-64}" >"$RUN/router.json" <<'PY'
+import json, sys
+config = json.load(open(sys.argv[1]))
+config["modules"][0]["address"] = "127.0.0.1:" + sys.argv[2]
+config["scheduler"] = {"max_in_flight": int(sys.argv[3])}
+print(json.dumps(config))
+PY
+start anima-router --broker="127.0.0.1:$(port anima-llm-broker grpc)" --config="$RUN/router.json"
+# The per-connection message rate limit would stop the flood at the gateway, before the
+# scheduler it is meant to load; the benchmark lifts it.
+start anima-gateway --router="127.0.0.1:$(port anima-router grpc)" \
+  --messages-per-second=1000000
+"$BIN/anima-bench" --scenario priority --url "ws://127.0.0.1:$(port anima-gateway http)/" \
+  --message "Hello, consciousness system!" "$@"
