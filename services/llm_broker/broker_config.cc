@@ -17,15 +17,21 @@ absl::StatusOr<BrokerConfig> ParseBrokerConfig(const nlohmann::json& json) {
   common::ConfigReader r(json, "");
   BrokerConfig config;
   config.default_strategy = r.String("default_strategy", "failover");
-  if (r.ok() && config.default_strategy != "failover") {
-    r.Fail("default_strategy", "only 'failover' is available in this version");
+  if (r.ok() && config.default_strategy != "failover" && config.default_strategy != "hedge" &&
+      config.default_strategy != "race" && config.default_strategy != "fanout") {
+    r.Fail("default_strategy", "must be failover, hedge, race or fanout");
   }
+  config.hedge_delay_ms = r.Int("hedge_delay_ms", 500, 0, 600000);
   config.ca_file = r.String("ca_file");
   config.max_idle_connections_per_origin = r.Int("max_idle_connections_per_origin", 32, 0, 10000);
   config.idle_timeout_ms = r.Int("idle_timeout_ms", 30000, 100, 3600000);
   config.initial_backoff_ms = r.Int("initial_backoff_ms", 250, 0, 60000);
   config.max_backoff_ms = r.Int("max_backoff_ms", 4000, 0, 600000);
   config.max_retry_after_ms = r.Int("max_retry_after_ms", 20000, 0, 600000);
+  config.breaker_failure_threshold = r.Int("breaker_failure_threshold", 5, 0, 1000);
+  config.breaker_open_ms = r.Int("breaker_open_ms", 30000, 1, 3600000);
+  config.cache_max_entries = r.Int("cache_max_entries", 0, 0, 10000000);
+  config.cache_ttl_ms = r.Int("cache_ttl_ms", 600000, 1, 86400000);
   const nlohmann::json* providers = r.Array("providers", /*required=*/true);
   r.RejectUnknown();
   if (!r.ok()) return r.status();
@@ -55,12 +61,25 @@ absl::StatusOr<BrokerConfig> ParseBrokerConfig(const nlohmann::json& json) {
     pc.first_token_timeout_ms = p.Int("first_token_timeout_ms", 30000, 1, 3600000);
     pc.total_timeout_ms = p.Int("total_timeout_ms", 120000, 1, 3600000);
     pc.max_retries = static_cast<int>(p.Int("max_retries", 2, 0, 10));
+    pc.max_concurrency = static_cast<int>(p.Int("max_concurrency", 0, 0, 100000));
+    if (const auto* prices = p.Object("prices")) {
+      for (auto it = prices->begin(); it != prices->end(); ++it) {
+        common::ConfigReader price(*it, absl::StrCat(path, ".prices.", it.key()));
+        ModelPrice mp;
+        mp.input_per_mtok = price.Number("input_per_mtok", 0, 0, 1e6);
+        mp.output_per_mtok = price.Number("output_per_mtok", 0, 0, 1e6);
+        price.RejectUnknown();
+        if (!price.ok()) return price.status();
+        pc.prices[it.key()] = mp;
+      }
+    }
     p.RejectUnknown();
     if (p.ok()) {
-      if (pc.type != "openai" && pc.type != "openai_compatible") {
+      if (pc.type != "openai" && pc.type != "openai_compatible" && pc.type != "venice" &&
+          pc.type != "gemini") {
         p.Fail("type", absl::StrCat("'", pc.type,
-                                    "' is not available in this version (openai, "
-                                    "openai_compatible)"));
+                                    "' is not a provider type (openai, openai_compatible, venice, "
+                                    "gemini)"));
       } else if (!names.insert(pc.name).second) {
         p.Fail("name", absl::StrCat("'", pc.name, "' is used twice"));
       } else if (auto url = ParseUrl(pc.base_url); !url.ok()) {
@@ -72,6 +91,8 @@ absl::StatusOr<BrokerConfig> ParseBrokerConfig(const nlohmann::json& json) {
       } else if (!pc.models.empty() && std::find(pc.models.begin(), pc.models.end(),
                                                  pc.default_model) == pc.models.end()) {
         p.Fail("default_model", absl::StrCat("'", pc.default_model, "' is not in models"));
+      } else if (!pc.organization.empty() && pc.type == "gemini") {
+        p.Fail("organization", "only OpenAI-shaped providers have an organization");
       }
     }
     if (!p.ok()) return p.status();
@@ -80,7 +101,7 @@ absl::StatusOr<BrokerConfig> ParseBrokerConfig(const nlohmann::json& json) {
   return config;
 }
 
-BrokerConfig DefaultBrokerConfig(bool openai_key_set) {
+BrokerConfig DefaultBrokerConfig(bool openai_key_set, bool venice_key_set, bool gemini_key_set) {
   BrokerConfig config;
   ProviderConfig openai;
   openai.name = "openai";
@@ -101,6 +122,36 @@ BrokerConfig DefaultBrokerConfig(bool openai_key_set) {
         "local simulator http://127.0.0.1:18080/v1";
   }
   config.providers.push_back(std::move(openai));
+
+  // Venice and Gemini: the real APIs when their keys are set, else the simulator, which accepts
+  // the placeholder key a provider without a key source sends.
+  ProviderConfig venice;
+  venice.name = "venice";
+  venice.type = "venice";
+  if (venice_key_set) {
+    venice.base_url = "https://api.venice.ai/api/v1";
+    venice.api_key_env = "VENICE_API_KEY";
+    venice.models = {"venice-uncensored", "llama-3.3-70b"};
+  } else {
+    venice.base_url = "http://127.0.0.1:18080/api/v1";
+  }
+  venice.default_model = "venice-uncensored";
+  config.providers.push_back(std::move(venice));
+
+  ProviderConfig gemini;
+  gemini.name = "gemini";
+  gemini.type = "gemini";
+  if (gemini_key_set) {
+    gemini.base_url = "https://generativelanguage.googleapis.com/v1beta";
+    gemini.api_key_env = "GEMINI_API_KEY";
+    gemini.models = {"gemini-2.0-flash", "gemini-2.5-flash"};
+  } else {
+    gemini.base_url = "http://127.0.0.1:18080/v1beta";
+  }
+  gemini.default_model = "gemini-2.0-flash";
+  config.providers.push_back(std::move(gemini));
+  absl::StrAppend(&config.source, "; venice at ", config.providers[1].base_url, "; gemini at ",
+                  config.providers[2].base_url);
   return config;
 }
 

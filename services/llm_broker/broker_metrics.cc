@@ -35,7 +35,19 @@ BrokerMetrics::BrokerMetrics(prometheus::Registry& registry)
       connections_(prometheus::BuildCounter()
                        .Name("anima_broker_http_connections_opened_total")
                        .Help("Upstream HTTP connections opened, by origin")
-                       .Register(registry)) {}
+                       .Register(registry)),
+      breaker_state_(prometheus::BuildGauge()
+                         .Name("anima_broker_breaker_state")
+                         .Help("Circuit breaker state per provider: 0 closed, 1 open, 2 half-open")
+                         .Register(registry)),
+      cost_(prometheus::BuildCounter()
+                .Name("anima_broker_cost_usd_total")
+                .Help("Cost of the tokens providers reported, from the configured prices (USD)")
+                .Register(registry)),
+      cache_(prometheus::BuildCounter()
+                 .Name("anima_broker_cache_requests_total")
+                 .Help("Lookups of the response cache for deterministic requests")
+                 .Register(registry)) {}
 
 void BrokerMetrics::AddModels(const std::string& provider, const std::vector<std::string>& models) {
   std::lock_guard lock(mu_);
@@ -70,6 +82,19 @@ void BrokerMetrics::Overhead(double seconds) { overhead_.Observe(seconds < 0 ? 0
 
 void BrokerMetrics::ConnectionOpened(const std::string& origin) {
   connections_.Add({{"origin", origin}}).Increment();
+}
+
+void BrokerMetrics::Cost(const std::string& provider, const std::string& model, double usd) {
+  if (!(usd > 0)) return;
+  cost_.Add({{"provider", provider}, {"model", ModelLabel(provider, model)}}).Increment(usd);
+}
+
+void BrokerMetrics::CacheLookup(bool hit) {
+  cache_.Add({{"result", hit ? "hit" : "miss"}}).Increment();
+}
+
+void BrokerMetrics::BreakerState(const std::string& provider, int state) {
+  breaker_state_.Add({{"provider", provider}}).Set(state);
 }
 
 }  // namespace anima::broker

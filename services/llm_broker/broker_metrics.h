@@ -7,6 +7,7 @@
 
 #include "prometheus/counter.h"
 #include "prometheus/family.h"
+#include "prometheus/gauge.h"
 #include "prometheus/histogram.h"
 #include "prometheus/registry.h"
 #include "services/llm_broker/types.h"
@@ -21,6 +22,9 @@ namespace anima::broker {
 //   anima_broker_overhead_seconds                                  histogram: time in the broker
 //                                                                  minus time waiting on providers
 //   anima_broker_http_connections_opened_total{origin}
+//   anima_broker_cost_usd_total{provider,model}                     from the configured prices
+//   anima_broker_cache_requests_total{result=hit|miss}             lookups of the response cache
+//   anima_broker_breaker_state{provider}                           0 closed, 1 open, 2 half-open
 // Thread-safe.
 class BrokerMetrics {
  public:
@@ -34,6 +38,10 @@ class BrokerMetrics {
   void Tokens(const std::string& provider, const std::string& model, const Usage& usage);
   void Overhead(double seconds);
   void ConnectionOpened(const std::string& origin);
+  void Cost(const std::string& provider, const std::string& model, double usd);
+  void CacheLookup(bool hit);
+  // 0 closed, 1 open, 2 half-open.
+  void BreakerState(const std::string& provider, int state);
 
  private:
   std::string ModelLabel(const std::string& provider, const std::string& model) const;
@@ -43,6 +51,9 @@ class BrokerMetrics {
   prometheus::Family<prometheus::Counter>& tokens_;
   prometheus::Histogram& overhead_;
   prometheus::Family<prometheus::Counter>& connections_;
+  prometheus::Family<prometheus::Gauge>& breaker_state_;
+  prometheus::Family<prometheus::Counter>& cost_;
+  prometheus::Family<prometheus::Counter>& cache_;
   mutable std::mutex mu_;
   std::map<std::string, std::set<std::string>> models_;
 };

@@ -21,6 +21,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 
 namespace anima::broker {
 
@@ -73,6 +74,23 @@ absl::StatusOr<ParsedUrl> ParseUrl(std::string_view url_in) {
   }
   out.origin = absl::StrCat(out.tls ? "https://" : "http://", out.host, ":", out.port);
   return out;
+}
+
+bool NoProxyMatches(std::string_view host_in, std::string_view no_proxy) {
+  std::string host = absl::AsciiStrToLower(absl::string_view(host_in.data(), host_in.size()));
+  for (absl::string_view entry :
+       absl::StrSplit(absl::string_view(no_proxy.data(), no_proxy.size()), ',')) {
+    std::string e = absl::AsciiStrToLower(absl::StripAsciiWhitespace(entry));
+    if (e.empty()) continue;
+    if (e == "*") return true;
+    if (size_t colon = e.rfind(':');
+        colon != std::string::npos && e.find(']') == std::string::npos && e.find(':') == colon) {
+      e = e.substr(0, colon);  // host:port: the port is ignored
+    }
+    if (!e.empty() && e[0] == '.') e = e.substr(1);
+    if (host == e || (host.size() > e.size() && absl::EndsWith(host, "." + e))) return true;
+  }
+  return false;
 }
 
 namespace {
@@ -161,6 +179,7 @@ struct HttpClient::Impl {
   std::map<std::string, std::vector<std::shared_ptr<Connection>>> pool;
   std::atomic<int64_t> opened{0};
   std::atomic<int64_t> stale_retries{0};
+  std::optional<ParsedUrl> proxy;  // from options.https_proxy
 };
 
 namespace {
@@ -239,14 +258,19 @@ class Exchange : public HttpExchange, public std::enable_shared_from_this<Exchan
     auto deadline = std::min(request_.deadline, Clock::now() + request_.connect_timeout);
     phase_deadline_ = deadline;
     phase_ = "connect timeout";
+    tunnelled_ = false;
+    proxied_ = url_.tls && client_.proxy.has_value() &&
+               !NoProxyMatches(url_.host, client_.options.no_proxy);
+    const ParsedUrl& to = proxied_ ? *client_.proxy : url_;
     conn().resolver.async_resolve(
-        url_.host, url_.port, beast::bind_front_handler(&Exchange::OnResolve, shared_from_this()));
+        to.host, to.port, beast::bind_front_handler(&Exchange::OnResolve, shared_from_this()));
   }
 
   void OnResolve(beast::error_code ec, tcp::resolver::results_type results) {
     if (cancelled_) return Fail(absl::CancelledError("cancelled"));
     if (ec) {
-      return Fail(absl::UnavailableError(absl::StrCat("resolve ", url_.host, ": ", ec.message())));
+      return Fail(absl::UnavailableError(absl::StrCat(
+          "resolve ", proxied_ ? client_.proxy->host : url_.host, ": ", ec.message())));
     }
     Connection& c = conn();
     if (url_.tls) {
@@ -270,7 +294,10 @@ class Exchange : public HttpExchange, public std::enable_shared_from_this<Exchan
 
   void OnConnect(beast::error_code ec, const tcp::endpoint&) {
     if (cancelled_) return Fail(absl::CancelledError("cancelled"));
-    if (ec) return Fail(TransportError("connect to " + url_.origin, ec));
+    if (ec) {
+      return Fail(TransportError(
+          "connect to " + (proxied_ ? "proxy " + client_.proxy->origin : url_.origin), ec));
+    }
     client_.opened.fetch_add(1);
     if (client_.options.on_connection_opened) client_.options.on_connection_opened(url_.origin);
     beast::error_code ignored;
@@ -279,6 +306,43 @@ class Exchange : public HttpExchange, public std::enable_shared_from_this<Exchan
       conn().connected = true;
       return Write();
     }
+    if (proxied_) return OpenTunnel();
+    ExpireAt(phase_deadline_);
+    conn().tls->async_handshake(
+        ssl::stream_base::client,
+        beast::bind_front_handler(&Exchange::OnHandshake, shared_from_this()));
+  }
+
+  // CONNECT host:port through the proxy; TLS with the origin starts once it answers 2xx.
+  void OpenTunnel() {
+    std::string authority =
+        absl::StrCat(url_.host.find(':') != std::string::npos ? "[" + url_.host + "]" : url_.host,
+                     ":", url_.port);
+    connect_request_ = absl::StrCat("CONNECT ", authority, " HTTP/1.1\r\nHost: ", authority,
+                                    "\r\nUser-Agent: anima-llm-broker/" ANIMA_VERSION "\r\n\r\n");
+    ExpireAt(phase_deadline_);
+    asio::async_write(conn().lowest(), asio::buffer(connect_request_),
+                      [self = shared_from_this()](beast::error_code ec, size_t) {
+                        if (self->cancelled_) return self->Fail(absl::CancelledError("cancelled"));
+                        if (ec) return self->Fail(self->TransportError("CONNECT to the proxy", ec));
+                        self->connect_parser_.emplace();
+                        self->connect_parser_->skip(true);  // a CONNECT answer has no body
+                        http::async_read_header(
+                            self->conn().lowest(), self->connect_buffer_, *self->connect_parser_,
+                            beast::bind_front_handler(&Exchange::OnTunnel, self));
+                      });
+  }
+
+  void OnTunnel(beast::error_code ec, size_t) {
+    if (cancelled_) return Fail(absl::CancelledError("cancelled"));
+    if (ec) return Fail(TransportError("CONNECT to the proxy", ec));
+    unsigned status = connect_parser_->get().result_int();
+    if (status < 200 || status > 299) {
+      return Fail(absl::UnavailableError(absl::StrCat("proxy ", client_.proxy->origin,
+                                                      " refused CONNECT to ", url_.host, ":",
+                                                      url_.port, " with HTTP ", status)));
+    }
+    tunnelled_ = true;
     ExpireAt(phase_deadline_);
     conn().tls->async_handshake(
         ssl::stream_base::client,
@@ -436,6 +500,11 @@ class Exchange : public HttpExchange, public std::enable_shared_from_this<Exchan
   }
 
   HttpClient::Impl& client_;
+  bool proxied_ = false;  // this connection goes through the CONNECT proxy
+  bool tunnelled_ = false;
+  std::string connect_request_;
+  beast::flat_buffer connect_buffer_;
+  std::optional<http::response_parser<http::empty_body>> connect_parser_;
   ParsedUrl url_;
   HttpRequest request_;
   HttpHandler handler_;
@@ -489,6 +558,15 @@ absl::StatusOr<std::shared_ptr<HttpClient>> HttpClient::Create(HttpClientOptions
       return absl::InvalidArgumentError(
           absl::StrCat("cannot load CA file ", impl->options.ca_file, ": ", ec.message()));
     }
+  }
+  if (!impl->options.https_proxy.empty()) {
+    auto proxy = ParseUrl(impl->options.https_proxy);
+    if (!proxy.ok() || proxy->tls) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("https proxy ", impl->options.https_proxy, ": expected http://host:port",
+                       proxy.ok() ? "" : absl::StrCat(" (", proxy.status().message(), ")")));
+    }
+    impl->proxy = *proxy;
   }
   impl->ssl_ctx.set_verify_mode(ssl::verify_peer);
   SSL_CTX_set_min_proto_version(impl->ssl_ctx.native_handle(), TLS1_2_VERSION);

@@ -21,15 +21,25 @@ struct HttpClientOptions {
   int threads = 2;
   // Called (on a client thread) for every new connection, with its origin (scheme://host:port).
   std::function<void(const std::string& origin)> on_connection_opened;
+  // An http:// proxy for https origins (HTTPS_PROXY): the connection is a CONNECT tunnel
+  // through it, and TLS (SNI, verification) is end to end with the origin. Empty: direct.
+  // Plain-http origins never use it. No proxy authentication.
+  std::string https_proxy;
+  // NO_PROXY: comma-separated hosts that bypass the proxy. "example.com" and ".example.com" match
+  // the host and its subdomains, "*" matches every host; ports are ignored.
+  std::string no_proxy;
 };
+
+// Whether `host` is exempt from the proxy by a NO_PROXY list (see HttpClientOptions::no_proxy).
+bool NoProxyMatches(std::string_view host, std::string_view no_proxy);
 
 // HTTP/1.1 over Boost.Beast and OpenSSL: https with certificate and hostname verification and SNI
 // (the bare host name), plain http, a keep-alive pool per origin, one transparent retry on a
 // fresh connection when a reused one fails before any response byte, incremental body delivery
 // (chunked, Content-Length or read-until-close), connect / first-byte / total timeouts, and
-// cancellation by closing the socket. A connection returns to the pool only when its response was
-// read to the end and both sides allow keep-alive. Sends Accept-Encoding: identity unless the
-// request sets it.
+// cancellation by closing the socket, and an optional CONNECT proxy for https origins. A connection
+// returns to the pool only when its response was read to the end and both sides allow keep-alive.
+// Sends Accept-Encoding: identity unless the request sets it.
 //
 // Owns an io_context and `threads` threads. Thread-safe. Destroy it only after every exchange has
 // completed or been abandoned (its destructor stops the threads; pending callbacks are dropped).

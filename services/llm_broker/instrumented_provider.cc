@@ -1,7 +1,10 @@
 #include "services/llm_broker/instrumented_provider.h"
 
 #include <algorithm>
+#include <optional>
+
 #include <vector>
+#include "absl/strings/str_cat.h"
 
 namespace anima::broker {
 namespace {
@@ -71,33 +74,97 @@ ProviderHealth ProviderStats::Snapshot(Clock::time_point now) const {
   return h;
 }
 
+namespace {
+
+// A call that never reached the provider: nothing to cancel.
+class RejectedCall : public ProviderCall {
+ public:
+  void Cancel() override {}
+};
+
+}  // namespace
+
 InstrumentedProvider::InstrumentedProvider(std::shared_ptr<Provider> inner,
-                                           std::shared_ptr<BrokerMetrics> metrics)
+                                           std::shared_ptr<BrokerMetrics> metrics,
+                                           ProviderGuards guards)
     : inner_(std::move(inner)),
       metrics_(std::move(metrics)),
-      stats_(std::make_shared<ProviderStats>()) {}
+      stats_(std::make_shared<ProviderStats>()),
+      guards_(std::move(guards)) {
+  if (guards_.breaker != nullptr && metrics_ != nullptr) {
+    metrics_->BreakerState(inner_->name(), 0);
+    guards_.breaker->OnTransition(
+        [metrics = metrics_, name = inner_->name()](CircuitBreaker::State state) {
+          metrics->BreakerState(name, static_cast<int>(state));
+        });
+  }
+}
 
 std::shared_ptr<ProviderCall> InstrumentedProvider::Start(const ChatRequest& request,
                                                           ProviderSink sink) {
+  auto reject = [&](std::string code, std::string message,
+                    std::optional<std::chrono::milliseconds> retry_after) {
+    ProviderError e;
+    e.provider = inner_->name();
+    e.code = std::move(code);
+    e.message = std::move(message);
+    e.retryable = true;
+    e.retry_after = retry_after;
+    if (metrics_ != nullptr) metrics_->ProviderRequest(inner_->name(), request.model, e.code, 0);
+    if (sink.on_done) sink.on_done(std::move(e));
+    return std::make_shared<RejectedCall>();
+  };
+  if (guards_.max_concurrency > 0 && ++*in_flight_ > guards_.max_concurrency) {
+    --*in_flight_;
+    return reject("concurrency_limit",
+                  absl::StrCat(guards_.max_concurrency, " calls are already in flight"),
+                  std::nullopt);
+  }
+  if (guards_.breaker != nullptr && !guards_.breaker->Allow()) {
+    if (guards_.max_concurrency > 0) --*in_flight_;
+    return reject("circuit_open", "the circuit breaker is open after repeated failures",
+                  guards_.breaker->RetryIn());
+  }
   stats_->Begin();
   auto started = Clock::now();
   ProviderSink wrapped;
   wrapped.on_delta = std::move(sink.on_delta);
   wrapped.on_done = [done = std::move(sink.on_done), stats = stats_, metrics = metrics_,
-                     provider = inner_->name(), model = request.model,
-                     started](ProviderOutcome outcome) mutable {
+                     provider = inner_->name(), model = request.model, started,
+                     breaker = guards_.breaker, prices = guards_.prices,
+                     in_flight = guards_.max_concurrency > 0 ? in_flight_ : nullptr](
+                        ProviderOutcome outcome) mutable {
+    if (in_flight != nullptr) --*in_flight;
     auto latency = Clock::now() - started;
     double seconds = std::chrono::duration<double>(latency).count();
     if (auto* result = std::get_if<ChatResult>(&outcome)) {
       stats->End(true, true, latency, "");
+      if (breaker != nullptr) breaker->Record(true);
       if (metrics != nullptr) {
         metrics->ProviderRequest(provider, model, "ok", seconds);
-        if (result->usage) metrics->Tokens(provider, model, *result->usage);
+        if (result->usage) {
+          metrics->Tokens(provider, model, *result->usage);
+          if (auto price = prices.find(model); price != prices.end()) {
+            metrics->Cost(
+                provider, model,
+                (static_cast<double>(result->usage->prompt_tokens) * price->second.input_per_mtok +
+                 static_cast<double>(result->usage->completion_tokens) *
+                     price->second.output_per_mtok) /
+                    1e6);
+          }
+        }
       }
     } else {
       const auto& error = std::get<ProviderError>(outcome);
       bool counted = error.code != "cancelled" && error.code != "deadline_exceeded";
       stats->End(counted, false, latency, error.code + ": " + error.message);
+      if (breaker != nullptr) {
+        if (counted && error.retryable) {
+          breaker->Record(false);
+        } else {
+          breaker->Release();
+        }
+      }
       if (metrics != nullptr) metrics->ProviderRequest(provider, model, error.code, seconds);
     }
     if (done) done(std::move(outcome));

@@ -1,11 +1,14 @@
 #pragma once
 
+#include <atomic>
 #include <deque>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
 
 #include "services/llm_broker/broker_metrics.h"
+#include "services/llm_broker/circuit_breaker.h"
 #include "services/llm_broker/provider.h"
 
 namespace anima::broker {
@@ -48,10 +51,25 @@ class ProviderStats {
   std::string last_error_;
 };
 
-// A Provider decorator that records metrics and stats for every call of the provider it wraps.
+// What guards a provider before a call reaches it.
+struct ProviderGuards {
+  std::shared_ptr<CircuitBreaker> breaker;  // null: none
+  int max_concurrency = 0;                  // calls in flight at once; 0: unlimited
+  // Not a guard: prices by model for the cost metric (a model without a price costs nothing).
+  std::map<std::string, ModelPrice> prices;
+};
+
+// A Provider decorator that records metrics and stats for every call of the provider it wraps,
+// and guards it: while its circuit breaker is open, or when max_concurrency calls are already in
+// flight, a call ends at once (inline, without reaching the provider) with the retryable error
+// circuit_open (its retry_after is the time until the breaker lets a probe through) or
+// concurrency_limit. Retryable failures (server errors, timeouts, connection and stream
+// failures) count against the breaker; the caller's own errors, cancellations and deadlines do
+// not.
 class InstrumentedProvider : public Provider {
  public:
-  InstrumentedProvider(std::shared_ptr<Provider> inner, std::shared_ptr<BrokerMetrics> metrics);
+  InstrumentedProvider(std::shared_ptr<Provider> inner, std::shared_ptr<BrokerMetrics> metrics,
+                       ProviderGuards guards = {});
 
   const std::string& name() const override { return inner_->name(); }
   const std::string& default_model() const override { return inner_->default_model(); }
@@ -61,11 +79,15 @@ class InstrumentedProvider : public Provider {
   std::shared_ptr<ProviderCall> Start(const ChatRequest& request, ProviderSink sink) override;
 
   const ProviderStats& stats() const { return *stats_; }
+  // Null when the provider has no breaker.
+  CircuitBreaker* breaker() const { return guards_.breaker.get(); }
 
  private:
   std::shared_ptr<Provider> inner_;
   std::shared_ptr<BrokerMetrics> metrics_;  // may be null
   std::shared_ptr<ProviderStats> stats_;
+  ProviderGuards guards_;
+  std::shared_ptr<std::atomic<int>> in_flight_ = std::make_shared<std::atomic<int>>(0);
 };
 
 }  // namespace anima::broker

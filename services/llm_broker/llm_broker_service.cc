@@ -38,6 +38,35 @@ ChatRequest ToChatRequest(const grpc::CallbackServerContext& context,
   return out;
 }
 
+void FillUsage(const std::optional<Usage>& usage, v1::Usage* out) {
+  if (!usage) return;
+  out->set_prompt_tokens(usage->prompt_tokens);
+  out->set_completion_tokens(usage->completion_tokens);
+  out->set_total_tokens(usage->total_tokens);
+}
+
+// PROTOCOL.md `candidates` (fanout): every provider's outcome, in provider order.
+void FillCandidates(const std::vector<ProviderOutcome>& candidates, v1::CompletionResponse* out) {
+  for (const auto& outcome : candidates) {
+    auto* c = out->add_candidates();
+    if (const auto* result = std::get_if<ChatResult>(&outcome)) {
+      c->set_provider(result->provider);
+      c->set_model(result->model);
+      c->set_message(result->text);
+      c->set_finish_reason(result->finish_reason);
+      FillUsage(result->usage, c->mutable_usage());
+      c->set_latency_ms(result->latency.count());
+    } else {
+      const auto& error = std::get<ProviderError>(outcome);
+      c->set_provider(error.provider);
+      c->mutable_error()->set_provider(error.provider);
+      c->mutable_error()->set_code(error.code);
+      c->mutable_error()->set_message(error.message);
+      c->mutable_error()->set_http_status(error.http_status);
+    }
+  }
+}
+
 void FillResponse(const ChatResult& result, Clock::duration elapsed, v1::CompletionResponse* out) {
   out->set_message(result.text);
   out->set_provider(result.provider);
@@ -120,6 +149,7 @@ class CompleteReactor : public grpc::ServerUnaryReactor {
     RecordEnd(service_, request_, outcome, elapsed);
     if (outcome.result) {
       FillResponse(*outcome.result, elapsed, response_);
+      FillCandidates(outcome.candidates, response_);
       Finish(grpc::Status::OK);
     } else {
       Finish(FailureStatus(outcome));
@@ -200,7 +230,9 @@ class StreamReactor : public grpc::ServerWriteReactor<v1::CompletionChunk> {
     RecordEnd(service_, request_, outcome, elapsed);
     std::unique_lock lock(mu_);
     if (outcome.result) {
-      FillResponse(*outcome.result, elapsed, pending_.emplace_back().mutable_done());
+      auto* done = pending_.emplace_back().mutable_done();
+      FillResponse(*outcome.result, elapsed, done);
+      FillCandidates(outcome.candidates, done);
       final_status_ = grpc::Status::OK;
     } else {
       final_status_ = FailureStatus(outcome);
@@ -313,6 +345,18 @@ v1::DescribeResponse BrokerIntrospectionService::Snapshot() const {
   auto* self = out.add_modules();
   for (const auto& provider : providers_) {
     ProviderHealth h = provider->stats().Snapshot(now);
+    if (auto* breaker = provider->breaker()) {
+      // An open breaker sends nothing to the provider: down; half-open is a probation: degraded.
+      auto state = breaker->state();
+      if (state == CircuitBreaker::State::kOpen) {
+        h.state = ProviderHealth::State::kDown;
+        h.detail = "circuit breaker open" + (h.detail.empty() ? "" : ": " + h.detail);
+      } else if (state == CircuitBreaker::State::kHalfOpen &&
+                 h.state == ProviderHealth::State::kHealthy) {
+        h.state = ProviderHealth::State::kDegraded;
+        h.detail = "circuit breaker half-open";
+      }
+    }
     auto* m = out.add_modules();
     m->set_name("llm-broker/" + provider->name());
     m->set_service("llm-broker");

@@ -47,7 +47,7 @@ class OpenAiCall : public ProviderCall, public std::enable_shared_from_this<Open
     if (std::string id = HeaderSafe(request_.request_id); !id.empty()) {
       http.headers.emplace_back("X-Client-Request-Id", id);
     }
-    http.body = openai::BuildRequestBody(request_);
+    http.body = openai::BuildRequestBody(request_, options_->venice);
     http.connect_timeout = options_->connect_timeout;
     if (request_.stream) {
       // Headers, then every stream event, must come within the first-token timeout.

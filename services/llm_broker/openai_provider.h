@@ -26,6 +26,9 @@ struct OpenAiProviderOptions {
   int max_retries = 2;
   size_t max_error_body_bytes = 64 * 1024;
   size_t max_body_bytes = 16 * 1024 * 1024;
+  // Venice (reference §2): the same wire format at /api/v1, plus venice_parameters with Venice's
+  // system prompt switched off. Its string errors and epoch reset header are understood always.
+  bool venice = false;
 };
 
 // The OpenAI Chat Completions API (and any server that speaks it: Ollama, vLLM, the simulator),

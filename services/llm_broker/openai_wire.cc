@@ -7,6 +7,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
 #include "nlohmann/json.hpp"
 
 namespace anima::broker {
@@ -105,7 +106,7 @@ std::optional<ProviderError> ErrorFromJson(const json& j) {
 
 }  // namespace
 
-std::string BuildRequestBody(const ChatRequest& request) {
+std::string BuildRequestBody(const ChatRequest& request, bool venice) {
   json body = json::object();
   body["model"] = request.model;
   json messages = json::array();
@@ -122,6 +123,7 @@ std::string BuildRequestBody(const ChatRequest& request) {
     body["stream"] = true;
     body["stream_options"] = {{"include_usage", true}};
   }
+  if (venice) body["venice_parameters"] = {{"include_venice_system_prompt", false}};
   return body.dump(-1, ' ', false, json::error_handler_t::replace);
 }
 
@@ -175,8 +177,8 @@ std::optional<ProviderError> ErrorFromBody(std::string_view body) {
 
 namespace {
 
-// Retry-After: decimal seconds. HTTP dates are not honoured (treated as no hint).
-std::optional<std::chrono::milliseconds> ParseRetryAfter(const HttpResponseHead* head) {
+std::optional<std::chrono::milliseconds> ParseRetryAfter(
+    const HttpResponseHead* head, std::chrono::system_clock::time_point now) {
   if (head == nullptr) return std::nullopt;
   if (auto ms = head->Header("retry-after-ms")) {
     double v = 0;
@@ -186,13 +188,26 @@ std::optional<std::chrono::milliseconds> ParseRetryAfter(const HttpResponseHead*
     }
   }
   if (auto s = head->Header("retry-after")) {
-    double v = 0;
-    if (absl::SimpleAtod(absl::StripAsciiWhitespace(*s), &v) && std::isfinite(v) && v >= 0 &&
-        v < 1e6) {
-      return std::chrono::milliseconds(static_cast<int64_t>(v * 1000));
-    }
+    if (auto delay = ParseRetryAfterValue(*s, now)) return delay;
   }
   return std::nullopt;
+}
+
+// Venice's x-ratelimit-reset-requests: the unix time (seconds) when requests are allowed again.
+// OpenAI uses the same header for a duration ("6m0s"), which is not a plain integer.
+std::optional<std::chrono::milliseconds> ParseEpochReset(
+    const HttpResponseHead* head, std::chrono::system_clock::time_point now) {
+  if (head == nullptr) return std::nullopt;
+  auto value = head->Header("x-ratelimit-reset-requests");
+  if (!value) return std::nullopt;
+  int64_t epoch = 0;
+  if (!absl::SimpleAtoi(absl::StripAsciiWhitespace(*value), &epoch) || epoch < 1'000'000'000 ||
+      epoch > 100'000'000'000) {
+    return std::nullopt;
+  }
+  auto at = std::chrono::system_clock::time_point(std::chrono::seconds(epoch));
+  if (at <= now) return std::chrono::milliseconds(0);
+  return std::chrono::duration_cast<std::chrono::milliseconds>(at - now);
 }
 
 // "Please try again in 84ms." / "... in 1.5s." in a 429 message (OpenAI sends it without a
@@ -222,11 +237,37 @@ std::optional<std::chrono::milliseconds> RetryAfterFromMessage(const std::string
 
 }  // namespace
 
-ProviderError ParseHttpError(int status, const HttpResponseHead* head, std::string_view body) {
+std::optional<std::chrono::milliseconds> ParseRetryAfterValue(
+    std::string_view value, std::chrono::system_clock::time_point now) {
+  absl::string_view text =
+      absl::StripAsciiWhitespace(absl::string_view(value.data(), value.size()));
+  double v = 0;
+  if (absl::SimpleAtod(text, &v)) {
+    if (std::isfinite(v) && v >= 0 && v < 1e6) {
+      return std::chrono::milliseconds(static_cast<int64_t>(v * 1000));
+    }
+    return std::nullopt;
+  }
+  // IMF-fixdate, e.g. "Wed, 21 Oct 2015 07:28:00 GMT" (RFC 9110 §5.6.7).
+  absl::Time at;
+  std::string error;
+  if (!absl::ParseTime("%a, %d %b %Y %H:%M:%S GMT", std::string(text), absl::UTCTimeZone(), &at,
+                       &error)) {
+    return std::nullopt;
+  }
+  auto when = absl::ToChronoTime(at);
+  if (when <= now) return std::chrono::milliseconds(0);
+  auto delay = std::chrono::duration_cast<std::chrono::milliseconds>(when - now);
+  if (delay > std::chrono::hours(24 * 365)) return std::nullopt;
+  return delay;
+}
+
+ProviderError ParseHttpError(int status, const HttpResponseHead* head, std::string_view body,
+                             std::chrono::system_clock::time_point now) {
   ProviderError e;
   e.http_status = status;
   e.code = absl::StrCat("http_", status);
-  e.retry_after = ParseRetryAfter(head);
+  e.retry_after = ParseRetryAfter(head, now);
   std::string type;
   std::string code;
   json j = json::parse(body, nullptr, /*allow_exceptions=*/false);
@@ -262,6 +303,7 @@ ProviderError ParseHttpError(int status, const HttpResponseHead* head, std::stri
     }
   }
   if (quota) e.code = "http_429_quota";
+  if (status == 429 && !quota && !e.retry_after) e.retry_after = ParseEpochReset(head, now);
   if (status == 429 && !quota && !e.retry_after) e.retry_after = RetryAfterFromMessage(e.message);
   return e;
 }

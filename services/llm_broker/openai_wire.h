@@ -1,5 +1,6 @@
 #pragma once
 
+#include <chrono>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -12,8 +13,9 @@ namespace anima::broker::openai {
 
 // The JSON body of POST /chat/completions for `request` (request.model already resolved). Only set
 // fields are written (no nulls); streaming adds stream_options.include_usage. The system prompt
-// becomes a leading "system" message.
-std::string BuildRequestBody(const ChatRequest& request);
+// becomes a leading "system" message. `venice` adds venice_parameters with Venice's own system
+// prompt switched off (include_venice_system_prompt: false), so answers do not depend on it.
+std::string BuildRequestBody(const ChatRequest& request, bool venice = false);
 
 // A parsed non-streaming response. Every field is optional on the wire; missing ones stay empty.
 // Fails (code invalid_response, or the provider's error when the body carries `error`) when the
@@ -35,8 +37,18 @@ bool IsDone(std::string_view data);
 
 // Maps an HTTP error (status, headers, body: JSON in OpenAI's shape, Venice's string shape, or
 // anything else such as a CDN's HTML page) to a normalised error with a retry decision and the
-// server's delay hint (retry-after-ms, then Retry-After seconds). `head` may be null.
-ProviderError ParseHttpError(int status, const HttpResponseHead* head, std::string_view body);
+// server's delay hint: retry-after-ms, then Retry-After (seconds or an HTTP date), then for a 429
+// Venice's x-ratelimit-reset-requests when it is a unix timestamp (OpenAI sends a duration
+// there, which is ignored), then "try again in Xms" in the message. `head` may be null; `now` is
+// the wall clock the dates are compared with.
+ProviderError ParseHttpError(
+    int status, const HttpResponseHead* head, std::string_view body,
+    std::chrono::system_clock::time_point now = std::chrono::system_clock::now());
+
+// The delay a Retry-After value asks for: decimal seconds or an IMF-fixdate HTTP date (a date in
+// the past is zero). Nullopt when it is neither.
+std::optional<std::chrono::milliseconds> ParseRetryAfterValue(
+    std::string_view value, std::chrono::system_clock::time_point now);
 
 // The error carried by a JSON value's top-level "error" member, if it has one: an object
 // {message,type,code} or a plain string. Used for mid-stream errors (retryable unless it says

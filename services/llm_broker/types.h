@@ -60,6 +60,12 @@ struct ProviderError {
   std::optional<std::chrono::milliseconds> retry_after;
 };
 
+// A model's price, in US dollars per million tokens.
+struct ModelPrice {
+  double input_per_mtok = 0;
+  double output_per_mtok = 0;
+};
+
 // Normalises a provider finish reason to stop|length|content_filter|tool_calls|other.
 std::string NormalizeFinishReason(std::string_view reason);
 

@@ -25,9 +25,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 DASHBOARDS = ROOT / "deploy/grafana/dashboards"
 RULES = ROOT / "deploy/prometheus/rules.yml"
 
-PENDING = {
-    "anima_broker_cost_usd_total",
-}
+PENDING: set = set()
 
 COMPARISON = re.compile(r"^(.*?)\s*(>=|<=|==|!=|>|<)\s*-?[0-9.]+(e[-+]?[0-9]+)?\s*$", re.S)
 METRIC = re.compile(r"\b(anima_[a-z_]+|process_[a-z_]+|up)\b(?=\s*[{\[)]|\s*$)")

@@ -1,5 +1,5 @@
-// anima-llm-sim: a local stand-in for the OpenAI API (Venice and Gemini to follow) with scripted
-// replies and switchable faults. See docs/simulator.md.
+// anima-llm-sim: a local stand-in for the OpenAI (/v1), Venice (/api/v1) and Gemini (/v1beta)
+// APIs with scripted replies and switchable faults. See docs/simulator.md.
 #include <cstdio>
 #include <memory>
 #include <thread>
@@ -11,8 +11,11 @@
 #include "services/common/metrics.h"
 #include "services/common/process.h"
 #include "spdlog/spdlog.h"
+#include "tools/llm_sim/gemini_api.h"
 #include "tools/llm_sim/openai_api.h"
 #include "tools/llm_sim/sim_server.h"
+#include "tools/llm_sim/tls_front.h"
+#include "tools/llm_sim/venice_api.h"
 
 namespace {
 
@@ -44,6 +47,10 @@ int main(int argc, char** argv) {
   std::string log_format = "text";
   std::string log_level = "info";
   std::string ready_file;
+  int tls_port = -1;
+  std::string tls_cert;
+  std::string tls_key;
+  std::string tls_cert_dir;
 
   anima::common::FlagSet flags("anima-llm-sim");
   flags.Add("bind", &bind, "ANIMA_SIM_BIND", "address to listen on");
@@ -63,7 +70,7 @@ int main(int argc, char** argv) {
   flags.Add("slow-token-interval-ms", &slow_token_interval_ms, "ANIMA_SIM_SLOW_TOKEN_INTERVAL_MS",
             "token interval of the `slow` scenario");
   flags.Add("require-key", &require_key, "ANIMA_SIM_REQUIRE_KEY",
-            "answer 401 when Authorization: Bearer is missing");
+            "reject requests without a key (401 for OpenAI/Venice, 403 for Gemini)");
   flags.Add("api-key-env", &api_key_env, "ANIMA_SIM_API_KEY_ENV",
             "name of an environment variable holding the only accepted key (empty = any key)");
   flags.Add("idle-close-seconds", &idle_close_seconds, "ANIMA_SIM_IDLE_CLOSE_SECONDS",
@@ -73,6 +80,13 @@ int main(int argc, char** argv) {
             "larger request bodies get 413");
   flags.Add("log-format", &log_format, "ANIMA_SIM_LOG_FORMAT", "text or json");
   flags.Add("log-level", &log_level, "ANIMA_SIM_LOG_LEVEL", "trace, debug, info, warn, error");
+  flags.Add("tls-port", &tls_port, "ANIMA_SIM_TLS_PORT",
+            "also serve the same APIs over TLS on this port (0 = any free, -1 = no TLS)");
+  flags.Add("tls-cert", &tls_cert, "ANIMA_SIM_TLS_CERT",
+            "PEM certificate chain served over TLS when the SNI names no other");
+  flags.Add("tls-key", &tls_key, "ANIMA_SIM_TLS_KEY", "PEM private key of --tls-cert");
+  flags.Add("tls-cert-dir", &tls_cert_dir, "ANIMA_SIM_TLS_CERT_DIR",
+            "directory of <server name>.pem/.key pairs chosen by the client's SNI");
   flags.Add("ready-file", &ready_file, "ANIMA_SIM_READY_FILE",
             "write {\"http\":port,\"metrics\":port} here once listening");
   if (auto s = flags.Parse(argc, argv); !s.ok()) return Fail(std::string(s.message()));
@@ -94,6 +108,10 @@ int main(int argc, char** argv) {
     if (value < 0) return Fail(absl::StrCat(name, ": must not be negative"));
   }
   if (threads < 1 || threads > 256) return Fail("--threads: must be between 1 and 256");
+  if (tls_port < -1 || tls_port > 65535) return Fail("--tls-port: must be between -1 and 65535");
+  if (tls_port >= 0 && (tls_cert.empty() || tls_key.empty())) {
+    return Fail("--tls-port: needs --tls-cert and --tls-key");
+  }
   if (max_body_bytes < 1024) return Fail("--max-body-bytes: must be at least 1024");
   if (auto s = anima::common::InitLogging("anima-llm-sim", log_format, log_level); !s.ok()) {
     return Fail(std::string(s.message()));
@@ -122,21 +140,46 @@ int main(int argc, char** argv) {
 
     std::vector<std::unique_ptr<anima::sim::ProviderApi>> apis;
     apis.push_back(std::make_unique<anima::sim::OpenAiApi>(config));
+    apis.push_back(std::make_unique<anima::sim::VeniceApi>(config));
+    apis.push_back(std::make_unique<anima::sim::GeminiApi>(config));
     anima::sim::SimServerOptions options{bind, port, threads, idle_close_seconds,
                                          static_cast<size_t>(max_body_bytes)};
     auto server =
         anima::sim::SimServer::Start(options, std::move(apis), (*metrics)->shared_registry());
     if (!server.ok()) return Fail(std::string(server.status().message()));
 
-    if (auto s = anima::common::WriteReadyFile(
-            ready_file, {{"http", (*server)->port()}, {"metrics", (*metrics)->port()}});
-        !s.ok()) {
+    std::unique_ptr<anima::sim::TlsFront> tls;
+    if (tls_port >= 0) {
+      anima::sim::TlsFrontOptions tls_options;
+      tls_options.bind = bind;
+      tls_options.port = tls_port;
+      tls_options.cert_file = tls_cert;
+      tls_options.key_file = tls_key;
+      tls_options.backend_port = (*server)->port();
+      if (!tls_cert_dir.empty()) {
+        auto certs = anima::sim::LoadSniCertDir(tls_cert_dir);
+        if (!certs.ok()) return Fail(absl::StrCat("--tls-cert-dir: ", certs.status().message()));
+        tls_options.sni_certs = *std::move(certs);
+      }
+      auto started = anima::sim::TlsFront::Start(tls_options);
+      if (!started.ok()) return Fail(absl::StrCat("--tls-port: ", started.status().message()));
+      tls = *std::move(started);
+      spdlog::info("TLS on {}:{} ({} SNI certificates)", bind, tls->port(),
+                   tls_options.sni_certs.size());
+    }
+    std::map<std::string, int> ports = {{"http", (*server)->port()},
+                                        {"metrics", (*metrics)->port()}};
+    if (tls != nullptr) ports["https"] = tls->port();
+    if (auto s = anima::common::WriteReadyFile(ready_file, ports); !s.ok()) {
       return Fail(absl::StrCat("--ready-file: ", s.message()));
     }
-    spdlog::info("anima-llm-sim listening on {}:{} (OpenAI API at /v1), metrics on {}, {} rules",
-                 bind, (*server)->port(), (*metrics)->port(), config->rules.size());
+    spdlog::info(
+        "anima-llm-sim listening on {}:{} (OpenAI at /v1, Venice at /api/v1, Gemini at /v1beta), "
+        "metrics on {}, {} rules",
+        bind, (*server)->port(), (*metrics)->port(), config->rules.size());
     int sig = anima::common::WaitForShutdownSignal();
     spdlog::info("signal {}: shutting down", sig);
+    if (tls != nullptr) tls->Stop();
     (*server)->Stop();
   } catch (const std::exception& e) {
     spdlog::critical("fatal: {}", e.what());

@@ -1,6 +1,7 @@
 #include "tools/llm_sim/openai_api.h"
 
 #include <algorithm>
+#include <cctype>
 #include <chrono>
 #include <utility>
 
@@ -24,8 +25,49 @@ std::string_view PathOf(const std::string& target) {
   return path.substr(0, path.find('?'));
 }
 
+using ojson = nlohmann::ordered_json;
+
+int64_t UnixNow() {
+  return std::chrono::duration_cast<std::chrono::seconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+// A Cloudflare ray id as Venice's CDN sends it: 16 hex digits and a colo.
+std::string CfRay(const std::string& request_id) {
+  std::string hex;
+  for (char c : request_id) {
+    if (std::isxdigit(static_cast<unsigned char>(c))) hex.push_back(c);
+  }
+  hex.resize(16, '0');
+  return hex + "-SJC";
+}
+
+// The headers every Venice response carries (§2.6).
+void AddVeniceIdentityHeaders(ResponsePlan& plan, const std::string& request_id) {
+  plan.headers.emplace_back("CF-RAY", CfRay(request_id));
+  plan.headers.emplace_back("x-venice-version", "20260822.120000");
+  plan.headers.emplace_back("x-venice-balance-usd", "42.1234");
+  plan.headers.emplace_back("x-venice-balance-diem", "0");
+  plan.headers.emplace_back("server", "cloudflare");
+}
+
+// Venice's rate-limit headers: reset-requests is a unix timestamp, reset-tokens seconds.
+void AddVeniceRateLimitHeaders(ResponsePlan& plan, bool exhausted) {
+  plan.headers.emplace_back("x-ratelimit-limit-requests", "500");
+  plan.headers.emplace_back("x-ratelimit-remaining-requests", exhausted ? "0" : "499");
+  plan.headers.emplace_back("x-ratelimit-reset-requests",
+                            absl::StrCat(UnixNow() + (exhausted ? 2 : 60)));
+  plan.headers.emplace_back("x-ratelimit-limit-tokens", "1000000");
+  plan.headers.emplace_back("x-ratelimit-remaining-tokens", exhausted ? "0" : "999000");
+  plan.headers.emplace_back("x-ratelimit-reset-tokens", exhausted ? "2" : "60");
+  plan.headers.emplace_back("x-ratelimit-type", "api_key");
+}
+
 // The headers every OpenAI response carries (§1.6).
-void AddIdentityHeaders(ResponsePlan& plan, const std::string& request_id, int processing_ms) {
+void AddIdentityHeaders(ResponsePlan& plan, const std::string& request_id, int processing_ms,
+                        Dialect dialect = Dialect::kOpenAi) {
+  if (dialect == Dialect::kVenice) return AddVeniceIdentityHeaders(plan, request_id);
   plan.headers.emplace_back("x-request-id", request_id);
   plan.headers.emplace_back("openai-organization", "anima-sim");
   plan.headers.emplace_back("openai-processing-ms", absl::StrCat(processing_ms));
@@ -33,7 +75,9 @@ void AddIdentityHeaders(ResponsePlan& plan, const std::string& request_id, int p
   plan.headers.emplace_back("access-control-expose-headers", "X-Request-ID");
 }
 
-void AddRateLimitHeaders(ResponsePlan& plan, int64_t tokens_used, bool exhausted) {
+void AddRateLimitHeaders(ResponsePlan& plan, int64_t tokens_used, bool exhausted,
+                         Dialect dialect = Dialect::kOpenAi) {
+  if (dialect == Dialect::kVenice) return AddVeniceRateLimitHeaders(plan, exhausted);
   constexpr int64_t kRequests = 10000;
   constexpr int64_t kTokens = 10000000;
   plan.headers.emplace_back("x-ratelimit-limit-requests", absl::StrCat(kRequests));
@@ -60,15 +104,130 @@ void SetJsonBody(ResponsePlan& plan, std::string body, const Modifiers& m, uint6
   }
 }
 
+// Venice's usual error body: `error` is a plain string (§2.5).
+std::string VeniceErrorBody(const ApiError& error) {
+  ojson body;
+  body["error"] = error.message;
+  if (error.status == 400 && error.message == "Invalid request parameters") {
+    ojson details;
+    details["_errors"] = ojson::array();
+    if (error.param) details[*error.param] = {{"_errors", ojson::array({"Invalid value"})}};
+    body["details"] = std::move(details);
+    body["issues"] = ojson::array();
+  }
+  return body.dump(-1, ' ', false, ojson::error_handler_t::replace);
+}
+
 ResponsePlan ErrorPlan(const ApiError& error, std::string route, std::string scenario,
-                       const std::string& request_id) {
+                       const std::string& request_id, Dialect dialect = Dialect::kOpenAi) {
   ResponsePlan plan;
   plan.status = error.status;
   plan.route = std::move(route);
   plan.scenario = std::move(scenario);
-  AddIdentityHeaders(plan, request_id, 1);
-  SetJsonBody(plan, openai::ErrorBody(error), Modifiers{}, 0);
+  AddIdentityHeaders(plan, request_id, 1, dialect);
+  SetJsonBody(plan, dialect == Dialect::kVenice ? VeniceErrorBody(error) : openai::ErrorBody(error),
+              Modifiers{}, 0);
   return plan;
+}
+
+// Venice's answers to the error outcomes (§2.5), as ApiErrors whose message becomes the string.
+ApiError VeniceOutcomeError(Outcome outcome) {
+  switch (outcome) {
+    case Outcome::kError400:
+      return {400, "Invalid request parameters", "", "max_tokens", std::nullopt};
+    case Outcome::kError401:
+      return {401, "Authentication failed", "", std::nullopt, std::nullopt};
+    case Outcome::kError403:
+      return {403, "Unauthorized access", "", std::nullopt, std::nullopt};
+    case Outcome::kError404Model:
+      return {404, "Specified model not found", "", std::nullopt, std::nullopt};
+    case Outcome::kRateLimit429:
+    case Outcome::kRateLimit429NoHeader:
+      return {429, "Rate limit exceeded", "", std::nullopt, std::nullopt};
+    case Outcome::kQuota429:
+      return {402, "Insufficient USD or Diem balance to complete request", "", std::nullopt,
+              std::nullopt};
+    case Outcome::kError503:
+      return {503, "The model is at capacity. Please try again later.", "", std::nullopt,
+              std::nullopt};
+    case Outcome::kError500:
+    default:
+      return {500, "Inference processing failed, please try again", "", std::nullopt, std::nullopt};
+  }
+}
+
+// The first null anywhere in `j` (Venice rejects them, reference §2.2), as a dotted path.
+std::optional<std::string> FindNull(const nlohmann::json& j, const std::string& path) {
+  if (j.is_null()) return path.empty() ? "body" : path;
+  if (j.is_object()) {
+    for (auto it = j.begin(); it != j.end(); ++it) {
+      if (auto found = FindNull(*it, path.empty() ? it.key() : path + "." + it.key())) {
+        return found;
+      }
+    }
+  } else if (j.is_array()) {
+    for (size_t i = 0; i < j.size(); ++i) {
+      if (auto found = FindNull(j[i], absl::StrCat(path, "[", i, "]"))) return found;
+    }
+  }
+  return std::nullopt;
+}
+
+// Venice's documented top-level request fields (the swagger's additionalProperties: false).
+bool VeniceKnownField(const std::string& key) {
+  static constexpr std::string_view kKnown[] = {"model",
+                                                "messages",
+                                                "temperature",
+                                                "top_p",
+                                                "max_tokens",
+                                                "max_completion_tokens",
+                                                "n",
+                                                "stop",
+                                                "stream",
+                                                "stream_options",
+                                                "tools",
+                                                "tool_choice",
+                                                "response_format",
+                                                "seed",
+                                                "presence_penalty",
+                                                "frequency_penalty",
+                                                "logprobs",
+                                                "top_logprobs",
+                                                "reasoning_effort",
+                                                "reasoning",
+                                                "prompt_cache_key",
+                                                "prompt_cache_retention",
+                                                "top_k",
+                                                "min_p",
+                                                "repetition_penalty",
+                                                "min_temp",
+                                                "max_temp",
+                                                "stop_token_ids",
+                                                "user",
+                                                "store",
+                                                "parallel_tool_calls",
+                                                "venice_parameters"};
+  return std::find(std::begin(kKnown), std::end(kKnown), key) != std::end(kKnown);
+}
+
+// The effective venice_parameters echoed in a response: the defaults, overridden by the request.
+ojson VeniceParametersEcho(const nlohmann::json& request) {
+  ojson echo = {{"enable_e2ee", true},
+                {"include_venice_system_prompt", true},
+                {"include_search_results_in_stream", false},
+                {"return_search_results_as_documents", false},
+                {"web_search_citations", ojson::array()},
+                {"enable_web_search", "off"},
+                {"enable_web_scraping", false},
+                {"enable_web_citations", false},
+                {"strip_thinking_response", false},
+                {"disable_thinking", false}};
+  if (auto it = request.find("venice_parameters"); it != request.end() && it->is_object()) {
+    for (auto p = it->begin(); p != it->end(); ++p) {
+      if (p.key() != "web_search_citations") echo[p.key()] = ojson::parse(p->dump());
+    }
+  }
+  return echo;
 }
 
 // "sk-abc***wxyz", as OpenAI quotes a rejected key.
@@ -157,7 +316,8 @@ std::vector<std::string> SplitArguments(const std::string& text) {
 
 }  // namespace
 
-OpenAiApi::OpenAiApi(std::shared_ptr<const SimConfig> config) : config_(std::move(config)) {}
+OpenAiApi::OpenAiApi(std::shared_ptr<const SimConfig> config, Dialect dialect)
+    : config_(std::move(config)), dialect_(dialect) {}
 
 ResponsePlan OpenAiApi::InvalidUrl(const SimRequest& request) {
   ApiError error{
@@ -169,10 +329,12 @@ ResponsePlan OpenAiApi::InvalidUrl(const SimRequest& request) {
 
 std::optional<ResponsePlan> OpenAiApi::Handle(const SimRequest& request) const {
   std::string_view path = PathOf(request.target);
-  if (path.substr(0, 4) != "/v1/") return std::nullopt;
-  if (path == "/v1/chat/completions" && request.method == "POST") return ChatCompletions(request);
-  if (path == "/v1/models" && request.method == "GET") return Models(request, {});
-  constexpr std::string_view kModelPrefix = "/v1/models/";
+  const std::string_view prefix = dialect_ == Dialect::kVenice ? "/api/v1" : "/v1";
+  if (path.substr(0, prefix.size() + 1) != std::string(prefix) + "/") return std::nullopt;
+  path.remove_prefix(prefix.size());
+  if (path == "/chat/completions" && request.method == "POST") return ChatCompletions(request);
+  if (path == "/models" && request.method == "GET") return Models(request, {});
+  constexpr std::string_view kModelPrefix = "/models/";
   if (path.substr(0, kModelPrefix.size()) == kModelPrefix && path.size() > kModelPrefix.size() &&
       request.method == "GET") {
     return Models(request, path.substr(kModelPrefix.size()));
@@ -182,6 +344,13 @@ std::optional<ResponsePlan> OpenAiApi::Handle(const SimRequest& request) const {
 
 std::optional<ApiError> OpenAiApi::CheckAuth(const SimRequest& request) const {
   std::string_view key = BearerKey(request);
+  if (dialect_ == Dialect::kVenice) {
+    if (key.empty() ? config_->require_key
+                    : (!config_->api_key.empty() && key != config_->api_key)) {
+      return ApiError{401, "Authentication failed", "", std::nullopt, std::nullopt};
+    }
+    return std::nullopt;
+  }
   if (key.empty()) {
     if (!config_->require_key) return std::nullopt;
     return ApiError{401,
@@ -199,7 +368,8 @@ std::optional<ApiError> OpenAiApi::CheckAuth(const SimRequest& request) const {
 
 ResponsePlan OpenAiApi::Models(const SimRequest& request, std::string_view model_id) const {
   std::string request_id = openai::NewRequestId();
-  if (auto error = CheckAuth(request)) return ErrorPlan(*error, "models", "ok", request_id);
+  if (auto error = CheckAuth(request))
+    return ErrorPlan(*error, "models", "ok", request_id, dialect_);
   const auto& models = config_->rules.models();
   std::string body;
   if (model_id.empty()) {
@@ -208,7 +378,7 @@ ResponsePlan OpenAiApi::Models(const SimRequest& request, std::string_view model
     if (std::find(models.begin(), models.end(), model_id) == models.end()) {
       ApiError error{404, absl::StrCat("The model '", std::string(model_id), "' does not exist"),
                      "invalid_request_error", "model", "model_not_found"};
-      return ErrorPlan(error, "models", "ok", request_id);
+      return ErrorPlan(error, "models", "ok", request_id, dialect_);
     }
     body = nlohmann::ordered_json({{"id", model_id},
                                    {"object", "model"},
@@ -219,25 +389,46 @@ ResponsePlan OpenAiApi::Models(const SimRequest& request, std::string_view model
   }
   ResponsePlan plan;
   plan.route = "models";
-  AddIdentityHeaders(plan, request_id, 1);
+  AddIdentityHeaders(plan, request_id, 1, dialect_);
   SetJsonBody(plan, std::move(body), Modifiers{}, 0);
   return plan;
 }
 
 ResponsePlan OpenAiApi::ChatCompletions(const SimRequest& request) const {
-  const std::string route = "chat_completions";
+  const bool venice = dialect_ == Dialect::kVenice;
+  const std::string route = venice ? "venice_chat_completions" : "chat_completions";
   std::string request_id = openai::NewRequestId();
-  if (auto error = CheckAuth(request)) return ErrorPlan(*error, route, "ok", request_id);
+  if (auto error = CheckAuth(request)) return ErrorPlan(*error, route, "ok", request_id, dialect_);
 
+  nlohmann::json raw;
+  if (venice) {
+    raw = nlohmann::json::parse(request.body, nullptr, /*allow_exceptions=*/false);
+    if (raw.is_object()) {
+      // Venice rejects explicit nulls, and (strict, header x-sim-strict: 1) unknown fields.
+      std::optional<std::string> bad = FindNull(raw, "");
+      if (!bad && request.Header("x-sim-strict") == "1") {
+        for (auto it = raw.begin(); it != raw.end() && !bad; ++it) {
+          if (!VeniceKnownField(it.key())) bad = it.key();
+        }
+      }
+      if (bad) {
+        return ErrorPlan({400, "Invalid request parameters", "", *bad, std::nullopt}, route, "ok",
+                         request_id, dialect_);
+      }
+    }
+  }
   openai::ParsedRequest parsed = openai::ParseChatRequest(request.body);
-  if (parsed.error) return ErrorPlan(*parsed.error, route, "ok", request_id);
+  if (parsed.error) {
+    if (venice) parsed.error->message = "Invalid request parameters";
+    return ErrorPlan(*parsed.error, route, "ok", request_id, dialect_);
+  }
   const openai::ChatRequest& chat = parsed.request;
 
   auto directives = ResolveDirectives(*config_, request, chat.last_user_text, chat.model);
   if (!directives.ok()) {
     ApiError error{400, std::string(directives.status().message()), "invalid_request_error",
                    std::nullopt, "invalid_simulator_directive"};
-    return ErrorPlan(error, route, "ok", request_id);
+    return ErrorPlan(error, route, "ok", request_id, dialect_);
   }
   const Directives& d = *directives;
   const Outcome outcome = d.scenario.outcome;
@@ -245,6 +436,14 @@ ResponsePlan OpenAiApi::ChatCompletions(const SimRequest& request) const {
   std::string scenario_label(OutcomeName(outcome));
 
   if (IsHttpError(outcome)) {
+    if (venice) {
+      ResponsePlan plan =
+          ErrorPlan(VeniceOutcomeError(outcome), route, scenario_label, request_id, dialect_);
+      // Venice says when to come back only in x-ratelimit-reset-requests (a unix timestamp).
+      if (outcome == Outcome::kRateLimit429) AddRateLimitHeaders(plan, 0, true, dialect_);
+      plan.close_silently = m.close_after;
+      return plan;
+    }
     ResponsePlan plan = ErrorPlan(OutcomeError(outcome, chat, BearerKey(request), request_id),
                                   route, scenario_label, request_id);
     if (outcome == Outcome::kRateLimit429) {
@@ -303,9 +502,27 @@ ResponsePlan OpenAiApi::ChatCompletions(const SimRequest& request) const {
                       ? d.latency_ms
                       : d.first_token_ms + d.token_interval_ms * static_cast<int>(pieces.size());
     plan.head_delay = milliseconds(latency);
-    AddIdentityHeaders(plan, request_id, std::max(1, latency));
-    AddRateLimitHeaders(plan, chat.prompt_tokens + usage.completion_tokens, false);
+    AddIdentityHeaders(plan, request_id, std::max(1, latency), dialect_);
+    AddRateLimitHeaders(plan, chat.prompt_tokens + usage.completion_tokens, false, dialect_);
     std::string body = openai::CompletionBody(identity, content, finish_reason, usage, tool_call);
+    if (venice) {
+      // Venice's extras (§2.3): cost, the effective venice_parameters, prompt_logprobs.
+      ojson j = ojson::parse(body);
+      for (auto& choice : j["choices"]) {
+        choice["stop_reason"] = nullptr;
+        choice["message"]["reasoning_content"] = nullptr;
+        choice["message"].erase("annotations");
+        choice["message"].erase("refusal");
+      }
+      j.erase("service_tier");
+      j.erase("system_fingerprint");
+      j["cost"] = {
+          {"diem", 0},
+          {"usd", static_cast<double>(usage.prompt_tokens + usage.completion_tokens) * 1e-6}};
+      j["prompt_logprobs"] = nullptr;
+      j["venice_parameters"] = VeniceParametersEcho(raw);
+      body = j.dump(2, ' ', false, ojson::error_handler_t::replace) + "\n";
+    }
     if (broken) {
       // A JSON answer cannot fail half way at the SSE level; both break the body instead.
       plan.headers.emplace_back("Content-Type", kJson);
@@ -317,7 +534,8 @@ ResponsePlan OpenAiApi::ChatCompletions(const SimRequest& request) const {
     return plan;
   }
 
-  openai::ChunkOptions options{chat.include_usage, chat.include_obfuscation};
+  // Venice streams carry no obfuscation padding.
+  openai::ChunkOptions options{chat.include_usage, chat.include_obfuscation && !venice};
   std::vector<SseEvent> events;
   events.push_back({tool_call ? openai::ToolCallStartChunk(identity, *tool_call, options)
                               : openai::RoleChunk(identity, options),
@@ -341,8 +559,8 @@ ResponsePlan OpenAiApi::ChatCompletions(const SimRequest& request) const {
 
   plan.chunked = true;
   plan.headers.emplace_back("Content-Type", kEventStream);
-  AddIdentityHeaders(plan, request_id, 1);
-  AddRateLimitHeaders(plan, chat.prompt_tokens + usage.completion_tokens, false);
+  AddIdentityHeaders(plan, request_id, 1, dialect_);
+  AddRateLimitHeaders(plan, chat.prompt_tokens + usage.completion_tokens, false, dialect_);
   plan.writes = FrameEvents(events, m, d.seed);
   if (outcome == Outcome::kMidstreamError) {
     plan.ending = Ending::kCloseAfterLast;

@@ -26,6 +26,11 @@ constexpr std::pair<Outcome, std::string_view> kOutcomes[] = {
     {Outcome::kError503, "error_503"},
     {Outcome::kMidstreamError, "midstream_error"},
     {Outcome::kTruncated, "truncated"},
+    {Outcome::kPromptBlocked, "prompt_blocked"},
+    {Outcome::kSafetyStop, "safety_stop"},
+    {Outcome::kRecitation, "recitation"},
+    {Outcome::kEmptyParts, "empty_parts"},
+    {Outcome::kNullFields, "null_fields"},
 };
 
 constexpr std::pair<bool Modifiers::*, std::string_view> kModifiers[] = {
@@ -37,6 +42,7 @@ constexpr std::pair<bool Modifiers::*, std::string_view> kModifiers[] = {
     {&Modifiers::multi, "multi"},
     {&Modifiers::fields, "fields"},
     {&Modifiers::close_after, "close_after"},
+    {&Modifiers::wrapped, "wrapped"},
 };
 
 }  // namespace

@@ -30,6 +30,12 @@ enum class Outcome {
   kError503,
   kMidstreamError,  // content, then an error event after HTTP 200, no [DONE]
   kTruncated,       // the connection closes inside a chunk, mid-JSON
+  // Gemini outcomes (the OpenAI-shaped APIs answer them like `ok`):
+  kPromptBlocked,  // promptFeedback.blockReason SAFETY, no candidates
+  kSafetyStop,     // a final candidate with finishReason SAFETY and no content
+  kRecitation,     // a final candidate with finishReason RECITATION and no content
+  kEmptyParts,     // {"content":{"role":"model"}} chunks mid-stream and at the end
+  kNullFields,     // explicit nulls for usage counts and finishReason on a middle chunk
 };
 
 struct Modifiers {
@@ -41,6 +47,7 @@ struct Modifiers {
   bool multi = false;         // several events in one write
   bool fields = false;        // "id:" on every event and a leading "retry: 3000"
   bool close_after = false;   // close the connection after the response, without saying so
+  bool wrapped = false;       // Gemini: error bodies wrapped in a one-element array [ ... ]
 };
 
 struct Scenario {

@@ -58,8 +58,12 @@ TEST(BrokerConfigTest, ErrorsNameTheField) {
   j["providers"][0]["max_retries"] = 99;
   EXPECT_NE(ErrorOf(j).find("providers[0].max_retries"), std::string::npos);
   j = Valid();
-  j["providers"][0]["type"] = "gemini";
+  j["providers"][0]["type"] = "anthropic";
   EXPECT_NE(ErrorOf(j).find("providers[0].type"), std::string::npos);
+  j = Valid();
+  j["providers"][0]["type"] = "gemini";
+  j["providers"][0]["organization"] = "org";
+  EXPECT_NE(ErrorOf(j).find("providers[0].organization"), std::string::npos);
   j = Valid();
   j["providers"][0]["base_url"] = "ftp://x";
   EXPECT_NE(ErrorOf(j).find("providers[0].base_url"), std::string::npos);
@@ -73,15 +77,61 @@ TEST(BrokerConfigTest, ErrorsNameTheField) {
   j["providers"][0].erase("api_key_env");
   EXPECT_NE(ErrorOf(j).find("providers[0].api_key_env"), std::string::npos);
   j = Valid();
-  j["default_strategy"] = "race";
+  j["default_strategy"] = "roulette";
   EXPECT_NE(ErrorOf(j).find("default_strategy"), std::string::npos);
   EXPECT_NE(ErrorOf(json::object()).find("providers"), std::string::npos);
 }
 
+TEST(BrokerConfigTest, PricesAndGuards) {
+  json j = Valid();
+  j["providers"][0]["prices"] = {
+      {"gpt-4o-mini", {{"input_per_mtok", 0.15}, {"output_per_mtok", 0.6}}}};
+  j["providers"][0]["max_concurrency"] = 8;
+  j["breaker_failure_threshold"] = 0;
+  j["default_strategy"] = "hedge";
+  j["hedge_delay_ms"] = 100;
+  auto config = ParseBrokerConfig(j);
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->providers[0].prices.at("gpt-4o-mini").output_per_mtok, 0.6);
+  EXPECT_EQ(config->providers[0].max_concurrency, 8);
+  EXPECT_EQ(config->breaker_failure_threshold, 0);
+  EXPECT_EQ(config->hedge_delay_ms, 100);
+  j["providers"][0]["prices"]["gpt-4o-mini"]["input_per_mtok"] = -1;
+  EXPECT_NE(ErrorOf(j).find("providers[0].prices.gpt-4o-mini.input_per_mtok"), std::string::npos);
+  j["providers"][0]["prices"] = {{"gpt-4o-mini", {{"per_token", 1}}}};
+  EXPECT_NE(ErrorOf(j).find("per_token"), std::string::npos);
+  j["providers"][0]["prices"] = "cheap";
+  EXPECT_NE(ErrorOf(j).find("providers[0].prices"), std::string::npos);
+}
+
+TEST(BrokerConfigTest, VeniceAndGeminiAreProviderTypes) {
+  for (const std::string type : {"venice", "gemini", "openai_compatible"}) {
+    json j = Valid();
+    j["providers"][0]["type"] = type;
+    j["providers"][0].erase("api_key_env");  // optional for every type but openai
+    auto config = ParseBrokerConfig(j);
+    ASSERT_TRUE(config.ok()) << type << ": " << config.status();
+    EXPECT_EQ(config->providers[0].type, type);
+  }
+}
+
 TEST(BrokerConfigTest, DefaultUsesTheSimulatorWithoutAKey) {
   auto sim = DefaultBrokerConfig(false);
+  ASSERT_EQ(sim.providers.size(), 3u);
+  EXPECT_EQ(sim.providers[0].name, "openai");  // first: requests without a provider go there
   EXPECT_EQ(sim.providers[0].base_url, "http://127.0.0.1:18080/v1");
+  EXPECT_EQ(sim.providers[1].name, "venice");
+  EXPECT_EQ(sim.providers[1].type, "venice");
+  EXPECT_EQ(sim.providers[1].base_url, "http://127.0.0.1:18080/api/v1");
+  EXPECT_EQ(sim.providers[2].name, "gemini");
+  EXPECT_EQ(sim.providers[2].type, "gemini");
+  EXPECT_EQ(sim.providers[2].base_url, "http://127.0.0.1:18080/v1beta");
   EXPECT_NE(sim.source.find("simulator"), std::string::npos);
+  auto keyed = DefaultBrokerConfig(false, true, true);
+  EXPECT_EQ(keyed.providers[1].base_url, "https://api.venice.ai/api/v1");
+  EXPECT_EQ(keyed.providers[1].api_key_env, "VENICE_API_KEY");
+  EXPECT_EQ(keyed.providers[2].base_url, "https://generativelanguage.googleapis.com/v1beta");
+  EXPECT_EQ(keyed.providers[2].api_key_env, "GEMINI_API_KEY");
   auto real = DefaultBrokerConfig(true);
   EXPECT_EQ(real.providers[0].base_url, "https://api.openai.com/v1");
   EXPECT_EQ(real.providers[0].api_key_env, "OPENAI_API_KEY");

@@ -9,6 +9,9 @@
 #include <string>
 #include <vector>
 
+#include <boost/asio.hpp>
+#include <thread>
+
 #include "gtest/gtest.h"
 #include "tests/unit/llm_broker/test_http_server.h"
 
@@ -350,6 +353,175 @@ TEST_F(HttpClientTlsTest, FailsWhenTheCertificateNamesAnotherHost) {
   ASSERT_TRUE(f.Wait());
   EXPECT_EQ(f.status->code(), absl::StatusCode::kUnavailable);
   EXPECT_NE(f.status->message().find("TLS"), std::string::npos) << *f.status;
+}
+
+// An in-process HTTP CONNECT proxy on 127.0.0.1:0 (blocking sockets, one thread per tunnel):
+// records each CONNECT line and, unless told to refuse, pipes bytes both ways.
+class ConnectProxy {
+ public:
+  explicit ConnectProxy(bool refuse = false)
+      : refuse_(refuse), acceptor_(ioc_, {boost::asio::ip::make_address("127.0.0.1"), 0}) {
+    port_ = acceptor_.local_endpoint().port();
+    thread_ = std::thread([this] { AcceptLoop(); });
+  }
+  ~ConnectProxy() {
+    stopping_ = true;
+    {
+      // Unblock accept() with one last connection.
+      boost::asio::ip::tcp::socket poke(ioc_);
+      boost::system::error_code ec;
+      poke.connect({boost::asio::ip::make_address("127.0.0.1"), static_cast<uint16_t>(port_)}, ec);
+    }
+    thread_.join();
+    {
+      std::lock_guard lock(mu_);
+      for (auto& s : sockets_) {
+        boost::system::error_code ec;
+        s->shutdown(boost::asio::ip::tcp::socket::shutdown_both, ec);
+        s->close(ec);
+      }
+    }
+    for (auto& t : workers_) t.join();
+  }
+  std::string url() const { return "http://127.0.0.1:" + std::to_string(port_); }
+  std::vector<std::string> connects() const {
+    std::lock_guard lock(mu_);
+    return connects_;
+  }
+
+ private:
+  using Socket = boost::asio::ip::tcp::socket;
+  void AcceptLoop() {
+    while (!stopping_) {
+      auto client = std::make_shared<Socket>(ioc_);
+      boost::system::error_code ec;
+      acceptor_.accept(*client, ec);
+      if (ec || stopping_) return;
+      std::lock_guard lock(mu_);
+      sockets_.push_back(client);
+      workers_.emplace_back([this, client] { Serve(client); });
+    }
+  }
+  void Serve(std::shared_ptr<Socket> client) {
+    boost::asio::streambuf head;
+    boost::system::error_code ec;
+    size_t n = boost::asio::read_until(*client, head, "\r\n\r\n", ec);
+    if (ec) return;
+    std::string text(boost::asio::buffers_begin(head.data()),
+                     boost::asio::buffers_begin(head.data()) + n);
+    std::string line = text.substr(0, text.find("\r\n"));
+    {
+      std::lock_guard lock(mu_);
+      connects_.push_back(line);
+    }
+    if (refuse_ || line.rfind("CONNECT ", 0) != 0) {
+      boost::asio::write(
+          *client,
+          boost::asio::buffer(std::string("HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")),
+          ec);
+      return;
+    }
+    std::string authority = line.substr(8, line.find(' ', 8) - 8);
+    std::string port = authority.substr(authority.rfind(':') + 1);
+    auto upstream = std::make_shared<Socket>(ioc_);
+    upstream->connect(
+        {boost::asio::ip::make_address("127.0.0.1"), static_cast<uint16_t>(std::stoi(port))}, ec);
+    if (ec) return;
+    {
+      std::lock_guard lock(mu_);
+      sockets_.push_back(upstream);
+    }
+    boost::asio::write(
+        *client, boost::asio::buffer(std::string("HTTP/1.1 200 Connection established\r\n\r\n")),
+        ec);
+    auto pipe = [](std::shared_ptr<Socket> from, std::shared_ptr<Socket> to) {
+      std::array<char, 4096> buf;
+      boost::system::error_code e;
+      for (;;) {
+        size_t got = from->read_some(boost::asio::buffer(buf), e);
+        if (e) break;
+        boost::asio::write(*to, boost::asio::buffer(buf.data(), got), e);
+        if (e) break;
+      }
+      to->shutdown(Socket::shutdown_send, e);
+    };
+    std::thread back(pipe, upstream, client);
+    pipe(client, upstream);
+    back.join();
+  }
+
+  bool refuse_;
+  boost::asio::io_context ioc_;
+  boost::asio::ip::tcp::acceptor acceptor_;
+  int port_ = 0;
+  std::atomic<bool> stopping_{false};
+  std::thread thread_;
+  mutable std::mutex mu_;
+  std::vector<std::shared_ptr<Socket>> sockets_;
+  std::vector<std::thread> workers_;
+  std::vector<std::string> connects_;
+};
+
+TEST_F(HttpClientTlsTest, HttpsGoesThroughTheConnectProxyWithEndToEndTls) {
+  testing::TestTls tls{File("good.pem"), File("good.key")};
+  TestHttpServer server(Hello(), &tls);
+  ConnectProxy proxy;
+  HttpClientOptions options;
+  options.ca_file = File("ca.pem");
+  options.https_proxy = proxy.url();
+  options.no_proxy = "example.com, .internal";
+  auto client = NewClient(options);
+  std::string port = std::to_string(server.port());
+  Fetch f;
+  client->Send(Get("https://localhost:" + port + "/"), f.Handler());
+  ASSERT_TRUE(f.Wait());
+  ASSERT_TRUE(f.status->ok()) << *f.status;
+  EXPECT_EQ(f.Body(), "{\"tls\":true}");
+  ASSERT_EQ(proxy.connects().size(), 1u);
+  EXPECT_EQ(proxy.connects()[0], "CONNECT localhost:" + port + " HTTP/1.1");
+  ASSERT_EQ(server.sni_names().size(), 1u);
+  EXPECT_EQ(server.sni_names()[0], "localhost");  // SNI and verification are with the origin
+}
+
+TEST_F(HttpClientTlsTest, NoProxyHostsGoDirectAndARefusedConnectIsUnavailable) {
+  testing::TestTls tls{File("good.pem"), File("good.key")};
+  TestHttpServer server(Hello(), &tls);
+  std::string url = "https://localhost:" + std::to_string(server.port()) + "/";
+  {
+    ConnectProxy proxy;
+    HttpClientOptions options;
+    options.ca_file = File("ca.pem");
+    options.https_proxy = proxy.url();
+    options.no_proxy = "LOCALHOST:443";
+    auto client = NewClient(options);
+    Fetch f;
+    client->Send(Get(url), f.Handler());
+    ASSERT_TRUE(f.Wait());
+    EXPECT_TRUE(f.status->ok()) << *f.status;
+    EXPECT_TRUE(proxy.connects().empty());
+  }
+  ConnectProxy refusing(/*refuse=*/true);
+  HttpClientOptions options;
+  options.ca_file = File("ca.pem");
+  options.https_proxy = refusing.url();
+  auto client = NewClient(options);
+  Fetch f;
+  client->Send(Get(url), f.Handler());
+  ASSERT_TRUE(f.Wait());
+  EXPECT_EQ(f.status->code(), absl::StatusCode::kUnavailable);
+  EXPECT_NE(f.status->message().find("403"), std::string::npos) << *f.status;
+}
+
+TEST(NoProxyTest, HostsSuffixesAndWildcard) {
+  EXPECT_TRUE(NoProxyMatches("api.openai.com", "openai.com"));
+  EXPECT_TRUE(NoProxyMatches("api.openai.com", " .openai.com ,x"));
+  EXPECT_TRUE(NoProxyMatches("openai.com", ".openai.com"));
+  EXPECT_FALSE(NoProxyMatches("notopenai.com", "openai.com"));
+  EXPECT_TRUE(NoProxyMatches("anything", "*"));
+  EXPECT_TRUE(NoProxyMatches("Localhost", "localhost:8080"));
+  EXPECT_FALSE(NoProxyMatches("api.venice.ai", ""));
+  EXPECT_FALSE(HttpClient::Create({.https_proxy = "https://proxy:3128"}).ok());
+  EXPECT_FALSE(HttpClient::Create({.https_proxy = "not a url"}).ok());
 }
 
 }  // namespace
