@@ -291,8 +291,7 @@ std::optional<nlohmann::json> WsClient::Read(std::chrono::milliseconds timeout) 
       return std::nullopt;
     }
     std::string type = json.value("type", "");
-    if (!json.contains("id") &&
-        std::find(ignore_.begin(), ignore_.end(), type) != ignore_.end()) {
+    if (!json.contains("id") && std::find(ignore_.begin(), ignore_.end(), type) != ignore_.end()) {
       continue;
     }
     return json;

@@ -65,8 +65,7 @@ TEST(FrameRulesTest, AModulesResultFrameEndsItsRequest) {
   EXPECT_TRUE(IsTerminalFor(with_id, json::parse(R"({"type":"word_count_result","id":"w"})")));
   EXPECT_FALSE(IsTerminalFor(with_id, json::parse(R"({"type":"word_count_result","id":"x"})")));
   const SentFrame without_id = DescribeSent(R"({"type":"word_count","text":"a b"})");
-  EXPECT_TRUE(
-      IsTerminalFor(without_id, json::parse(R"({"type":"word_count_result","id":"g-3"})")));
+  EXPECT_TRUE(IsTerminalFor(without_id, json::parse(R"({"type":"word_count_result","id":"g-3"})")));
   EXPECT_FALSE(IsTerminalFor(without_id, json::parse(R"({"type":"consciousness_state"})")));
 }
 
