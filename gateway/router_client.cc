@@ -53,6 +53,12 @@ class RouterClient::Reactor final : public grpc::ClientReadReactor<anima::v1::Ev
   std::shared_ptr<Reactor> self_;
 };
 
+struct RouterClient::UnaryCall {
+  grpc::ClientContext context;
+  anima::v1::ListModelsRequest request;
+  anima::v1::ListModelsResponse response;
+};
+
 RouterClient::RouterClient(std::shared_ptr<grpc::ChannelInterface> channel)
     : stub_(anima::v1::Router::NewStub(std::move(channel))) {}
 
@@ -66,6 +72,24 @@ std::shared_ptr<DispatchCall> RouterClient::Dispatch(anima::v1::Envelope envelop
   return call;
 }
 
+void RouterClient::ListModels(
+    std::function<void(const grpc::Status&, anima::v1::ListModelsResponse)> done) {
+  auto call = std::make_shared<UnaryCall>();
+  call->context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    unary_.emplace(call.get(), call);
+  }
+  UnaryCall* raw = call.get();
+  stub_->async()->ListModels(&raw->context, &raw->request, &raw->response,
+                             [this, raw, done = std::move(done)](grpc::Status status) {
+                               done(status, std::move(raw->response));
+                               std::lock_guard<std::mutex> lock(mu_);
+                               unary_.erase(raw);  // destroys the call
+                               if (live_.empty() && unary_.empty()) idle_.notify_all();
+                             });
+}
+
 void RouterClient::Register(const std::shared_ptr<Reactor>& call) {
   std::lock_guard<std::mutex> lock(mu_);
   live_.emplace(call.get(), call);
@@ -74,22 +98,26 @@ void RouterClient::Register(const std::shared_ptr<Reactor>& call) {
 void RouterClient::Unregister(Reactor* call) {
   std::lock_guard<std::mutex> lock(mu_);
   live_.erase(call);
-  if (live_.empty()) idle_.notify_all();
+  if (live_.empty() && unary_.empty()) idle_.notify_all();
 }
 
 void RouterClient::CancelAllAndWait() {
   std::vector<std::shared_ptr<Reactor>> calls;
+  std::vector<std::shared_ptr<UnaryCall>> unary;
   {
     std::lock_guard<std::mutex> lock(mu_);
     for (auto& [ptr, weak] : live_) {
       if (auto call = weak.lock()) calls.push_back(std::move(call));
     }
+    for (auto& [ptr, call] : unary_) unary.push_back(call);
   }
   // Outside the lock: gRPC may run OnDone, which takes it, before TryCancel returns.
   for (auto& call : calls) call->Cancel();
+  for (auto& call : unary) call->context.TryCancel();
   calls.clear();
+  unary.clear();
   std::unique_lock<std::mutex> lock(mu_);
-  idle_.wait(lock, [this] { return live_.empty(); });
+  idle_.wait(lock, [this] { return live_.empty() && unary_.empty(); });
 }
 
 }  // namespace anima::gateway

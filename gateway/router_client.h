@@ -39,11 +39,16 @@ class RouterClient {
   // envelope.timeout_ms() when it is set.
   std::shared_ptr<DispatchCall> Dispatch(anima::v1::Envelope envelope, DispatchCallbacks callbacks);
 
+  // Router.ListModels with a 5 s deadline; `done` runs once, on a gRPC thread, and must not
+  // block. Counted among the live calls: CancelAllAndWait cancels and waits for it too.
+  void ListModels(std::function<void(const grpc::Status&, anima::v1::ListModelsResponse)> done);
+
   // Cancels every live call and waits until each has run on_done.
   void CancelAllAndWait();
 
  private:
   class Reactor;
+  struct UnaryCall;
   void Register(const std::shared_ptr<Reactor>& call);
   void Unregister(Reactor* call);
 
@@ -51,6 +56,7 @@ class RouterClient {
   std::mutex mu_;
   std::condition_variable idle_;
   std::unordered_map<Reactor*, std::weak_ptr<Reactor>> live_;
+  std::unordered_map<UnaryCall*, std::shared_ptr<UnaryCall>> unary_;
 };
 
 }  // namespace anima::gateway

@@ -47,14 +47,25 @@ std::shared_ptr<grpc::Channel> MakeChannel(const std::string& target,
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
   args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 2000);
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
+  // Each channel owns its connections: sharing subchannels across channels (gRPC's global pool)
+  // tied a new channel to an address to the backoff state of an old one.
+  args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
   // A dns:/// target of a headless Service resolves to every pod: spread calls over them.
   args.SetLoadBalancingPolicyName("round_robin");
   args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 30000);
   args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
   std::vector<std::unique_ptr<grpc::experimental::ClientInterceptorFactoryInterface>> factories;
   if (metrics != nullptr) factories.push_back(MakeClientMetricsFactory(*metrics));
-  return grpc::experimental::CreateCustomChannelWithInterceptors(
+  auto channel = grpc::experimental::CreateCustomChannelWithInterceptors(
       target, grpc::InsecureChannelCredentials(), args, std::move(factories));
+  // gRPC 1.51 shares one completion queue among the channels' callback calls and shuts it down
+  // when the last channel goes; a channel created while that happens can abort the process
+  // (grpc_cq_internal_unref assertion, seen when tests destroy and create channels). The first
+  // channel is kept for the life of the process, deliberately never freed, so that queue lives
+  // as long as the process does.
+  static auto* const keep_alive = new std::shared_ptr<grpc::Channel>(channel);
+  (void)keep_alive;
+  return channel;
 }
 
 std::string RequestIdOf(const grpc::ServerContextBase& context) {

@@ -14,7 +14,8 @@ anima::v1::CompletionRequest ToCompletionRequest(
   req.set_strategy(chat.strategy());
   if (chat.has_temperature()) req.set_temperature(chat.temperature());
   if (chat.has_max_tokens()) req.set_max_tokens(chat.max_tokens());
-  *req.mutable_messages() = history;
+  // Turns the client sent itself replace what the router remembers of the conversation.
+  *req.mutable_messages() = chat.history_size() > 0 ? chat.history() : history;
   auto* user = req.add_messages();
   user->set_role("user");
   user->set_content(chat.message());

@@ -8,7 +8,8 @@
 namespace anima::router {
 
 // The broker request for a chat message: the system prompt, the earlier turns of the
-// conversation (oldest first) and the new user message.
+// conversation (oldest first: the envelope's own chat.history when it has any, else `history`)
+// and the new user message.
 anima::v1::CompletionRequest ToCompletionRequest(
     const anima::v1::Envelope& envelope,
     const google::protobuf::RepeatedPtrField<anima::v1::ChatMessage>& history);

@@ -51,4 +51,31 @@ grpc::ServerWriteReactor<anima::v1::ConsciousnessState>* RouterService::WatchSta
   return new WatchReactor(state_, interval);
 }
 
+grpc::ServerUnaryReactor* RouterService::ListModels(grpc::CallbackServerContext* context,
+                                                    const anima::v1::ListModelsRequest* request,
+                                                    anima::v1::ListModelsResponse* response) {
+  struct Call {
+    grpc::ClientContext context;
+    anima::v1::ListModelsRequest request;
+  };
+  auto call = std::make_shared<Call>();
+  call->request = *request;
+  call->context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  auto id = context->client_metadata().find("x-request-id");
+  if (id != context->client_metadata().end()) {
+    call->context.AddMetadata("x-request-id", std::string(id->second.data(), id->second.size()));
+  }
+  auto* reactor = context->DefaultReactor();
+  // `response` stays valid until Finish, so the broker's answer is written into it directly.
+  broker_->async()->ListModels(
+      &call->context, &call->request, response, [reactor, call](grpc::Status status) {
+        if (!status.ok()) {
+          status =
+              grpc::Status(status.error_code(), "llm-broker ListModels: " + status.error_message());
+        }
+        reactor->Finish(status);
+      });
+  return reactor;
+}
+
 }  // namespace anima::router

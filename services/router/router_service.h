@@ -50,6 +50,11 @@ class RouterService final : public anima::v1::Router::CallbackService {
                                      anima::v1::ConsciousnessState* response) override;
   grpc::ServerWriteReactor<anima::v1::ConsciousnessState>* WatchState(
       grpc::CallbackServerContext* context, const anima::v1::WatchStateRequest* request) override;
+  // Forwarded to LlmBroker.ListModels with a 5 s deadline; the broker's failure status is
+  // returned as is (UNAVAILABLE when it is down).
+  grpc::ServerUnaryReactor* ListModels(grpc::CallbackServerContext* context,
+                                       const anima::v1::ListModelsRequest* request,
+                                       anima::v1::ListModelsResponse* response) override;
 
  private:
   std::unique_ptr<anima::v1::LlmBroker::Stub> broker_;

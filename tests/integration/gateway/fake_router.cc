@@ -239,6 +239,23 @@ grpc::ServerWriteReactor<anima::v1::Event>* FakeRouter::Dispatch(
       return new FakeDispatch(this, AnswerFor(*request), grpc::Status::OK, false,
                               std::chrono::milliseconds(std::stoi(m.substr(5))));
     }
+    if (m.rfind("error:", 0) == 0) {
+      std::vector<anima::v1::Event> events;
+      if (request->chat().stream()) events.emplace_back().mutable_chat_delta()->set_delta("Hel");
+      auto* error = events.emplace_back().mutable_error();
+      error->set_code(m.substr(6));
+      error->set_message("fake " + m.substr(6));
+      if (m.substr(6) == "overloaded" || m.substr(6) == "rate_limited") {
+        error->set_retry_after_ms(1500);
+      }
+      if (m.substr(6) == "provider_error") {
+        auto* cause = error->add_causes();
+        cause->set_provider("fake");
+        cause->set_code("http_500");
+        cause->set_message("upstream broke");
+      }
+      return new FakeDispatch(this, std::move(events), grpc::Status::OK, false);
+    }
     if (m.rfind("fail:", 0) == 0) {
       return new FakeDispatch(this, {}, grpc::Status(CodeByName(m.substr(5)), "fake failure"),
                               false);
@@ -252,6 +269,24 @@ grpc::ServerWriteReactor<anima::v1::ConsciousnessState>* FakeRouter::WatchState(
   watches_++;
   return new FakeWatch(
       std::chrono::milliseconds(request->interval_ms() > 0 ? request->interval_ms() : 1000));
+}
+
+grpc::ServerUnaryReactor* FakeRouter::ListModels(grpc::CallbackServerContext* context,
+                                                 const anima::v1::ListModelsRequest*,
+                                                 anima::v1::ListModelsResponse* response) {
+  auto* reactor = context->DefaultReactor();
+  if (fail_list_models_) {
+    reactor->Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "broker down"));
+    return reactor;
+  }
+  for (auto [provider, model] : {std::pair{"fake", "fake-1"}, std::pair{"sim", "sim-large"}}) {
+    auto* m = response->add_models();
+    m->set_id(std::string(provider) + "/" + model);
+    m->set_provider(provider);
+    m->set_model(model);
+  }
+  reactor->Finish(grpc::Status::OK);
+  return reactor;
 }
 
 }  // namespace anima::gateway::testing

@@ -16,6 +16,8 @@ namespace anima::gateway::testing {
 //     "Hel", "lo!" when stream, then chat_response "echo: <message>".
 //   consciousness_query: one consciousness_state.
 //   self_coding_request: accepted, one progress, a succeeded result.
+//   chat "error:<code>": an error event with that code (after chat_delta "Hel" when stream);
+//     overloaded and rate_limited carry retry_after_ms 1500, provider_error one cause.
 //   chat "slow:<ms>": the usual answer, <ms> milliseconds late; "big:<n>": a chat_response whose
 //     message is <n> bytes of 'x'.
 //   weather (raw_json): one module frame {"type":"weather_result","echo":<frame>}; any other
@@ -42,6 +44,11 @@ class FakeRouter final : public anima::v1::Router::CallbackService {
                                                        const anima::v1::Envelope* request) override;
   grpc::ServerWriteReactor<anima::v1::ConsciousnessState>* WatchState(
       grpc::CallbackServerContext* context, const anima::v1::WatchStateRequest* request) override;
+  // Two models: fake/fake-1 and sim/sim-large; UNAVAILABLE after FailListModels().
+  grpc::ServerUnaryReactor* ListModels(grpc::CallbackServerContext* context,
+                                       const anima::v1::ListModelsRequest* request,
+                                       anima::v1::ListModelsResponse* response) override;
+  void FailListModels() { fail_list_models_ = true; }
 
  private:
   FakeRouter() = default;
@@ -50,6 +57,7 @@ class FakeRouter final : public anima::v1::Router::CallbackService {
   std::atomic<int> dispatched_{0};
   std::atomic<int> cancelled_{0};
   std::atomic<int> watches_{0};
+  std::atomic<bool> fail_list_models_{false};
   std::mutex mu_;
   std::string last_request_id_;
   anima::v1::Envelope last_envelope_;

@@ -132,5 +132,25 @@ TEST(ChatTranslationTest, RequestCarriesHistoryThenTheNewMessage) {
   EXPECT_EQ(req.messages(1).content(), "and now?");
 }
 
+TEST(ChatTranslationTest, ClientHistoryReplacesMemory) {
+  anima::v1::Envelope env;
+  env.mutable_chat()->set_message("third");
+  auto* h = env.mutable_chat()->add_history();
+  h->set_role("user");
+  h->set_content("first");
+  h = env.mutable_chat()->add_history();
+  h->set_role("assistant");
+  h->set_content("second");
+  google::protobuf::RepeatedPtrField<anima::v1::ChatMessage> memory;
+  memory.Add()->set_content("remembered");
+  auto req = ToCompletionRequest(env, memory);
+  ASSERT_EQ(req.messages_size(), 3);
+  EXPECT_EQ(req.messages(0).role(), "user");
+  EXPECT_EQ(req.messages(0).content(), "first");
+  EXPECT_EQ(req.messages(1).role(), "assistant");
+  EXPECT_EQ(req.messages(1).content(), "second");
+  EXPECT_EQ(req.messages(2).content(), "third");
+}
+
 }  // namespace
 }  // namespace anima::router

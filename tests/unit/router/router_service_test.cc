@@ -40,6 +40,15 @@ class FakeBroker final : public anima::v1::LlmBroker::Service {
     return grpc::Status::OK;
   }
 
+  grpc::Status ListModels(grpc::ServerContext*, const anima::v1::ListModelsRequest*,
+                          anima::v1::ListModelsResponse* res) override {
+    auto* m = res->add_models();
+    m->set_id("fake/fake-1");
+    m->set_provider("fake");
+    m->set_model("fake-1");
+    return grpc::Status::OK;
+  }
+
   anima::v1::CompletionRequest last_request;
 
  private:
@@ -219,6 +228,23 @@ TEST_F(RouterServiceTest, BrokerDownGivesUnavailableAndADownModule) {
   EXPECT_DOUBLE_EQ(state.harmony(), 0.8);  // 4 of 5 healthy
   EXPECT_EQ(state.status(), "degraded");
   EXPECT_EQ(state.load().connections(), 3);
+}
+
+TEST_F(RouterServiceTest, ListModelsIsForwardedToTheBroker) {
+  grpc::ClientContext ctx;
+  anima::v1::ListModelsResponse res;
+  ASSERT_TRUE(stub_->ListModels(&ctx, anima::v1::ListModelsRequest(), &res).ok());
+  ASSERT_EQ(res.models_size(), 1);
+  EXPECT_EQ(res.models(0).id(), "fake/fake-1");
+  EXPECT_EQ(res.models(0).provider(), "fake");
+
+  broker_server_->Shutdown(std::chrono::milliseconds(0));
+  broker_server_.reset();
+  grpc::ClientContext down;
+  anima::v1::ListModelsResponse none;
+  auto status = stub_->ListModels(&down, anima::v1::ListModelsRequest(), &none);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAVAILABLE) << status.error_message();
+  EXPECT_EQ(none.models_size(), 0);
 }
 
 TEST_F(RouterServiceTest, ClientDeadlineShorterThanTheWorkEndsTheCall) {
