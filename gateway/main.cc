@@ -3,6 +3,7 @@
 #include <chrono>
 #include <cstdio>
 #include <iostream>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -11,6 +12,7 @@
 #include "services/common/logging.h"
 #include "services/common/metrics.h"
 #include "services/common/process.h"
+#include "services/common/tls_front.h"
 #include "spdlog/spdlog.h"
 
 namespace {
@@ -26,6 +28,8 @@ int Main(int argc, char** argv) {
   int metrics_port = 9100;
   int max_message_bytes = static_cast<int>(settings.max_message_bytes);
   std::string log_format = "text", log_level = "info", ready_file;
+  int tls_port = -1;
+  std::string tls_cert, tls_key;
 
   anima::common::FlagSet flags("anima-gateway");
   flags.Add("bind", &settings.bind, "ANIMA_GATEWAY_BIND", "address to listen on");
@@ -70,10 +74,14 @@ int Main(int argc, char** argv) {
             "static bearer tokens, one a line (auth is off without this and a JWT secret)");
   flags.Add("auth-jwt-secret-file", &auth_jwt_secret_file, "ANIMA_GATEWAY_AUTH_JWT_SECRET_FILE",
             "HS256 secret for JWT bearer tokens, which must carry exp");
+  flags.Add("tls-port", &tls_port, "ANIMA_GATEWAY_TLS_PORT",
+            "also serve wss:// and https:// here (0: any free; -1: no TLS)");
+  flags.Add("tls-cert", &tls_cert, "ANIMA_GATEWAY_TLS_CERT", "PEM certificate chain for TLS");
+  flags.Add("tls-key", &tls_key, "ANIMA_GATEWAY_TLS_KEY", "PEM private key of --tls-cert");
   flags.Add("log-format", &log_format, "ANIMA_GATEWAY_LOG_FORMAT", "text or json");
   flags.Add("log-level", &log_level, "ANIMA_GATEWAY_LOG_LEVEL", "trace, debug, info, warn, error");
   flags.Add("ready-file", &ready_file, "ANIMA_GATEWAY_READY_FILE",
-            "write {\"http\":port,\"metrics\":port} here once listening");
+            "write {\"http\":port,\"https\":port,\"metrics\":port} here once listening");
   if (auto s = flags.Parse(argc, argv); !s.ok()) {
     return Fail(std::string(s.message()) + "\n" + flags.Usage());
   }
@@ -128,6 +136,10 @@ int Main(int argc, char** argv) {
     return Fail("--drain-timeout-ms: expected 0 to 3600000");
   }
   settings.drain_timeout = std::chrono::milliseconds(drain_timeout_ms);
+  if (tls_port < -1 || tls_port > 65535) return Fail("--tls-port: expected -1 to 65535");
+  if (tls_port >= 0 && (tls_cert.empty() || tls_key.empty())) {
+    return Fail("--tls-port: needs --tls-cert and --tls-key");
+  }
   auto auth = anima::gateway::Authenticator::Load(auth_tokens_file, auth_jwt_secret_file);
   if (!auth.ok()) return Fail(std::string(auth.status().message()));
   settings.auth = std::move(*auth);
@@ -147,9 +159,28 @@ int Main(int argc, char** argv) {
     spdlog::error("{}", server.status().ToString());
     return 1;
   }
-  if (auto s = anima::common::WriteReadyFile(
-          ready_file, {{"http", (*server)->port()}, {"metrics", (*metrics)->port()}});
-      !s.ok()) {
+  // TLS is terminated in front of the plain listener, in this process (services/common/
+  // tls_front.h); the plain port keeps serving, for health checks and in-cluster clients.
+  std::unique_ptr<anima::common::TlsFront> tls;
+  std::map<std::string, int> ports = {{"http", (*server)->port()}, {"metrics", (*metrics)->port()}};
+  if (tls_port >= 0) {
+    anima::common::TlsFrontOptions options;
+    options.bind = bind;
+    options.port = tls_port;
+    options.cert_file = tls_cert;
+    options.key_file = tls_key;
+    options.backend_port = (*server)->port();
+    options.handshake_timeout = std::chrono::milliseconds(handshake_timeout_ms);
+    auto started = anima::common::TlsFront::Start(options);
+    if (!started.ok()) {
+      spdlog::error("--tls-port: {}", started.status().ToString());
+      return 2;
+    }
+    tls = std::move(*started);
+    ports["https"] = tls->port();
+    spdlog::info("TLS: wss://{}:{}/ and https://{}:{}/", bind, tls->port(), bind, tls->port());
+  }
+  if (auto s = anima::common::WriteReadyFile(ready_file, ports); !s.ok()) {
     spdlog::error("{}", s.ToString());
     return 1;
   }
@@ -157,8 +188,9 @@ int Main(int argc, char** argv) {
                (*metrics)->port(), router);
   int sig = anima::common::WaitForShutdownSignal();
   spdlog::info("signal {}: shutting down", sig);
-  (*server)->Shutdown();
+  (*server)->Shutdown();  // drains; connections over TLS close through their tunnels
   server->reset();
+  if (tls) tls->Stop();
   spdlog::info("stopped");
   return 0;
 }

@@ -14,7 +14,7 @@
 #include "tools/llm_sim/gemini_api.h"
 #include "tools/llm_sim/openai_api.h"
 #include "tools/llm_sim/sim_server.h"
-#include "tools/llm_sim/tls_front.h"
+#include "services/common/tls_front.h"
 #include "tools/llm_sim/venice_api.h"
 
 namespace {
@@ -148,20 +148,20 @@ int main(int argc, char** argv) {
         anima::sim::SimServer::Start(options, std::move(apis), (*metrics)->shared_registry());
     if (!server.ok()) return Fail(std::string(server.status().message()));
 
-    std::unique_ptr<anima::sim::TlsFront> tls;
+    std::unique_ptr<anima::common::TlsFront> tls;
     if (tls_port >= 0) {
-      anima::sim::TlsFrontOptions tls_options;
+      anima::common::TlsFrontOptions tls_options;
       tls_options.bind = bind;
       tls_options.port = tls_port;
       tls_options.cert_file = tls_cert;
       tls_options.key_file = tls_key;
       tls_options.backend_port = (*server)->port();
       if (!tls_cert_dir.empty()) {
-        auto certs = anima::sim::LoadSniCertDir(tls_cert_dir);
+        auto certs = anima::common::LoadSniCertDir(tls_cert_dir);
         if (!certs.ok()) return Fail(absl::StrCat("--tls-cert-dir: ", certs.status().message()));
         tls_options.sni_certs = *std::move(certs);
       }
-      auto started = anima::sim::TlsFront::Start(tls_options);
+      auto started = anima::common::TlsFront::Start(tls_options);
       if (!started.ok()) return Fail(absl::StrCat("--tls-port: ", started.status().message()));
       tls = *std::move(started);
       spdlog::info("TLS on {}:{} ({} SNI certificates)", bind, tls->port(),

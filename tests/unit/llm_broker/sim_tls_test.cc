@@ -16,7 +16,7 @@
 #include "tools/llm_sim/gemini_api.h"
 #include "tools/llm_sim/openai_api.h"
 #include "tools/llm_sim/sim_server.h"
-#include "tools/llm_sim/tls_front.h"
+#include "services/common/tls_front.h"
 
 namespace anima::broker {
 namespace {
@@ -62,14 +62,14 @@ class SimTlsTest : public ::testing::Test {
         sim::SimServer::Start(options, std::move(apis), std::make_shared<prometheus::Registry>());
     ASSERT_TRUE(server.ok()) << server.status();
     server_ = *std::move(server);
-    sim::TlsFrontOptions tls;
+    common::TlsFrontOptions tls;
     tls.cert_file = (dir_ / "default.pem").string();
     tls.key_file = (dir_ / "default.key").string();
-    auto sni = sim::LoadSniCertDir((dir_ / "sni").string());
+    auto sni = common::LoadSniCertDir((dir_ / "sni").string());
     ASSERT_TRUE(sni.ok());
     tls.sni_certs = *sni;
     tls.backend_port = server_->port();
-    auto front = sim::TlsFront::Start(tls);
+    auto front = common::TlsFront::Start(tls);
     ASSERT_TRUE(front.ok()) << front.status();
     front_ = *std::move(front);
   }
@@ -103,7 +103,7 @@ class SimTlsTest : public ::testing::Test {
   static inline std::filesystem::path dir_;
   static inline bool ok_ = false;
   std::unique_ptr<sim::SimServer> server_;
-  std::unique_ptr<sim::TlsFront> front_;
+  std::unique_ptr<common::TlsFront> front_;
 };
 
 TEST_F(SimTlsTest, ProvidersVerifyTheSimulatorsCertificateChosenBySni) {

@@ -1,4 +1,4 @@
-#include "tools/llm_sim/tls_front.h"
+#include "services/common/tls_front.h"
 
 #include <openssl/ssl.h>
 
@@ -12,7 +12,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 
-namespace anima::sim {
+namespace anima::common {
 
 namespace net = boost::asio;
 namespace ssl = net::ssl;
@@ -35,11 +35,19 @@ absl::StatusOr<std::shared_ptr<ssl::context>> MakeContext(const std::string& cer
 class Tunnel : public std::enable_shared_from_this<Tunnel> {
  public:
   Tunnel(tcp::socket socket, ssl::context& ctx, int backend_port)
-      : tls_(std::move(socket), ctx), backend_(tls_.get_executor()), port_(backend_port) {}
+      : tls_(std::move(socket), ctx),
+        backend_(tls_.get_executor()),
+        handshake_timer_(tls_.get_executor()),
+        port_(backend_port) {}
 
-  void Start() {
+  void Start(std::chrono::milliseconds handshake_timeout) {
+    handshake_timer_.expires_after(handshake_timeout);
+    handshake_timer_.async_wait([self = shared_from_this()](boost::system::error_code ec) {
+      if (!ec) self->Close();  // a client too slow to finish the handshake
+    });
     tls_.async_handshake(
         ssl::stream_base::server, [self = shared_from_this()](boost::system::error_code ec) {
+          self->handshake_timer_.cancel();
           if (ec) return self->Close();
           self->backend_.async_connect(
               {net::ip::make_address("127.0.0.1"), static_cast<uint16_t>(self->port_)},
@@ -84,6 +92,7 @@ class Tunnel : public std::enable_shared_from_this<Tunnel> {
 
   ssl::stream<tcp::socket> tls_;
   tcp::socket backend_;
+  net::steady_timer handshake_timer_;
   int port_;
   std::array<char, 16384> up_;
   std::array<char, 16384> down_;
@@ -97,6 +106,7 @@ struct TlsFront::Impl {
   std::shared_ptr<ssl::context> default_ctx;
   std::map<std::string, std::shared_ptr<ssl::context>> sni;
   int backend_port = 0;
+  std::chrono::milliseconds handshake_timeout{10000};
   std::vector<std::thread> threads;
   bool stopped = false;
 
@@ -106,7 +116,8 @@ struct TlsFront::Impl {
           if (ec) {
             if (ec == net::error::operation_aborted) return;
           } else {
-            std::make_shared<Tunnel>(std::move(socket), *default_ctx, backend_port)->Start();
+            std::make_shared<Tunnel>(std::move(socket), *default_ctx, backend_port)
+                ->Start(handshake_timeout);
           }
           Accept();
         });
@@ -142,6 +153,7 @@ absl::StatusOr<std::map<std::string, std::pair<std::string, std::string>>> LoadS
 absl::StatusOr<std::unique_ptr<TlsFront>> TlsFront::Start(const TlsFrontOptions& options) {
   auto impl = std::make_unique<Impl>();
   impl->backend_port = options.backend_port;
+  impl->handshake_timeout = options.handshake_timeout;
   auto ctx = MakeContext(options.cert_file, options.key_file);
   if (!ctx.ok()) return ctx.status();
   impl->default_ctx = *ctx;
@@ -185,4 +197,4 @@ void TlsFront::Stop() {
   for (auto& t : impl_->threads) t.join();
 }
 
-}  // namespace anima::sim
+}  // namespace anima::common
