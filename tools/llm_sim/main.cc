@@ -10,11 +10,11 @@
 #include "services/common/logging.h"
 #include "services/common/metrics.h"
 #include "services/common/process.h"
+#include "services/common/tls_front.h"
 #include "spdlog/spdlog.h"
 #include "tools/llm_sim/gemini_api.h"
 #include "tools/llm_sim/openai_api.h"
 #include "tools/llm_sim/sim_server.h"
-#include "services/common/tls_front.h"
 #include "tools/llm_sim/venice_api.h"
 
 namespace {

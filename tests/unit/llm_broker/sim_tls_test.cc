@@ -10,13 +10,13 @@
 
 #include "gtest/gtest.h"
 #include "prometheus/registry.h"
+#include "services/common/tls_front.h"
 #include "services/llm_broker/gemini_provider.h"
 #include "services/llm_broker/http_client.h"
 #include "services/llm_broker/openai_provider.h"
 #include "tools/llm_sim/gemini_api.h"
 #include "tools/llm_sim/openai_api.h"
 #include "tools/llm_sim/sim_server.h"
-#include "services/common/tls_front.h"
 
 namespace anima::broker {
 namespace {
