@@ -8,6 +8,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "gateway/admission.h"
 #include "gateway/frame_translator.h"
 #include "gateway/gateway_metrics.h"
 #include "gateway/readiness_probe.h"
@@ -56,6 +57,7 @@ struct GatewayContext {
   GatewayMetrics* metrics = nullptr;
   RouterClient* router = nullptr;
   ReadinessProbe* readiness = nullptr;
+  Admission* admission = nullptr;
   SessionRegistry sessions;
   ConnectionRateLimiter new_connections;
   // WebSocket sessions past their upgrade (load.connections in consciousness_state).

@@ -41,7 +41,34 @@ GatewayMetrics::GatewayMetrics(prometheus::Registry& registry)
       auth_failures_(prometheus::BuildCounter()
                          .Name("anima_gateway_auth_failures_total")
                          .Help("Upgrades refused for auth, and tokens that expired in a session.")
-                         .Register(registry)) {}
+                         .Register(registry)),
+      admission_limit_(prometheus::BuildGauge()
+                           .Name("anima_gateway_admission_limit")
+                           .Help("Adaptive concurrency limit of a normal or low priority type.")
+                           .Register(registry)),
+      admission_waiting_(prometheus::BuildGauge()
+                             .Name("anima_gateway_admission_waiting_sessions")
+                             .Help("Sessions with requests of the type held in the gateway for a slot.")
+                             .Register(registry)),
+      admission_baseline_(prometheus::BuildGauge()
+                              .Name("anima_gateway_admission_baseline_seconds")
+                              .Help("The type's round trip at concurrency 1 (last probe).")
+                              .Register(registry)),
+      admission_wait_(prometheus::BuildHistogram()
+                          .Name("anima_gateway_admission_wait_seconds")
+                          .Help("How long normal and low priority requests waited for a slot.")
+                          .Register(registry)) {}
+
+void GatewayMetrics::AdmissionState(const std::string& type, int limit, size_t waiting,
+                                    double baseline_seconds) {
+  admission_limit_.Add({{"type", type}}).Set(limit);
+  admission_waiting_.Add({{"type", type}}).Set(static_cast<double>(waiting));
+  admission_baseline_.Add({{"type", type}}).Set(baseline_seconds);
+}
+
+void GatewayMetrics::AdmissionWait(const std::string& priority, double seconds) {
+  admission_wait_.Add({{"priority", priority}}, common::LatencyBuckets()).Observe(seconds);
+}
 
 void GatewayMetrics::AuthFailed(std::string_view reason) {
   auth_failures_.Add({{"reason", std::string(reason)}}).Increment();

@@ -23,6 +23,11 @@ namespace anima::gateway {
 //   anima_gateway_auth_failures_total{reason}      refused upgrades, expired tokens
 //   anima_gateway_limit_hits_total{limit}           a limit refused or closed something; limit is
 //       message_size, messages_per_second, in_flight, send_queue
+//   anima_gateway_admission_limit{type}             adaptive concurrency limit of a normal/low
+//   anima_gateway_admission_waiting_sessions{type}  sessions with requests of it held now
+//   anima_gateway_admission_baseline_seconds{type}  its round trip at concurrency 1
+//   anima_gateway_admission_wait_seconds{priority}  how long normal/low requests waited
+//       (types are routing-table types or "other", so the labels stay bounded)
 // Thread-safe.
 class GatewayMetrics {
  public:
@@ -37,6 +42,8 @@ class GatewayMetrics {
   void LimitHit(std::string_view limit);
   // reason: missing, invalid, expired (a token that expired during its connection).
   void AuthFailed(std::string_view reason);
+  void AdmissionState(const std::string& type, int limit, size_t waiting, double baseline_seconds);
+  void AdmissionWait(const std::string& priority, double seconds);
 
   // The `type` label for a client message type.
   static std::string TypeLabel(std::string_view type);
@@ -50,6 +57,10 @@ class GatewayMetrics {
   prometheus::Family<prometheus::Counter>& errors_;
   prometheus::Family<prometheus::Counter>& limit_hits_;
   prometheus::Family<prometheus::Counter>& auth_failures_;
+  prometheus::Family<prometheus::Gauge>& admission_limit_;
+  prometheus::Family<prometheus::Gauge>& admission_waiting_;
+  prometheus::Family<prometheus::Gauge>& admission_baseline_;
+  prometheus::Family<prometheus::Histogram>& admission_wait_;
 };
 
 }  // namespace anima::gateway

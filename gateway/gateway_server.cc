@@ -21,9 +21,14 @@ absl::StatusOr<std::unique_ptr<GatewayServer>> GatewayServer::Start(
   std::unique_ptr<GatewayServer> server(new GatewayServer());
   server->metrics_ = std::make_unique<GatewayMetrics>(registry);
   server->router_ = std::make_unique<RouterClient>(common::MakeChannel(settings.router, &registry));
+  Admission::Options admission;
+  admission.enabled = settings.admission;
+  admission.limit = settings.admission_limit;
+  server->admission_ = std::make_unique<Admission>(admission, server->metrics_.get());
   // Its own channel, without the metrics interceptor: probes are not traffic.
-  server->readiness_ = std::make_unique<ReadinessProbe>(
-      common::MakeChannel(settings.router, nullptr), settings.readiness_interval);
+  server->readiness_ =
+      std::make_unique<ReadinessProbe>(common::MakeChannel(settings.router, nullptr),
+                                       settings.readiness_interval, server->admission_.get());
   server->state_watcher_ = std::make_unique<StateWatcher>(
       common::MakeChannel(settings.router, nullptr), settings.state_interval);
   server->context_ = std::make_unique<GatewayContext>(std::move(settings));
@@ -31,6 +36,7 @@ absl::StatusOr<std::unique_ptr<GatewayServer>> GatewayServer::Start(
   context.metrics = server->metrics_.get();
   context.router = server->router_.get();
   context.readiness = server->readiness_.get();
+  context.admission = server->admission_.get();
 
   int threads = std::max(1, context.settings.threads);
   server->ioc_ = std::make_unique<net::io_context>(threads);
@@ -41,6 +47,8 @@ absl::StatusOr<std::unique_ptr<GatewayServer>> GatewayServer::Start(
   server->listener_->Run();
   server->broadcast_timer_ = std::make_unique<net::steady_timer>(net::make_strand(*server->ioc_));
   server->ScheduleBroadcast();
+  server->admission_timer_ = std::make_unique<net::steady_timer>(net::make_strand(*server->ioc_));
+  server->ScheduleAdmissionTick();
   for (int i = 0; i < threads; ++i) {
     server->threads_.emplace_back([ioc = server->ioc_.get()] {
       // A handler that throws is a bug; log it and keep serving the other connections.
@@ -68,6 +76,15 @@ void GatewayServer::ScheduleBroadcast() {
   });
 }
 
+void GatewayServer::ScheduleAdmissionTick() {
+  admission_timer_->expires_after(std::chrono::milliseconds(100));
+  admission_timer_->async_wait([this](boost::system::error_code ec) {
+    if (ec) return;
+    admission_->Tick();
+    ScheduleAdmissionTick();
+  });
+}
+
 void GatewayServer::BroadcastState() {
   auto state = state_watcher_->Latest();
   if (!state) return;  // no live WatchState stream: nothing current to tell
@@ -86,6 +103,7 @@ void GatewayServer::Shutdown() {
   listener_->Stop();
   net::post(broadcast_timer_->get_executor(),
             [timer = broadcast_timer_.get()] { timer->cancel(); });
+  // The admission tick keeps running through the drain: held requests still need their slots.
   auto drain_deadline = std::chrono::steady_clock::now() + context_->settings.drain_timeout;
   if (context_->in_flight.load() > 0) {
     spdlog::info("draining: waiting up to {} ms for {} requests in flight",
@@ -110,6 +128,7 @@ void GatewayServer::Shutdown() {
   router_->CancelAllAndWait();
   listener_.reset();
   broadcast_timer_.reset();
+  admission_timer_.reset();
   ioc_.reset();
   state_watcher_.reset();
 }

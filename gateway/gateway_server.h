@@ -39,17 +39,21 @@ class GatewayServer {
   // Every state_interval: the latest state, serialised once, to every session.
   void ScheduleBroadcast();
   void BroadcastState();
+  // Every 100 ms: admission limits and probes move on without traffic too.
+  void ScheduleAdmissionTick();
 
   // Declaration order is destruction order reversed: the io_context (and with it every session)
   // goes before what sessions refer to.
   std::unique_ptr<GatewayMetrics> metrics_;
   std::unique_ptr<RouterClient> router_;
+  std::unique_ptr<Admission> admission_;
   std::unique_ptr<ReadinessProbe> readiness_;
   std::unique_ptr<StateWatcher> state_watcher_;
   std::unique_ptr<GatewayContext> context_;
   std::unique_ptr<boost::asio::io_context> ioc_;
   std::shared_ptr<Listener> listener_;
   std::unique_ptr<boost::asio::steady_timer> broadcast_timer_;
+  std::unique_ptr<boost::asio::steady_timer> admission_timer_;
   std::vector<std::thread> threads_;
   bool stopped_ = false;
 };

@@ -1,5 +1,6 @@
 // anima-gateway: the WebSocket front door (PROTOCOL.md), translating client frames to
 // Router.Dispatch calls.
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <iostream>
@@ -69,6 +70,18 @@ int Main(int argc, char** argv) {
   int drain_timeout_ms = static_cast<int>(settings.drain_timeout.count());
   flags.Add("drain-timeout-ms", &drain_timeout_ms, "ANIMA_GATEWAY_DRAIN_TIMEOUT_MS",
             "on SIGTERM: how long requests in flight get to finish before connections close 1001");
+  flags.Add("admission", &settings.admission, "ANIMA_GATEWAY_ADMISSION",
+            "hold normal and low priority work to an adaptive concurrency limit per type");
+  flags.Add("admission-max-in-flight", &settings.admission_limit.max,
+            "ANIMA_GATEWAY_ADMISSION_MAX_IN_FLIGHT",
+            "the most requests of one normal or low type in flight from this gateway");
+  flags.Add("admission-tolerance", &settings.admission_limit.tolerance,
+            "ANIMA_GATEWAY_ADMISSION_TOLERANCE",
+            "a type's limit shrinks while its median round trip is over this x its baseline");
+  int probe_interval_ms = static_cast<int>(settings.admission_limit.probe_interval.count());
+  flags.Add("admission-probe-interval-ms", &probe_interval_ms,
+            "ANIMA_GATEWAY_ADMISSION_PROBE_INTERVAL_MS",
+            "how often each type's baseline round trip is measured again");
   std::string auth_tokens_file, auth_jwt_secret_file;
   flags.Add("auth-tokens-file", &auth_tokens_file, "ANIMA_GATEWAY_AUTH_TOKENS_FILE",
             "static bearer tokens, one a line (auth is off without this and a JWT secret)");
@@ -136,6 +149,18 @@ int Main(int argc, char** argv) {
     return Fail("--drain-timeout-ms: expected 0 to 3600000");
   }
   settings.drain_timeout = std::chrono::milliseconds(drain_timeout_ms);
+  if (settings.admission_limit.max < 1 || settings.admission_limit.max > 100000) {
+    return Fail("--admission-max-in-flight: expected 1 to 100000");
+  }
+  settings.admission_limit.initial =
+      std::min(settings.admission_limit.initial, settings.admission_limit.max);
+  if (!(settings.admission_limit.tolerance >= 1.1 && settings.admission_limit.tolerance <= 100)) {
+    return Fail("--admission-tolerance: expected 1.1 to 100");
+  }
+  if (probe_interval_ms < 1000 || probe_interval_ms > 3600000) {
+    return Fail("--admission-probe-interval-ms: expected 1000 to 3600000");
+  }
+  settings.admission_limit.probe_interval = std::chrono::milliseconds(probe_interval_ms);
   if (tls_port < -1 || tls_port > 65535) return Fail("--tls-port: expected -1 to 65535");
   if (tls_port >= 0 && (tls_cert.empty() || tls_key.empty())) {
     return Fail("--tls-port: needs --tls-cert and --tls-key");

@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "gateway/admission.h"
 #include "gateway/auth.h"
 
 namespace anima::gateway {
@@ -47,6 +48,10 @@ struct GatewaySettings {
   std::chrono::milliseconds drain_timeout{10000};
   // Off unless it holds tokens or a JWT secret: then every WebSocket upgrade needs a valid token.
   Authenticator auth;
+  // Normal and low priority work held to an adaptive concurrency limit per type before it goes
+  // to the router (gateway/admission.h); off: every frame is dispatched as it arrives.
+  bool admission = true;
+  AdaptiveLimitOptions admission_limit;
   // On shutdown: how long sessions get to finish their close handshake (1001).
   std::chrono::milliseconds shutdown_grace{3000};
 };

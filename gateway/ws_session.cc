@@ -4,6 +4,7 @@
 #include <cmath>
 #include <random>
 #include <variant>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -38,6 +39,7 @@ WsSession::WsSession(net::ip::tcp::socket&& socket, GatewayContext& context)
       session_id_(NewSessionId()),
       slow_timer_(ws_.get_executor()),
       auth_timer_(ws_.get_executor()),
+      held_timer_(ws_.get_executor()),
       tokens_(context.settings.messages_per_second),
       tokens_at_(std::chrono::steady_clock::now()) {}
 
@@ -249,20 +251,34 @@ void WsSession::StartRequest(ParsedFrame frame, std::chrono::steady_clock::time_
   entry.type = frame.type;
   entry.request_id = envelope.request_id();
   entry.start = start;
+  if (!context_.admission->Limited(frame.type)) {
+    Dispatch(frame.id, entry, std::move(envelope));
+    return;
+  }
+  entry.limited = true;
+  if (envelope.timeout_ms() > 0) {
+    ArmHeldTimer(start + std::chrono::milliseconds(envelope.timeout_ms()));
+  }
+  entry.held = std::move(envelope);
+  held_[frame.type].emplace_back(frame.id, seq);
+  if (!waiting_for_slot_[frame.type]) AcquireSlot(frame.type);
+}
 
+void WsSession::Dispatch(const std::string& id, InFlight& entry, anima::v1::Envelope envelope) {
   // The callbacks run on gRPC threads: they only post to this session's strand, and only while
   // the session is alive.
   std::weak_ptr<WsSession> weak = weak_from_this();
   auto executor = ws_.get_executor();
+  uint64_t seq = entry.seq;
   DispatchCallbacks callbacks;
-  callbacks.on_event = [weak, executor, seq, id = frame.id](anima::v1::Event event) {
+  callbacks.on_event = [weak, executor, seq, id](anima::v1::Event event) {
     auto self = weak.lock();
     if (!self) return;
     net::post(executor, [self = std::move(self), seq, id, event = std::move(event)]() mutable {
       self->OnCallEvent(seq, id, std::move(event));
     });
   };
-  callbacks.on_done = [weak, executor, seq, id = frame.id](const grpc::Status& status) {
+  callbacks.on_done = [weak, executor, seq, id](const grpc::Status& status) {
     auto self = weak.lock();
     if (!self) return;
     net::post(executor,
@@ -270,6 +286,98 @@ void WsSession::StartRequest(ParsedFrame frame, std::chrono::steady_clock::time_
   };
   // Events are posted, so none can run before the call is stored below.
   entry.call = context_.router->Dispatch(std::move(envelope), std::move(callbacks));
+}
+
+void WsSession::AcquireSlot(const std::string& type) {
+  Admission* admission = context_.admission;
+  // Runs on the thread that freed the slot; the slot is already taken for this session.
+  auto waiter = [weak = weak_from_this(), executor = ws_.get_executor(), admission, type] {
+    auto self = weak.lock();
+    if (!self) {
+      admission->ReleaseUnused(type);
+      return;
+    }
+    net::post(executor, [self = std::move(self), type] { self->OnSlot(type); });
+  };
+  if (admission->Acquire(type, std::move(waiter))) {
+    OnSlot(type);
+  } else {
+    waiting_for_slot_[type] = true;
+  }
+}
+
+void WsSession::OnSlot(const std::string& type) {
+  waiting_for_slot_[type] = false;
+  auto& queue = held_[type];
+  auto it = in_flight_.end();
+  while (!queue.empty() && it == in_flight_.end()) {
+    auto [id, seq] = std::move(queue.front());
+    queue.pop_front();
+    auto found = in_flight_.find(id);
+    if (found != in_flight_.end() && found->second.seq == seq && found->second.held) it = found;
+  }
+  if (it == in_flight_.end()) {  // what waited was cancelled, or the session is closing
+    context_.admission->ReleaseUnused(type);
+    return;
+  }
+  InFlight& entry = it->second;
+  auto now = std::chrono::steady_clock::now();
+  entry.admitted = true;
+  entry.dispatched = now;
+  anima::v1::Envelope envelope = std::move(*entry.held);
+  entry.held.reset();
+  context_.metrics->AdmissionWait(context_.admission->PriorityOf(type),
+                                  std::chrono::duration<double>(now - entry.start).count());
+  // The client's timeout_ms counts from its frame's arrival, the wait included.
+  bool expired = false;
+  if (envelope.timeout_ms() > 0) {
+    auto waited = std::chrono::duration_cast<std::chrono::milliseconds>(now - entry.start).count();
+    if (waited >= envelope.timeout_ms()) {
+      expired = true;
+    } else {
+      envelope.set_timeout_ms(envelope.timeout_ms() - waited);
+    }
+  }
+  if (expired) {
+    SendError(kDeadlineExceeded, "the request ran past its deadline waiting for admission",
+              it->first);
+    Finish(it, /*answered=*/false);
+  } else {
+    Dispatch(it->first, entry, std::move(envelope));
+  }
+  if (!queue.empty()) AcquireSlot(type);
+}
+
+void WsSession::ArmHeldTimer(std::chrono::steady_clock::time_point deadline) {
+  if (held_timer_armed_ && deadline >= held_timer_at_) return;
+  held_timer_armed_ = true;
+  held_timer_at_ = deadline;
+  held_timer_.expires_at(deadline);  // cancels the wait for a later deadline
+  held_timer_.async_wait([self = shared_from_this()](beast::error_code ec) {
+    if (ec == net::error::operation_aborted) return;
+    self->held_timer_armed_ = false;
+    self->ExpireHeld();
+  });
+}
+
+void WsSession::ExpireHeld() {
+  auto now = std::chrono::steady_clock::now();
+  std::vector<std::string> expired;
+  std::optional<std::chrono::steady_clock::time_point> next;
+  for (const auto& [id, entry] : in_flight_) {
+    if (!entry.held || entry.held->timeout_ms() <= 0) continue;
+    auto deadline = entry.start + std::chrono::milliseconds(entry.held->timeout_ms());
+    if (deadline <= now) {
+      expired.push_back(id);
+    } else if (!next || deadline < *next) {
+      next = deadline;
+    }
+  }
+  for (const auto& id : expired) {
+    SendError(kDeadlineExceeded, "the request ran past its deadline waiting for admission", id);
+    Finish(in_flight_.find(id), /*answered=*/false);
+  }
+  if (next) ArmHeldTimer(*next);
 }
 
 void WsSession::HandleCancel(const ParsedFrame& frame) {
@@ -281,11 +389,11 @@ void WsSession::HandleCancel(const ParsedFrame& frame) {
     return;
   }
   context_.metrics->FrameReceived(frame.type, "ok");
-  it->second.call->Cancel();
+  if (it->second.call) it->second.call->Cancel();  // a held request never reached the router
   // The target ends here; whatever its call still delivers is dropped (it is no longer in
   // flight).
   SendError(kCancelled, "cancelled by the client", frame.target_id);
-  Finish(it);
+  Finish(it, /*answered=*/false);
 }
 
 void WsSession::OnCallEvent(uint64_t seq, const std::string& id, anima::v1::Event event) {
@@ -303,7 +411,7 @@ void WsSession::OnCallEvent(uint64_t seq, const std::string& id, anima::v1::Even
         event.has_error() && !event.error().code().empty() ? event.error().code() : kInternal);
   }
   Send(frame.type, std::move(frame.text));
-  if (frame.terminal) Finish(it);
+  if (frame.terminal) Finish(it, /*answered=*/true);
 }
 
 void WsSession::OnCallDone(uint64_t seq, const std::string& id, const grpc::Status& status) {
@@ -311,7 +419,7 @@ void WsSession::OnCallDone(uint64_t seq, const std::string& id, const grpc::Stat
   if (it == in_flight_.end() || it->second.seq != seq) return;  // already answered
   // The stream ended without a terminal event.
   if (status.ok() && it->second.saw_module_frame) {
-    Finish(it);  // an external module's stream: its frames were the answer
+    Finish(it, /*answered=*/true);  // an external module's stream: its frames were the answer
     return;
   }
   switch (status.error_code()) {
@@ -336,11 +444,14 @@ void WsSession::OnCallDone(uint64_t seq, const std::string& id, const grpc::Stat
                                            ": ", status.error_message()),
                 id);
   }
-  Finish(it);
+  Finish(it, /*answered=*/false);
 }
 
-void WsSession::Finish(InFlightMap::iterator it) {
-  context_.metrics->RequestDone(it->second.type, SecondsSince(it->second.start));
+void WsSession::Finish(InFlightMap::iterator it, bool answered) {
+  const InFlight& entry = it->second;
+  context_.metrics->RequestDone(entry.type, SecondsSince(entry.start));
+  // A held request leaves a stale entry in held_, skipped when its slot comes.
+  if (entry.admitted) context_.admission->Release(entry.type, entry.dispatched, answered);
   in_flight_.erase(it);
   context_.in_flight.fetch_sub(1);
 }
@@ -348,7 +459,9 @@ void WsSession::Finish(InFlightMap::iterator it) {
 void WsSession::CancelAllCalls() {
   for (auto& [id, entry] : in_flight_) {
     if (entry.call) entry.call->Cancel();
+    if (entry.admitted) context_.admission->Release(entry.type, entry.dispatched, false);
   }
+  held_.clear();  // waiters still queued find nothing held and give their slots back
   context_.in_flight.fetch_sub(static_cast<int64_t>(in_flight_.size()));
   in_flight_.clear();
 }
@@ -441,6 +554,7 @@ void WsSession::Teardown() {
   CancelAllCalls();
   slow_timer_.cancel();
   auth_timer_.cancel();
+  held_timer_.cancel();
 }
 
 void WsSession::DoWrite() {

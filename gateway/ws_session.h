@@ -54,6 +54,12 @@ class WsSession : public std::enable_shared_from_this<WsSession> {
     std::string request_id;  // for log lines
     std::chrono::steady_clock::time_point start;
     bool saw_module_frame = false;
+    // Admission (gateway/admission.h): a normal or low priority request is `limited`; it waits
+    // in `held` until the type has a slot for it, then goes to the router at `dispatched`.
+    bool limited = false;
+    bool admitted = false;
+    std::optional<anima::v1::Envelope> held;
+    std::chrono::steady_clock::time_point dispatched;
   };
   using InFlightMap = std::unordered_map<std::string, InFlight>;
 
@@ -62,10 +68,21 @@ class WsSession : public std::enable_shared_from_this<WsSession> {
   void OnRead(boost::beast::error_code ec, size_t bytes);
   void HandleText(std::string_view text);
   void StartRequest(ParsedFrame frame, std::chrono::steady_clock::time_point start);
+  void Dispatch(const std::string& id, InFlight& entry, anima::v1::Envelope envelope);
+  // Asks admission for a slot of `type` for this session's oldest held request of that type.
+  void AcquireSlot(const std::string& type);
+  // A slot of `type` is this session's: its oldest held request of the type goes to the router.
+  void OnSlot(const std::string& type);
+  // Held requests whose timeout_ms runs out before their slot comes are answered
+  // deadline_exceeded at that moment, by one timer set to the earliest such deadline.
+  void ArmHeldTimer(std::chrono::steady_clock::time_point deadline);
+  void ExpireHeld();
   void HandleCancel(const ParsedFrame& frame);
   void OnCallEvent(uint64_t seq, const std::string& id, anima::v1::Event event);
   void OnCallDone(uint64_t seq, const std::string& id, const grpc::Status& status);
-  void Finish(InFlightMap::iterator it);
+  // The request ends (its answer, or the error that ends it, is sent). `answered`: the router
+  // answered it, so its round trip is an admission sample.
+  void Finish(InFlightMap::iterator it, bool answered);
   void CancelAllCalls();
 
   bool TakeToken();
@@ -105,6 +122,13 @@ class WsSession : public std::enable_shared_from_this<WsSession> {
   bool subscribed_ = true;  // to consciousness_state broadcasts
   InFlightMap in_flight_;
   uint64_t next_seq_ = 0;
+  // Held requests by type, oldest first, as (id, seq); entries that ended meanwhile are skipped.
+  std::unordered_map<std::string, std::deque<std::pair<std::string, uint64_t>>> held_;
+  // Types for which admission holds a waiter of this session (at most one each).
+  std::unordered_map<std::string, bool> waiting_for_slot_;
+  boost::asio::steady_timer held_timer_;
+  bool held_timer_armed_ = false;
+  std::chrono::steady_clock::time_point held_timer_at_;
 };
 
 }  // namespace anima::gateway

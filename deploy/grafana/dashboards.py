@@ -203,6 +203,15 @@ def gateway():
     b.panel("timeseries", "Request latency", quantiles(
         "anima_gateway_request_seconds", "type", f'{sel}, type!~"self_coding.*"',
         legend="{{type}}"), unit="s")
+    b.row("Admission (normal and low priority work held in the gateway)")
+    b.panel("timeseries", "Admission limit by type", [
+        (f"max by (type) (anima_gateway_admission_limit{{{sel}}})", "{{type}}")],
+        description="Adaptive concurrency limit per normal/low type: it shrinks when the type's "
+        "round trip rises over twice its baseline (CPU contention) and grows when it does not.")
+    b.panel("timeseries", "Sessions waiting for admission", [
+        (f"sum by (type) (anima_gateway_admission_waiting_sessions{{{sel}}})", "{{type}}")])
+    b.panel("timeseries", "Admission wait", quantiles(
+        "anima_gateway_admission_wait_seconds", "priority", sel, legend="{{priority}}"), unit="s")
     b.row("Router calls and resources")
     b.panel("timeseries", "Router calls by code", [
         (f"sum by (code) (rate(anima_grpc_client_handled_total{{{sel}}}[{RI}]))", "{{code}}")],

@@ -7,13 +7,11 @@
 
 namespace anima::router {
 
-namespace {
 const std::set<std::string>& BuiltInTypes() {
   static const std::set<std::string> kTypes = {"chat", "consciousness_query", "self_coding_request",
                                                "self_coding_watch", "self_coding_cancel"};
   return kTypes;
 }
-}  // namespace
 
 bool IsBuiltInType(const std::string& type) { return BuiltInTypes().count(type) > 0; }
 

@@ -2,6 +2,7 @@
 
 #include <chrono>
 #include <map>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -43,6 +44,7 @@ RouterConfig DefaultRouterConfig();
 absl::StatusOr<RouterConfig> ParseRouterConfig(const nlohmann::json& json);
 
 // The message types the router handles itself.
+const std::set<std::string>& BuiltInTypes();
 bool IsBuiltInType(const std::string& type);
 
 }  // namespace anima::router

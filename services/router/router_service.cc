@@ -1,5 +1,7 @@
 #include "services/router/router_service.h"
 
+#include <set>
+
 #include "services/router/dispatch_reactor.h"
 #include "services/router/watch_reactor.h"
 
@@ -75,6 +77,33 @@ grpc::ServerUnaryReactor* RouterService::ListModels(grpc::CallbackServerContext*
         }
         reactor->Finish(status);
       });
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* RouterService::ListRoutes(grpc::CallbackServerContext* context,
+                                                    const anima::v1::ListRoutesRequest*,
+                                                    anima::v1::ListRoutesResponse* response) {
+  std::set<std::string> types = BuiltInTypes();
+  for (const auto& [type, priority] : config_->priorities) types.insert(type);
+  for (const auto& module : config_->modules)
+    types.insert(module.types.begin(), module.types.end());
+  for (const auto& type : types) {
+    auto* route = response->add_routes();
+    route->set_type(type);
+    route->set_priority(PriorityName(config_->PriorityOf(type)));
+    if (const ModuleRoute* module = config_->ModuleFor(type)) {
+      route->set_module(module->name);
+    } else if (type == "chat") {
+      route->set_module("llm-broker");
+    } else if (type == "consciousness_query") {
+      route->set_module("router");
+    } else if (IsBuiltInType(type)) {
+      route->set_module("self-coding");
+    }  // else: a priority without a module; Dispatch answers unknown_type
+  }
+  response->set_default_priority(PriorityName(config_->default_priority));
+  auto* reactor = context->DefaultReactor();
+  reactor->Finish(grpc::Status::OK);
   return reactor;
 }
 

@@ -55,6 +55,11 @@ class RouterService final : public anima::v1::Router::CallbackService {
   grpc::ServerUnaryReactor* ListModels(grpc::CallbackServerContext* context,
                                        const anima::v1::ListModelsRequest* request,
                                        anima::v1::ListModelsResponse* response) override;
+  // The routing table: every built-in type, every type with a configured priority and every
+  // module's types, each with its priority class and the module that handles it.
+  grpc::ServerUnaryReactor* ListRoutes(grpc::CallbackServerContext* context,
+                                       const anima::v1::ListRoutesRequest* request,
+                                       anima::v1::ListRoutesResponse* response) override;
 
  private:
   std::unique_ptr<anima::v1::LlmBroker::Stub> broker_;

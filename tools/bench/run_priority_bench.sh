@@ -2,7 +2,8 @@
 # The priority benchmark of docs/BENCHMARKS.md: starts the simulator, broker, example module,
 # router (word_count at low priority) and gateway on their own ports, runs
 # `anima-bench --scenario priority`, and stops everything it started, also on Ctrl-C.
-# Extra arguments go to anima-bench (e.g. --rate 20 --duration 10 --flood-connections 8).
+# Extra arguments go to anima-bench (e.g. --rate 20 --duration 10 --flood-connections 8);
+# GATEWAY_ARGS go to the gateway (e.g. GATEWAY_ARGS=--admission=false for the comparison run).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 BIN="${BIN:-$ROOT/build/bin}"
@@ -45,7 +46,8 @@ PY
 start anima-router --broker="127.0.0.1:$(port anima-llm-broker grpc)" --config="$RUN/router.json"
 # The per-connection message rate limit would stop the flood at the gateway, before the
 # scheduler it is meant to load; the benchmark lifts it.
+# shellcheck disable=SC2086  # GATEWAY_ARGS is a list of flags
 start anima-gateway --router="127.0.0.1:$(port anima-router grpc)" \
-  --messages-per-second=1000000
+  --messages-per-second=1000000 ${GATEWAY_ARGS:-}
 "$BIN/anima-bench" --scenario priority --url "ws://127.0.0.1:$(port anima-gateway http)/" \
   --message "Hello, consciousness system!" "$@"

@@ -65,7 +65,7 @@ std::vector<anima::v1::Event> AnswerFor(const anima::v1::Envelope& e) {
     r->set_job_id("job-1");
     r->set_status("succeeded");
     r->set_attempts(1);
-  } else if (e.has_raw_json() && e.type() != "weather") {
+  } else if (e.has_raw_json() && e.type() != "weather" && e.type() != "low_work") {
     // As the real router does for a type no module handles.
     auto* err = out.emplace_back().mutable_error();
     err->set_code("unknown_type");
@@ -231,6 +231,11 @@ grpc::ServerWriteReactor<anima::v1::Event>* FakeRouter::Dispatch(
                            ? ""
                            : std::string(it->second.data(), it->second.size());
     last_envelope_ = *request;
+    dispatched_ids_.push_back(request->client_id());
+  }
+  if (request->type() == "low_work" &&
+      request->raw_json().find("\"hang\":true") != std::string::npos) {
+    return new FakeDispatch(this, {}, grpc::Status::OK, /*hang=*/true);
   }
   if (request->has_chat()) {
     const std::string& m = request->chat().message();
@@ -262,6 +267,28 @@ grpc::ServerWriteReactor<anima::v1::Event>* FakeRouter::Dispatch(
     }
   }
   return new FakeDispatch(this, AnswerFor(*request), grpc::Status::OK, false);
+}
+
+std::vector<std::string> FakeRouter::dispatched_ids() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return dispatched_ids_;
+}
+
+grpc::ServerUnaryReactor* FakeRouter::ListRoutes(grpc::CallbackServerContext* context,
+                                                 const anima::v1::ListRoutesRequest*,
+                                                 anima::v1::ListRoutesResponse* response) {
+  routes_listed_++;
+  for (auto [type, priority] : {std::pair{"chat", "high"}, std::pair{"consciousness_query", "high"},
+                                std::pair{"self_coding_request", "high"},
+                                std::pair{"weather", "normal"}, std::pair{"low_work", "low"}}) {
+    auto* route = response->add_routes();
+    route->set_type(type);
+    route->set_priority(priority);
+  }
+  response->set_default_priority("normal");
+  auto* reactor = context->DefaultReactor();
+  reactor->Finish(grpc::Status::OK);
+  return reactor;
 }
 
 grpc::ServerWriteReactor<anima::v1::ConsciousnessState>* FakeRouter::WatchState(

@@ -4,6 +4,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <vector>
 
 #include "anima/v1/router.grpc.pb.h"
 #include "grpcpp/grpcpp.h"
@@ -20,8 +21,11 @@ namespace anima::gateway::testing {
 //     overloaded and rate_limited carry retry_after_ms 1500, provider_error one cause.
 //   chat "slow:<ms>": the usual answer, <ms> milliseconds late; "big:<n>": a chat_response whose
 //     message is <n> bytes of 'x'.
-//   weather (raw_json): one module frame {"type":"weather_result","echo":<frame>}; any other
-//     raw_json type: error unknown_type.
+//   weather and low_work (raw_json): one module frame {"type":"<type>_result","echo":<frame>};
+//     low_work with "hang":true never answers until cancelled; any other raw_json type: error
+//     unknown_type.
+// ListRoutes: chat, consciousness_query and self_coding_request high, weather normal, low_work
+// low, anything else normal.
 // WatchState: a consciousness_state (load.connections 999, ts counting up) at once and then every
 // interval_ms of the request, until cancelled.
 class FakeRouter final : public anima::v1::Router::CallbackService {
@@ -37,6 +41,9 @@ class FakeRouter final : public anima::v1::Router::CallbackService {
   int dispatched() const { return dispatched_.load(); }
   int cancelled() const { return cancelled_.load(); }
   int watches() const { return watches_.load(); }
+  int routes_listed() const { return routes_listed_.load(); }
+  // The client ids of every Dispatch, in arrival order.
+  std::vector<std::string> dispatched_ids();
   std::string last_request_id();
   anima::v1::Envelope last_envelope();
 
@@ -49,6 +56,9 @@ class FakeRouter final : public anima::v1::Router::CallbackService {
                                        const anima::v1::ListModelsRequest* request,
                                        anima::v1::ListModelsResponse* response) override;
   void FailListModels() { fail_list_models_ = true; }
+  grpc::ServerUnaryReactor* ListRoutes(grpc::CallbackServerContext* context,
+                                       const anima::v1::ListRoutesRequest* request,
+                                       anima::v1::ListRoutesResponse* response) override;
 
  private:
   FakeRouter() = default;
@@ -57,10 +67,12 @@ class FakeRouter final : public anima::v1::Router::CallbackService {
   std::atomic<int> dispatched_{0};
   std::atomic<int> cancelled_{0};
   std::atomic<int> watches_{0};
+  std::atomic<int> routes_listed_{0};
   std::atomic<bool> fail_list_models_{false};
   std::mutex mu_;
   std::string last_request_id_;
   anima::v1::Envelope last_envelope_;
+  std::vector<std::string> dispatched_ids_;
   friend class FakeDispatch;
 };
 

@@ -4,6 +4,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <csignal>
 #include <fstream>
 #include <functional>
@@ -11,6 +12,7 @@
 #include <string>
 #include <thread>
 
+#include "absl/strings/str_cat.h"
 #include "gateway/auth.h"
 #include "gtest/gtest.h"
 #include "tests/integration/gateway/fake_router.h"
@@ -277,6 +279,85 @@ TEST_F(GatewayTest, CancelAndInFlightLimit) {
   // Closing the connection cancels what it still has in flight.
   ws->Close();
   EXPECT_TRUE(Eventually([&] { return router_->cancelled() == 2; }));
+}
+
+// Admission (docs/gateway.md): low and normal work over its type's limit waits in the gateway;
+// high-priority work never does. One slot for low_work makes every wait deterministic.
+TEST_F(GatewayTest, AdmissionHoldsLowWorkOverItsLimitButNeverHighWork) {
+  StartGateway({"--admission-max-in-flight=1"});
+  ASSERT_TRUE(Eventually([&] { return router_->routes_listed() > 0; }));
+  auto ws = Connect();
+  ASSERT_TRUE(ws->SendText(R"({"type":"low_work","id":"a1","hang":true})"));
+  ASSERT_TRUE(Eventually([&] { return router_->dispatched() == 1; }));
+  ASSERT_TRUE(ws->SendText(R"({"type":"low_work","id":"a2","hang":true})"));
+  // High priority goes straight through while a2 waits.
+  Json chat = Exchange(*ws, R"({"type":"chat","id":"c1","message":"hi"})");
+  EXPECT_EQ(chat["type"], "chat_response") << chat.dump();
+  EXPECT_EQ(router_->dispatched_ids(), (std::vector<std::string>{"a1", "c1"}));
+  auto m = anima::testing::ScrapeMetrics(gateway_->port("metrics"));
+  EXPECT_EQ(m["anima_gateway_admission_limit{type=\"low_work\"}"], 1);
+  EXPECT_EQ(m["anima_gateway_admission_waiting_sessions{type=\"low_work\"}"], 1);
+
+  // A held request is cancelled in the gateway: it never reaches the router.
+  Json cancelled = Exchange(*ws, R"({"type":"cancel","id":"k1","target_id":"a2"})");
+  EXPECT_EQ(cancelled["code"], "cancelled");
+  EXPECT_EQ(cancelled["id"], "a2");
+  // A held request whose timeout_ms runs out is answered then, not when a slot frees.
+  Json expired = Exchange(*ws, R"({"type":"low_work","id":"a3","timeout_ms":200})");
+  EXPECT_EQ(expired["code"], "deadline_exceeded") << expired.dump();
+  EXPECT_EQ(expired["id"], "a3");
+  EXPECT_EQ(router_->dispatched_ids(), (std::vector<std::string>{"a1", "c1"}));
+
+  // Freeing the slot lets the next low_work through.
+  EXPECT_EQ(Exchange(*ws, R"({"type":"cancel","id":"k2","target_id":"a1"})")["code"], "cancelled");
+  Json answered = Exchange(*ws, R"({"type":"low_work","id":"a4"})");
+  EXPECT_EQ(answered["type"], "low_work_result") << answered.dump();
+  EXPECT_EQ(router_->dispatched_ids(), (std::vector<std::string>{"a1", "c1", "a4"}));
+  m = anima::testing::ScrapeMetrics(gateway_->port("metrics"));
+  EXPECT_EQ(m["anima_gateway_admission_wait_seconds_count{priority=\"low\"}"], 2)
+      << "a1 and a4 were admitted; a2 and a3 never were";
+}
+
+// Sessions waiting for one type take turns: a session with many requests held does not make
+// another wait behind all of them.
+TEST_F(GatewayTest, AdmissionTakesSessionsInTurn) {
+  StartGateway({"--admission-max-in-flight=1"});
+  ASSERT_TRUE(Eventually([&] { return router_->routes_listed() > 0; }));
+  auto a = Connect();
+  auto b = Connect();
+  ASSERT_TRUE(a->SendText(R"({"type":"low_work","id":"a1","hang":true})"));
+  ASSERT_TRUE(Eventually([&] { return router_->dispatched() == 1; }));
+  for (const char* id : {"a2", "a3", "a4"}) {
+    ASSERT_TRUE(a->SendText(absl::StrCat(R"({"type":"low_work","hang":true,"id":")", id, "\"}")));
+  }
+  // b's request arrives last, after a's three are held (pings answered in order prove it).
+  EXPECT_EQ(Exchange(*a, R"({"type":"ping","id":"p"})")["type"], "pong");
+  ASSERT_TRUE(b->SendText(R"({"type":"low_work","id":"b1","hang":true})"));
+  EXPECT_EQ(Exchange(*b, R"({"type":"ping","id":"p"})")["type"], "pong");
+  // Each cancel frees the slot for the next session in turn.
+  for (const char* id : {"a1", "a2", "b1"}) {
+    WsClient& owner = id[0] == 'a' ? *a : *b;
+    ASSERT_TRUE(Eventually([&] {
+      auto ids = router_->dispatched_ids();
+      return std::find(ids.begin(), ids.end(), id) != ids.end();
+    })) << id
+        << " was never dispatched";
+    EXPECT_EQ(Exchange(owner, absl::StrCat(R"({"type":"cancel","id":"k","target_id":")", id,
+                                           "\"}"))["code"],
+              "cancelled");
+  }
+  ASSERT_TRUE(Eventually([&] { return router_->dispatched() == 4; }));
+  EXPECT_EQ(router_->dispatched_ids(), (std::vector<std::string>{"a1", "a2", "b1", "a3"}))
+      << "b1 went before a3 and a4";
+}
+
+TEST_F(GatewayTest, AdmissionOffDispatchesEverythingAtOnce) {
+  StartGateway({"--admission=false", "--admission-max-in-flight=1"});
+  ASSERT_TRUE(Eventually([&] { return router_->routes_listed() > 0; }));
+  auto ws = Connect();
+  ASSERT_TRUE(ws->SendText(R"({"type":"low_work","id":"a1","hang":true})"));
+  ASSERT_TRUE(ws->SendText(R"({"type":"low_work","id":"a2","hang":true})"));
+  EXPECT_TRUE(Eventually([&] { return router_->dispatched() == 2; }));
 }
 
 TEST_F(GatewayTest, OtherTypesGoToTheRouterAsRawJson) {

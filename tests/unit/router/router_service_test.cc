@@ -1,4 +1,5 @@
 // The router in process, through a real gRPC client, against a fake broker on a real port.
+#include <map>
 #include <thread>
 
 #include "anima/v1/llm_broker.grpc.pb.h"
@@ -245,6 +246,25 @@ TEST_F(RouterServiceTest, ListModelsIsForwardedToTheBroker) {
   auto status = stub_->ListModels(&down, anima::v1::ListModelsRequest(), &none);
   EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAVAILABLE) << status.error_message();
   EXPECT_EQ(none.models_size(), 0);
+}
+
+TEST_F(RouterServiceTest, ListRoutesGivesEveryTypeItsClassAndModule) {
+  // Read at call time: a module added to the table shows up.
+  config_.modules.push_back(ModuleRoute{"word-count", "127.0.0.1:1", {"word_count"}});
+  config_.priorities["word_count"] = Priority::kLow;
+  grpc::ClientContext ctx;
+  anima::v1::ListRoutesResponse res;
+  ASSERT_TRUE(stub_->ListRoutes(&ctx, anima::v1::ListRoutesRequest(), &res).ok());
+  std::map<std::string, std::pair<std::string, std::string>> routes;
+  for (const auto& r : res.routes()) routes[r.type()] = {r.priority(), r.module()};
+  using Route = std::pair<std::string, std::string>;
+  EXPECT_EQ(routes["chat"], Route("high", "llm-broker"));
+  EXPECT_EQ(routes["consciousness_query"], Route("high", "router"));
+  EXPECT_EQ(routes["self_coding_request"], Route("high", "self-coding"));
+  EXPECT_EQ(routes["self_coding_watch"], Route("normal", "self-coding"));
+  EXPECT_EQ(routes["word_count"], Route("low", "word-count"));
+  EXPECT_EQ(routes.size(), 6u);
+  EXPECT_EQ(res.default_priority(), "normal");
 }
 
 TEST_F(RouterServiceTest, ClientDeadlineShorterThanTheWorkEndsTheCall) {

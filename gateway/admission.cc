@@ -1,0 +1,246 @@
+#include "gateway/admission.h"
+
+#include <algorithm>
+#include <cmath>
+#include <utility>
+
+#include "gateway/gateway_metrics.h"
+
+namespace anima::gateway {
+
+namespace {
+// Round trips kept between two updates; a busy type overwrites the oldest (a median of 1024 is
+// as good as one of all).
+constexpr size_t kMaxSamples = 1024;
+// Where a type without a routing entry of its own is counted (client-chosen types must not
+// create limiters or label values).
+constexpr char kOtherType[] = "other";
+}  // namespace
+
+AdaptiveLimit::AdaptiveLimit(AdaptiveLimitOptions options, TimePoint now)
+    : options_(options),
+      limit_(std::clamp(options.initial, options.min, options.max)),
+      last_update_(now),
+      next_probe_(now + options.first_probe_after) {}
+
+int AdaptiveLimit::effective_limit() const {
+  switch (phase_) {
+    case Phase::kDraining:
+      return 0;
+    case Phase::kProbing:
+      return 1;
+    case Phase::kNormal:
+      break;
+  }
+  return limit_;
+}
+
+bool AdaptiveLimit::CanStart() const { return in_flight_ < effective_limit(); }
+
+void AdaptiveLimit::OnStart(TimePoint) {
+  ++in_flight_;
+  peak_in_flight_ = std::max(peak_in_flight_, in_flight_);
+  active_since_probe_ = true;
+}
+
+void AdaptiveLimit::OnEnd(TimePoint started, TimePoint now, bool answered) {
+  in_flight_ = std::max(0, in_flight_ - 1);
+  if (!answered) return;
+  Duration rtt = now - started;
+  if (phase_ == Phase::kProbing) {
+    // Only requests that ran one at a time measure the baseline.
+    if (started >= probe_started_) probe_samples_.push_back(rtt);
+  } else if (phase_ == Phase::kNormal) {
+    if (samples_.size() < kMaxSamples) {
+      samples_.push_back(rtt);
+    } else {
+      samples_[sample_count_ % kMaxSamples] = rtt;
+    }
+    ++sample_count_;
+  }  // while draining, round trips still carry the load the probe waits out
+}
+
+void AdaptiveLimit::Advance(TimePoint now) {
+  switch (phase_) {
+    case Phase::kNormal:
+      if (active_since_probe_ && now >= next_probe_) {
+        StartProbe(now);
+      } else if (now - last_update_ >= options_.update_interval &&
+                 samples_.size() >= static_cast<size_t>(options_.min_samples)) {
+        Update(now);
+      }
+      return;
+    case Phase::kDraining:
+      if (now >= probe_deadline_) {
+        EndProbe(now);
+      } else if (in_flight_ == 0) {
+        phase_ = Phase::kProbing;
+        probe_started_ = now;
+      }
+      return;
+    case Phase::kProbing:
+      if (probe_samples_.size() >= static_cast<size_t>(options_.probe_samples) ||
+          now >= probe_deadline_) {
+        EndProbe(now);
+      }
+      return;
+  }
+}
+
+void AdaptiveLimit::Update(TimePoint now) {
+  Duration median = Median(samples_);
+  double gradient = 2.0;  // no baseline yet: nothing says the work queues
+  if (baseline_ && median.count() > 0) {
+    gradient = std::clamp(options_.tolerance * static_cast<double>(baseline_->count()) /
+                              static_cast<double>(median.count()),
+                          0.5, 2.0);
+  }
+  // Growth needs demand: a limit that was never reached says nothing about a larger one.
+  if (gradient > 1.0 && peak_in_flight_ < limit_) gradient = 1.0;
+  limit_ = std::clamp(static_cast<int>(std::lround(limit_ * gradient)), options_.min, options_.max);
+  samples_.clear();
+  sample_count_ = 0;
+  peak_in_flight_ = in_flight_;
+  last_update_ = now;
+}
+
+void AdaptiveLimit::StartProbe(TimePoint now) {
+  phase_ = Phase::kDraining;
+  probe_deadline_ = now + options_.probe_timeout;
+  probe_samples_.clear();
+  Advance(now);  // straight to measuring when nothing is in flight
+}
+
+void AdaptiveLimit::EndProbe(TimePoint now) {
+  if (!probe_samples_.empty()) baseline_ = Median(probe_samples_);
+  phase_ = Phase::kNormal;
+  next_probe_ = now + options_.probe_interval;
+  active_since_probe_ = false;
+  samples_.clear();
+  sample_count_ = 0;
+  peak_in_flight_ = in_flight_;
+  last_update_ = now;
+}
+
+AdaptiveLimit::Duration AdaptiveLimit::Median(std::vector<Duration>& samples) {
+  auto middle = samples.begin() + static_cast<std::ptrdiff_t>(samples.size() / 2);
+  std::nth_element(samples.begin(), middle, samples.end());
+  return *middle;
+}
+
+Admission::Admission(Options options, GatewayMetrics* metrics)
+    : options_(std::move(options)), metrics_(metrics) {}
+
+void Admission::SetRoutes(std::map<std::string, std::string> priorities,
+                          std::string default_priority) {
+  std::lock_guard<std::mutex> lock(mu_);
+  priorities_ = std::move(priorities);
+  default_priority_ = std::move(default_priority);
+  routes_known_ = true;
+}
+
+bool Admission::routes_known() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return routes_known_;
+}
+
+std::string Admission::PriorityLocked(const std::string& type) const {
+  auto it = priorities_.find(type);
+  return it == priorities_.end() ? default_priority_ : it->second;
+}
+
+std::string Admission::PriorityOf(const std::string& type) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return PriorityLocked(type);
+}
+
+bool Admission::Limited(const std::string& type) const {
+  if (!options_.enabled) return false;
+  std::lock_guard<std::mutex> lock(mu_);
+  return PriorityLocked(type) != "high";
+}
+
+Admission::TypeState& Admission::StateLocked(const std::string& type) {
+  const std::string& key = priorities_.count(type) > 0 ? type : kOtherType;
+  auto& state = types_[key];
+  if (!state) state = std::make_unique<TypeState>(options_.limit, options_.clock());
+  return *state;
+}
+
+bool Admission::Acquire(const std::string& type, Waiter waiter) {
+  std::lock_guard<std::mutex> lock(mu_);
+  TypeState& state = StateLocked(type);
+  auto now = options_.clock();
+  state.limit.Advance(now);
+  bool start = state.waiting.empty() && state.limit.CanStart();
+  if (start) {
+    state.limit.OnStart(now);
+  } else {
+    state.waiting.push_back(std::move(waiter));
+  }
+  PublishLocked(type, state);
+  return start;
+}
+
+void Admission::Release(const std::string& type, AdmissionClock::time_point started,
+                        bool answered) {
+  std::vector<Waiter> grants;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    TypeState& state = StateLocked(type);
+    auto now = options_.clock();
+    state.limit.OnEnd(started, now, answered);
+    state.limit.Advance(now);
+    GrantLocked(type, state, &grants);
+  }
+  for (auto& grant : grants) grant();
+}
+
+void Admission::ReleaseUnused(const std::string& type) { Release(type, options_.clock(), false); }
+
+void Admission::Tick() {
+  std::vector<Waiter> grants;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto now = options_.clock();
+    for (auto& [type, state] : types_) {
+      state->limit.Advance(now);
+      GrantLocked(type, *state, &grants);
+    }
+  }
+  for (auto& grant : grants) grant();
+}
+
+void Admission::GrantLocked(const std::string& type, TypeState& state,
+                            std::vector<Waiter>* grants) {
+  auto now = options_.clock();
+  while (!state.waiting.empty() && state.limit.CanStart()) {
+    state.limit.OnStart(now);
+    grants->push_back(std::move(state.waiting.front()));
+    state.waiting.pop_front();
+  }
+  PublishLocked(type, state);
+}
+
+void Admission::PublishLocked(const std::string& type, const TypeState& state) {
+  if (!metrics_) return;
+  const std::string& key = priorities_.count(type) > 0 ? type : kOtherType;
+  const auto& baseline = state.limit.baseline();
+  metrics_->AdmissionState(key, state.limit.limit(), state.waiting.size(),
+                           baseline ? std::chrono::duration<double>(*baseline).count() : 0.0);
+}
+
+std::map<std::string, Admission::TypeSnapshot> Admission::Snapshot() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::map<std::string, TypeSnapshot> out;
+  for (const auto& [type, state] : types_) {
+    TypeSnapshot& s = out[type];
+    s.limit = state->limit.effective_limit();
+    s.in_flight = state->limit.in_flight();
+    s.waiting = state->waiting.size();
+    s.baseline = state->limit.baseline();
+  }
+  return out;
+}
+
+}  // namespace anima::gateway

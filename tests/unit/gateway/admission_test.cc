@@ -1,0 +1,268 @@
+// AdaptiveLimit and Admission with a fake clock: no test here sleeps or reads a real clock.
+#include "gateway/admission.h"
+
+#include <vector>
+
+#include "gtest/gtest.h"
+
+namespace anima::gateway {
+namespace {
+
+using namespace std::chrono_literals;
+using TimePoint = AdaptiveLimit::TimePoint;
+
+AdaptiveLimitOptions TestOptions() {
+  AdaptiveLimitOptions o;
+  o.initial = 4;
+  o.min = 1;
+  o.max = 64;
+  o.tolerance = 2.0;
+  o.update_interval = 100ms;
+  o.min_samples = 8;
+  o.probe_interval = 30s;
+  o.probe_samples = 10;
+  o.probe_timeout = 1s;
+  o.first_probe_after = 1s;
+  return o;
+}
+
+// Drives a limit with a closed-loop workload that always wants more than the limit: each step
+// starts as many requests as the limit allows and ends them all after rtt(concurrency).
+class Workload {
+ public:
+  explicit Workload(AdaptiveLimit* limit) : limit_(limit) {}
+
+  // Runs for `duration` of fake time; returns the concurrency of the last step.
+  int Run(std::chrono::milliseconds duration,
+          const std::function<std::chrono::microseconds(int)>& rtt) {
+    TimePoint end = now + duration;
+    int running = 0;
+    while (now < end) {
+      limit_->Advance(now);
+      running = 0;
+      while (limit_->CanStart()) {
+        limit_->OnStart(now);
+        ++running;
+      }
+      if (running == 0) {  // a probe waits; time moves on
+        now += 10ms;
+        continue;
+      }
+      TimePoint started = now;
+      now += rtt(running);
+      for (int i = 0; i < running; ++i) limit_->OnEnd(started, now, true);
+    }
+    return running;
+  }
+
+  TimePoint now{};
+
+ private:
+  AdaptiveLimit* limit_;
+};
+
+TEST(AdaptiveLimitTest, StartsAtTheInitialLimit) {
+  AdaptiveLimit limit(TestOptions(), TimePoint{});
+  for (int i = 0; i < 4; ++i) {
+    ASSERT_TRUE(limit.CanStart());
+    limit.OnStart(TimePoint{});
+  }
+  EXPECT_FALSE(limit.CanStart());
+  limit.OnEnd(TimePoint{}, TimePoint{} + 1ms, true);
+  EXPECT_TRUE(limit.CanStart());
+  EXPECT_EQ(limit.in_flight(), 3);
+  EXPECT_FALSE(limit.baseline().has_value());
+}
+
+TEST(AdaptiveLimitTest, ProbeWaitsForInFlightWorkThenMeasuresOneAtATime) {
+  AdaptiveLimit limit(TestOptions(), TimePoint{});
+  TimePoint t{};
+  limit.OnStart(t);
+  limit.OnStart(t);
+  t += 1s;  // first_probe_after
+  limit.Advance(t);
+  EXPECT_EQ(limit.effective_limit(), 0) << "draining: nothing starts while two are in flight";
+  EXPECT_FALSE(limit.CanStart());
+  // Their round trips carry the load the probe waits out: not samples.
+  limit.OnEnd(TimePoint{}, t, true);
+  limit.OnEnd(TimePoint{}, t, true);
+  limit.Advance(t);
+  EXPECT_EQ(limit.effective_limit(), 1);
+  for (int i = 0; i < 10; ++i) {
+    ASSERT_TRUE(limit.CanStart());
+    limit.OnStart(t);
+    EXPECT_FALSE(limit.CanStart()) << "one at a time";
+    TimePoint started = t;
+    t += std::chrono::microseconds(400 + 10 * i);  // 400..490 us: median 450
+    limit.OnEnd(started, t, true);
+    limit.Advance(t);
+  }
+  ASSERT_TRUE(limit.baseline().has_value());
+  EXPECT_EQ(*limit.baseline(), 450us);
+  EXPECT_EQ(limit.effective_limit(), 4) << "back to the adaptive limit";
+}
+
+TEST(AdaptiveLimitTest, CpuBoundWorkSettlesWhereItsRoundTripIsToleranceTimesBaseline) {
+  AdaptiveLimit limit(TestOptions(), TimePoint{});
+  Workload load(&limit);
+  // Every request in flight adds 100 us: at 1 the round trip is 400 us, at 4 it is 700 us, at 8
+  // it is 1100 us. tolerance 2 x 400 us = 800 us is reached near 5.
+  auto rtt = [](int n) { return std::chrono::microseconds(300 + 100 * n); };
+  load.Run(20s, rtt);
+  ASSERT_TRUE(limit.baseline().has_value());
+  EXPECT_EQ(*limit.baseline(), 400us);
+  EXPECT_GE(limit.limit(), 3);
+  EXPECT_LE(limit.limit(), 7);
+}
+
+TEST(AdaptiveLimitTest, IoBoundWorkGrowsToTheMaximum) {
+  AdaptiveLimit limit(TestOptions(), TimePoint{});
+  Workload load(&limit);
+  // A provider call: 50 ms whatever the concurrency.
+  load.Run(20s, [](int) { return std::chrono::microseconds(50000); });
+  EXPECT_EQ(limit.limit(), 64);
+  ASSERT_TRUE(limit.baseline().has_value());
+  EXPECT_EQ(*limit.baseline(), 50ms);
+}
+
+TEST(AdaptiveLimitTest, ShrinksWhenTheWorkTurnsCpuBound) {
+  AdaptiveLimit limit(TestOptions(), TimePoint{});
+  Workload load(&limit);
+  load.Run(10s, [](int) { return std::chrono::microseconds(1000); });
+  ASSERT_EQ(limit.limit(), 64);
+  // The same type now queues: each request in flight adds 1 ms.
+  load.Run(5s, [](int n) { return std::chrono::microseconds(1000 * n); });
+  EXPECT_LE(limit.limit(), 3);
+}
+
+TEST(AdaptiveLimitTest, DoesNotGrowWithoutDemand) {
+  AdaptiveLimit limit(TestOptions(), TimePoint{});
+  TimePoint t{};
+  // Two at a time, far under the limit of 4, with a flat round trip.
+  for (int step = 0; step < 2000; ++step) {
+    limit.Advance(t);
+    if (!limit.CanStart()) {
+      t += 10ms;
+      continue;
+    }
+    limit.OnStart(t);
+    limit.OnStart(t);
+    TimePoint started = t;
+    t += 5ms;
+    limit.OnEnd(started, t, true);
+    limit.OnEnd(started, t, true);
+  }
+  EXPECT_EQ(limit.limit(), 4);
+}
+
+TEST(AdaptiveLimitTest, SlowWorkEndsTheProbeAtItsTimeoutAndKeepsTheBaseline) {
+  AdaptiveLimit limit(TestOptions(), TimePoint{});
+  TimePoint t{};
+  limit.OnStart(t);
+  t += 1s;
+  limit.Advance(t);
+  ASSERT_EQ(limit.effective_limit(), 0);
+  t += 1s;  // the one in flight takes longer than probe_timeout
+  limit.Advance(t);
+  EXPECT_EQ(limit.effective_limit(), 4) << "the probe gave up";
+  EXPECT_FALSE(limit.baseline().has_value());
+}
+
+TEST(AdaptiveLimitTest, CancelledRequestsAreNotSamples) {
+  AdaptiveLimit limit(TestOptions(), TimePoint{});
+  TimePoint t = TimePoint{} + 1s;
+  limit.OnStart(t);  // first_probe_after has passed: the next Advance probes
+  limit.Advance(t);
+  limit.OnEnd(t, t, true);  // draining sample: ignored
+  limit.Advance(t);
+  ASSERT_EQ(limit.effective_limit(), 1);
+  for (int i = 0; i < 10; ++i) {
+    limit.OnStart(t);
+    limit.OnEnd(t, t + 1us, /*answered=*/false);
+  }
+  t += 2s;
+  limit.Advance(t);
+  EXPECT_FALSE(limit.baseline().has_value()) << "a cancel's round trip says nothing";
+}
+
+Admission::Options AdmissionOptions(TimePoint* now) {
+  Admission::Options o;
+  o.limit = TestOptions();
+  o.limit.initial = 1;
+  o.clock = [now] { return *now; };
+  return o;
+}
+
+TEST(AdmissionTest, NothingIsLimitedUntilTheRoutesAreKnown) {
+  TimePoint now{};
+  Admission admission(AdmissionOptions(&now), nullptr);
+  EXPECT_FALSE(admission.routes_known());
+  EXPECT_FALSE(admission.Limited("word_count"));
+  admission.SetRoutes({{"chat", "high"}, {"word_count", "low"}}, "normal");
+  EXPECT_TRUE(admission.routes_known());
+  EXPECT_FALSE(admission.Limited("chat"));
+  EXPECT_TRUE(admission.Limited("word_count"));
+  EXPECT_TRUE(admission.Limited("anything_else")) << "the default class is normal";
+  EXPECT_EQ(admission.PriorityOf("word_count"), "low");
+  EXPECT_EQ(admission.PriorityOf("anything_else"), "normal");
+}
+
+TEST(AdmissionTest, DisabledLimitsNothing) {
+  TimePoint now{};
+  auto options = AdmissionOptions(&now);
+  options.enabled = false;
+  Admission admission(options, nullptr);
+  admission.SetRoutes({{"word_count", "low"}}, "low");
+  EXPECT_FALSE(admission.Limited("word_count"));
+}
+
+TEST(AdmissionTest, WaitersGetFreedSlotsInOrder) {
+  TimePoint now{};
+  Admission admission(AdmissionOptions(&now), nullptr);
+  admission.SetRoutes({{"word_count", "low"}}, "normal");
+  std::vector<std::string> granted;
+  EXPECT_TRUE(admission.Acquire("word_count", [] { FAIL() << "had a slot at once"; }));
+  EXPECT_FALSE(admission.Acquire("word_count", [&] { granted.push_back("a"); }));
+  EXPECT_FALSE(admission.Acquire("word_count", [&] { granted.push_back("b"); }));
+  EXPECT_EQ(admission.Snapshot()["word_count"].waiting, 2u);
+  admission.Release("word_count", now, true);
+  EXPECT_EQ(granted, std::vector<std::string>{"a"});
+  admission.ReleaseUnused("word_count");  // a did not need it after all
+  EXPECT_EQ(granted, (std::vector<std::string>{"a", "b"}));
+  EXPECT_EQ(admission.Snapshot()["word_count"].in_flight, 1);
+  EXPECT_EQ(admission.Snapshot()["word_count"].waiting, 0u);
+}
+
+TEST(AdmissionTest, TypesHaveTheirOwnLimitsAndUnlistedTypesShareOne) {
+  TimePoint now{};
+  Admission admission(AdmissionOptions(&now), nullptr);
+  admission.SetRoutes({{"a", "low"}, {"b", "normal"}}, "normal");
+  EXPECT_TRUE(admission.Acquire("a", [] {}));
+  EXPECT_TRUE(admission.Acquire("b", [] {}));
+  EXPECT_TRUE(admission.Acquire("x1", [] {}));
+  EXPECT_FALSE(admission.Acquire("x2", [] {})) << "x1 and x2 share the limit of `other`";
+  auto snapshot = admission.Snapshot();
+  EXPECT_EQ(snapshot.size(), 3u);
+  EXPECT_EQ(snapshot.count("other"), 1u);
+  EXPECT_EQ(snapshot.count("x1"), 0u) << "client-chosen names make no limiter";
+}
+
+TEST(AdmissionTest, TickEndsAProbeAndGrantsWithoutTraffic) {
+  TimePoint now{};
+  auto options = AdmissionOptions(&now);
+  options.limit.initial = 2;
+  Admission admission(options, nullptr);
+  admission.SetRoutes({{"w", "low"}}, "normal");
+  EXPECT_TRUE(admission.Acquire("w", [] {}));
+  now += 1s;  // the first probe is due: draining while one is in flight
+  bool granted = false;
+  EXPECT_FALSE(admission.Acquire("w", [&] { granted = true; }));
+  admission.Tick();
+  EXPECT_FALSE(granted);
+  now += 1s;  // probe_timeout: the probe ends, the limit of 2 is back
+  admission.Tick();
+  EXPECT_TRUE(granted);
+}
+
+}  // namespace
+}  // namespace anima::gateway
