@@ -65,9 +65,16 @@ void AdaptiveLimit::Advance(TimePoint now) {
     case Phase::kNormal:
       if (active_since_probe_ && now >= next_probe_) {
         StartProbe(now);
-      } else if (now - last_update_ >= options_.update_interval &&
-                 samples_.size() >= static_cast<size_t>(options_.min_samples)) {
-        Update(now);
+      } else if (now - last_update_ >= options_.update_interval) {
+        if (samples_.size() >= static_cast<size_t>(options_.min_samples)) {
+          Update(now);
+        } else if (now - last_update_ >= 10 * options_.update_interval &&
+                   peak_in_flight_ >= limit_) {
+          // Fewer than min_samples answers in ten intervals at the limit: long-lived work (a
+          // self_coding_watch stream, a provider call), not the cheap flood admission is for.
+          // It may grow; waiting for samples could hold the next stream for minutes.
+          Update(now);
+        }
       }
       return;
     case Phase::kDraining:
@@ -88,9 +95,11 @@ void AdaptiveLimit::Advance(TimePoint now) {
 }
 
 void AdaptiveLimit::Update(TimePoint now) {
-  Duration median = Median(samples_);
-  double gradient = 2.0;  // no baseline yet: nothing says the work queues
-  if (baseline_ && median.count() > 0) {
+  // No baseline yet, or too few answers to judge: nothing says the work queues for CPU.
+  double gradient = 2.0;
+  Duration median = samples_.empty() ? Duration::zero() : Median(samples_);
+  if (baseline_ && samples_.size() >= static_cast<size_t>(options_.min_samples) &&
+      median.count() > 0) {
     gradient = std::clamp(options_.tolerance * static_cast<double>(baseline_->count()) /
                               static_cast<double>(median.count()),
                           0.5, 2.0);

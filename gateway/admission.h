@@ -27,7 +27,9 @@ struct AdaptiveLimitOptions {
   // The limit shrinks while the median round trip is over tolerance x the baseline, and grows
   // while it is under (and the limit was reached: demand is there).
   double tolerance = 2.0;
-  // How often the limit moves, given at least min_samples round trips since the last move.
+  // How often the limit moves, given at least min_samples round trips since the last move. A
+  // type with fewer answers than that in ten intervals while at its limit (long-lived streams)
+  // grows as if it had no baseline.
   std::chrono::milliseconds update_interval{100};
   int min_samples = 8;
   // The baseline is re-measured this often: starts pause until nothing is in flight, then up to

@@ -155,6 +155,23 @@ TEST(AdaptiveLimitTest, DoesNotGrowWithoutDemand) {
   EXPECT_EQ(limit.limit(), 4);
 }
 
+TEST(AdaptiveLimitTest, LongLivedStreamsAtTheLimitGrowWithoutAnswers) {
+  auto options = TestOptions();
+  options.first_probe_after = 1h;  // keep the probe out of the way
+  AdaptiveLimit limit(options, TimePoint{});
+  TimePoint t{};
+  // Four watch streams that stay open: no answers at all.
+  for (int i = 0; i < 4; ++i) limit.OnStart(t);
+  ASSERT_FALSE(limit.CanStart());
+  t += 900ms;
+  limit.Advance(t);
+  EXPECT_FALSE(limit.CanStart()) << "one second without answers is needed first";
+  t += 200ms;
+  limit.Advance(t);
+  EXPECT_EQ(limit.limit(), 8);
+  EXPECT_TRUE(limit.CanStart()) << "a fifth stream need not wait for one of four to end";
+}
+
 TEST(AdaptiveLimitTest, SlowWorkEndsTheProbeAtItsTimeoutAndKeepsTheBaseline) {
   AdaptiveLimit limit(TestOptions(), TimePoint{});
   TimePoint t{};
