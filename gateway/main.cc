@@ -10,9 +10,9 @@
 
 #include "gateway/gateway_server.h"
 #include "services/common/flags.h"
-#include "services/common/logging.h"
 #include "services/common/metrics.h"
 #include "services/common/process.h"
+#include "services/common/service_flags.h"
 #include "services/common/tls_front.h"
 #include "spdlog/spdlog.h"
 
@@ -26,17 +26,15 @@ int Fail(const std::string& message) {
 int Main(int argc, char** argv) {
   anima::common::BlockShutdownSignals();
   anima::gateway::GatewaySettings settings;
-  int metrics_port = 9100;
+  anima::common::ServiceFlags service{
+      .bind = settings.bind, .port = settings.port, .metrics_port = 9100};
   int max_message_bytes = static_cast<int>(settings.max_message_bytes);
-  std::string log_format = "text", log_level = "info", ready_file;
   int tls_port = -1;
   std::string tls_cert, tls_key;
 
   anima::common::FlagSet flags("anima-gateway");
-  flags.Add("bind", &settings.bind, "ANIMA_GATEWAY_BIND", "address to listen on");
-  flags.Add("port", &settings.port, "ANIMA_GATEWAY_PORT", "WebSocket/HTTP port (0: any free)");
-  flags.Add("metrics-port", &metrics_port, "ANIMA_GATEWAY_METRICS_PORT",
-            "Prometheus /metrics port (0: any free)");
+  anima::common::AddServiceFlags(flags, "ANIMA_GATEWAY", "WebSocket/HTTP port (0 picks a free one)",
+                                 &service);
   flags.Add("router", &settings.router, "ANIMA_GATEWAY_ROUTER", "router gRPC address host:port");
   flags.Add("threads", &settings.threads, "ANIMA_GATEWAY_THREADS", "io threads");
   flags.Add("max-message-bytes", &max_message_bytes, "ANIMA_GATEWAY_MAX_MESSAGE_BYTES",
@@ -91,10 +89,6 @@ int Main(int argc, char** argv) {
             "also serve wss:// and https:// here (0: any free; -1: no TLS)");
   flags.Add("tls-cert", &tls_cert, "ANIMA_GATEWAY_TLS_CERT", "PEM certificate chain for TLS");
   flags.Add("tls-key", &tls_key, "ANIMA_GATEWAY_TLS_KEY", "PEM private key of --tls-cert");
-  flags.Add("log-format", &log_format, "ANIMA_GATEWAY_LOG_FORMAT", "text or json");
-  flags.Add("log-level", &log_level, "ANIMA_GATEWAY_LOG_LEVEL", "trace, debug, info, warn, error");
-  flags.Add("ready-file", &ready_file, "ANIMA_GATEWAY_READY_FILE",
-            "write {\"http\":port,\"https\":port,\"metrics\":port} here once listening");
   if (auto s = flags.Parse(argc, argv); !s.ok()) {
     return Fail(std::string(s.message()) + "\n" + flags.Usage());
   }
@@ -102,10 +96,8 @@ int Main(int argc, char** argv) {
     std::cout << flags.Usage();
     return 0;
   }
-  if (settings.port < 0 || settings.port > 65535) return Fail("--port: expected 0 to 65535");
-  if (metrics_port < 0 || metrics_port > 65535) {
-    return Fail("--metrics-port: expected 0 to 65535");
-  }
+  settings.bind = service.bind;
+  settings.port = service.port;
   if (settings.threads < 1 || settings.threads > 256) return Fail("--threads: expected 1 to 256");
   if (max_message_bytes < 64 || max_message_bytes > 16 * 1024 * 1024) {
     return Fail("--max-message-bytes: expected 64 to 16777216");
@@ -168,17 +160,16 @@ int Main(int argc, char** argv) {
   auto auth = anima::gateway::Authenticator::Load(auth_tokens_file, auth_jwt_secret_file);
   if (!auth.ok()) return Fail(std::string(auth.status().message()));
   settings.auth = std::move(*auth);
-  if (auto s = anima::common::InitLogging("gateway", log_format, log_level); !s.ok()) {
+  if (auto s = anima::common::InitService(service, "gateway"); !s.ok()) {
     return Fail(std::string(s.message()));
   }
 
-  auto metrics =
-      anima::common::MetricsServer::Start(settings.bind + ":" + std::to_string(metrics_port));
+  auto metrics = anima::common::StartMetricsServer(service);
   if (!metrics.ok()) {
     spdlog::error("{}", metrics.status().ToString());
     return 1;
   }
-  std::string router = settings.router, bind = settings.bind;
+  std::string router = settings.router;
   auto server = anima::gateway::GatewayServer::Start(std::move(settings), (*metrics)->registry());
   if (!server.ok()) {
     spdlog::error("{}", server.status().ToString());
@@ -190,7 +181,7 @@ int Main(int argc, char** argv) {
   std::map<std::string, int> ports = {{"http", (*server)->port()}, {"metrics", (*metrics)->port()}};
   if (tls_port >= 0) {
     anima::common::TlsFrontOptions options;
-    options.bind = bind;
+    options.bind = service.bind;
     options.port = tls_port;
     options.cert_file = tls_cert;
     options.key_file = tls_key;
@@ -203,13 +194,14 @@ int Main(int argc, char** argv) {
     }
     tls = std::move(*started);
     ports["https"] = tls->port();
-    spdlog::info("TLS: wss://{}:{}/ and https://{}:{}/", bind, tls->port(), bind, tls->port());
+    spdlog::info("TLS: wss://{}:{}/ and https://{}:{}/", service.bind, tls->port(), service.bind,
+                 tls->port());
   }
-  if (auto s = anima::common::WriteReadyFile(ready_file, ports); !s.ok()) {
+  if (auto s = anima::common::WriteReadyFile(service.ready_file, ports); !s.ok()) {
     spdlog::error("{}", s.ToString());
     return 1;
   }
-  spdlog::info("listening on ws://{}:{}/ (metrics :{}), router {}", bind, (*server)->port(),
+  spdlog::info("listening on ws://{}:{}/ (metrics :{}), router {}", service.bind, (*server)->port(),
                (*metrics)->port(), router);
   int sig = anima::common::WaitForShutdownSignal();
   spdlog::info("signal {}: shutting down", sig);
@@ -223,10 +215,5 @@ int Main(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  try {
-    return Main(argc, argv);
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "anima-gateway: fatal: %s\n", e.what());
-    return 1;
-  }
+  return anima::common::RunMain("anima-gateway", Main, argc, argv);
 }

@@ -4,6 +4,7 @@
 #include <cstdlib>
 #include <limits>
 #include <sstream>
+#include <stdexcept>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -34,7 +35,7 @@ std::string DefaultText(const std::variant<std::string*, int*, int64_t*, double*
 FlagSet::FlagSet(std::string program) : program_(std::move(program)) {}
 
 void FlagSet::AddFlag(std::string name, Target target, std::string env, std::string help) {
-  flags_.push_back(Flag{std::move(name), target, std::move(env), std::move(help), ""});
+  flags_.push_back(Flag{std::move(name), target, std::move(env), "", std::move(help), ""});
   flags_.back().default_text = DefaultText(target);
 }
 
@@ -52,6 +53,13 @@ void FlagSet::Add(std::string name, double* t, std::string env, std::string help
 }
 void FlagSet::Add(std::string name, bool* t, std::string env, std::string help) {
   AddFlag(std::move(name), t, std::move(env), std::move(help));
+}
+
+void FlagSet::AddEnvFallback(const std::string& name, std::string env) {
+  Flag* flag = Find(name);
+  // A misspelled name is a bug in the binary, not a user error: fail on every start.
+  if (flag == nullptr) throw std::logic_error("AddEnvFallback: no flag --" + name);
+  flag->fallback_env = std::move(env);
 }
 
 FlagSet::Flag* FlagSet::Find(const std::string& name) {
@@ -95,9 +103,12 @@ absl::Status FlagSet::Parse(int argc, char** argv) {
 
 absl::Status FlagSet::Parse(const std::vector<std::string>& args) {
   for (const auto& f : flags_) {
-    if (f.env.empty()) continue;
-    if (const char* v = std::getenv(f.env.c_str()); v != nullptr && *v != '\0') {
-      if (auto s = Assign(f, v, "environment " + f.env); !s.ok()) return s;
+    for (const std::string* env : {&f.env, &f.fallback_env}) {
+      if (env->empty()) continue;
+      if (const char* v = std::getenv(env->c_str()); v != nullptr && *v != '\0') {
+        if (auto s = Assign(f, v, "environment " + *env); !s.ok()) return s;
+        break;
+      }
     }
   }
   bool only_positional = false;
@@ -146,7 +157,11 @@ std::string FlagSet::Usage() const {
   out << "usage: " << program_ << " [flags]\n\nflags (environment variable in brackets):\n";
   for (const auto& f : flags_) {
     out << "  --" << f.name;
-    if (!f.env.empty()) out << " [" << f.env << "]";
+    if (!f.env.empty()) {
+      out << " [" << f.env;
+      if (!f.fallback_env.empty()) out << ", else " << f.fallback_env;
+      out << "]";
+    }
     out << "\n      " << f.help << " (default " << f.default_text << ")\n";
   }
   return out.str();

@@ -25,8 +25,13 @@ class FlagSet {
   void Add(std::string name, double* target, std::string env, std::string help);
   void Add(std::string name, bool* target, std::string env, std::string help);
 
-  // Applies the environment, then argv. Unknown flags and bad values are errors naming the flag.
-  // `--help` sets help_requested() and returns OK.
+  // Also reads `env` for --name where the flag's own variable is unset or empty: one variable
+  // that sets a default for every binary (ANIMA_LOG_LEVEL behind ANIMA_ROUTER_LOG_LEVEL).
+  // --name must have been added already (else std::logic_error).
+  void AddEnvFallback(const std::string& name, std::string env);
+
+  // Applies the environment (a flag's own variable, else its fallback), then argv. Unknown flags
+  // and bad values are errors naming the flag. `--help` sets help_requested() and returns OK.
   absl::Status Parse(int argc, char** argv);
   absl::Status Parse(const std::vector<std::string>& args);
 
@@ -41,6 +46,7 @@ class FlagSet {
     std::string name;
     Target target;
     std::string env;
+    std::string fallback_env;
     std::string help;
     std::string default_text;
   };

@@ -2,15 +2,14 @@
 // strategy and the gRPC services together, then waits for SIGINT/SIGTERM.
 #include <cstdio>
 #include <cstdlib>
-#include <exception>
 
 #include "absl/strings/str_cat.h"
 #include "services/common/config.h"
 #include "services/common/flags.h"
 #include "services/common/grpc_server.h"
-#include "services/common/logging.h"
 #include "services/common/metrics.h"
 #include "services/common/process.h"
+#include "services/common/service_flags.h"
 #include "services/llm_broker/broker.h"
 #include "services/llm_broker/broker_config.h"
 #include "services/llm_broker/broker_metrics.h"
@@ -35,21 +34,13 @@ int Usage(const std::string& message) {
 
 int Run(int argc, char** argv) {
   common::BlockShutdownSignals();
-  std::string bind = "127.0.0.1";
-  int port = 50052;
-  int metrics_port = 9102;
+  common::ServiceFlags service{.port = 50052, .metrics_port = 9102};
   std::string config_path;
   std::string openai_base_url;
   std::string venice_base_url;
   std::string gemini_base_url;
-  std::string log_format = "text";
-  std::string log_level = "info";
-  std::string ready_file;
   common::FlagSet flags("anima-llm-broker");
-  flags.Add("bind", &bind, "ANIMA_LLM_BROKER_BIND", "address to listen on");
-  flags.Add("port", &port, "ANIMA_LLM_BROKER_PORT", "gRPC port (0: pick a free one)");
-  flags.Add("metrics-port", &metrics_port, "ANIMA_LLM_BROKER_METRICS_PORT",
-            "Prometheus /metrics port (0: pick a free one)");
+  common::AddServiceFlags(flags, "ANIMA_LLM_BROKER", "gRPC port (0 picks a free one)", &service);
   flags.Add("config", &config_path, "ANIMA_LLM_BROKER_CONFIG",
             "JSON configuration file (providers); without it: openai, venice and gemini, each at "
             "its real API when OPENAI_API_KEY / VENICE_API_KEY / GEMINI_API_KEY is set, else at "
@@ -60,21 +51,12 @@ int Run(int argc, char** argv) {
             "overrides base_url of the provider named 'venice'");
   flags.Add("gemini-base-url", &gemini_base_url, "ANIMA_LLM_BROKER_GEMINI_BASE_URL",
             "overrides base_url of the provider named 'gemini'");
-  flags.Add("log-format", &log_format, "ANIMA_LLM_BROKER_LOG_FORMAT", "text or json");
-  flags.Add("log-level", &log_level, "ANIMA_LLM_BROKER_LOG_LEVEL",
-            "trace, debug, info, warn, error");
-  flags.Add("ready-file", &ready_file, "ANIMA_LLM_BROKER_READY_FILE",
-            "written with {\"grpc\":port,\"metrics\":port} once listening");
   if (auto s = flags.Parse(argc, argv); !s.ok()) return Usage(std::string(s.message()));
   if (flags.help_requested()) {
     std::printf("%s", flags.Usage().c_str());
     return 0;
   }
-  if (port < 0 || port > 65535) return Usage("--port: must be between 0 and 65535");
-  if (metrics_port < 0 || metrics_port > 65535) {
-    return Usage("--metrics-port: must be between 0 and 65535");
-  }
-  if (auto s = common::InitLogging("llm-broker", log_format, log_level); !s.ok()) {
+  if (auto s = common::InitService(service, "llm-broker"); !s.ok()) {
     return Usage(std::string(s.message()));
   }
 
@@ -118,7 +100,7 @@ int Run(int argc, char** argv) {
     spdlog::info("provider {} ({}) at {}", p.name, p.type, p.base_url);
   }
 
-  auto metrics_server = common::MetricsServer::Start(absl::StrCat(bind, ":", metrics_port));
+  auto metrics_server = common::StartMetricsServer(service);
   if (!metrics_server.ok()) return Usage(std::string(metrics_server.status().message()));
   auto metrics = std::make_shared<BrokerMetrics>((*metrics_server)->registry());
 
@@ -230,13 +212,13 @@ int Run(int argc, char** argv) {
   LlmBrokerService broker_service(broker, metrics);
   BrokerIntrospectionService introspection(&broker_service, instrumented);
   auto server =
-      common::GrpcServer::Start(absl::StrCat(bind, ":", port), {&broker_service, &introspection},
-                                (*metrics_server)->registry());
+      common::GrpcServer::Start(absl::StrCat(service.bind, ":", service.port),
+                                {&broker_service, &introspection}, (*metrics_server)->registry());
   if (!server.ok()) return Usage(std::string(server.status().message()));
-  spdlog::info("llm-broker listening: grpc {}:{} metrics {}:{}", bind, (*server)->port(), bind,
-               (*metrics_server)->port());
-  if (auto s = common::WriteReadyFile(
-          ready_file, {{"grpc", (*server)->port()}, {"metrics", (*metrics_server)->port()}});
+  spdlog::info("llm-broker listening: grpc {}:{} metrics {}:{}", service.bind, (*server)->port(),
+               service.bind, (*metrics_server)->port());
+  if (auto s = common::WriteReadyFile(service.ready_file, {{"grpc", (*server)->port()},
+                                                           {"metrics", (*metrics_server)->port()}});
       !s.ok()) {
     spdlog::error("ready file: {}", s.ToString());
     return 1;
@@ -253,10 +235,5 @@ int Run(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  try {
-    return Run(argc, argv);
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "anima-llm-broker: fatal: %s\n", e.what());
-    return 1;
-  }
+  return anima::common::RunMain("anima-llm-broker", Run, argc, argv);
 }

@@ -4,9 +4,9 @@
 #include "services/common/config.h"
 #include "services/common/flags.h"
 #include "services/common/grpc_server.h"
-#include "services/common/logging.h"
 #include "services/common/metrics.h"
 #include "services/common/process.h"
+#include "services/common/service_flags.h"
 #include "services/router/router_config.h"
 #include "services/router/router_metrics.h"
 #include "services/router/router_service.h"
@@ -16,9 +16,7 @@
 namespace {
 
 struct Options {
-  std::string bind = "127.0.0.1";
-  int port = 50051;
-  int metrics_port = 9101;
+  anima::common::ServiceFlags service{.port = 50051, .metrics_port = 9101};
   std::string broker = "127.0.0.1:50052";
   std::string self_coding;
   std::string config;
@@ -28,18 +26,14 @@ struct Options {
   int memory_turns = 10;
   int memory_conversations = 10000;
   int64_t memory_max_age_s = 3600;
-  std::string log_format = "text";
-  std::string log_level = "info";
-  std::string ready_file;
 };
 
 int Run(int argc, char** argv) {
   anima::common::BlockShutdownSignals();
   Options o;
   anima::common::FlagSet flags("anima-router");
-  flags.Add("bind", &o.bind, "ANIMA_ROUTER_BIND", "address to listen on");
-  flags.Add("port", &o.port, "ANIMA_ROUTER_PORT", "gRPC port (0 picks a free one)");
-  flags.Add("metrics-port", &o.metrics_port, "ANIMA_ROUTER_METRICS_PORT", "Prometheus port");
+  anima::common::AddServiceFlags(flags, "ANIMA_ROUTER", "gRPC port (0 picks a free one)",
+                                 &o.service);
   flags.Add("broker", &o.broker, "ANIMA_ROUTER_BROKER", "llm-broker gRPC address");
   flags.Add("self-coding", &o.self_coding, "ANIMA_ROUTER_SELF_CODING",
             "self-coding gRPC address (empty: not deployed, its requests get unavailable)");
@@ -59,9 +53,6 @@ int Run(int argc, char** argv) {
             "conversations remembered at most");
   flags.Add("memory-max-age-s", &o.memory_max_age_s, "ANIMA_ROUTER_MEMORY_MAX_AGE_S",
             "a conversation idle this long is forgotten");
-  flags.Add("log-format", &o.log_format, "ANIMA_LOG_FORMAT", "text or json");
-  flags.Add("log-level", &o.log_level, "ANIMA_LOG_LEVEL", "trace, debug, info, warn, error");
-  flags.Add("ready-file", &o.ready_file, "", "write the bound ports here once listening");
   if (auto s = flags.Parse(argc, argv); !s.ok()) {
     std::cerr << "anima-router: " << s.message() << "\n";
     return 2;
@@ -76,7 +67,7 @@ int Run(int argc, char** argv) {
                  "deadline and memory limits positive\n";
     return 2;
   }
-  if (auto s = anima::common::InitLogging("router", o.log_format, o.log_level); !s.ok()) {
+  if (auto s = anima::common::InitService(o.service, "router"); !s.ok()) {
     std::cerr << "anima-router: " << s.message() << "\n";
     return 2;
   }
@@ -95,7 +86,7 @@ int Run(int argc, char** argv) {
     config = std::move(*parsed);
   }
 
-  auto metrics = anima::common::MetricsServer::Start(o.bind + ":" + std::to_string(o.metrics_port));
+  auto metrics = anima::common::StartMetricsServer(o.service);
   if (!metrics.ok()) {
     spdlog::error("{}", std::string(metrics.status().message()));
     return 1;
@@ -131,18 +122,18 @@ int Run(int argc, char** argv) {
   poller.Subscribe(
       [&state_metrics](const anima::v1::ConsciousnessState& s) { state_metrics.Record(s); });
 
-  auto server = anima::common::GrpcServer::Start(o.bind + ":" + std::to_string(o.port), {&service},
-                                                 (*metrics)->registry());
+  auto server = anima::common::GrpcServer::Start(
+      o.service.bind + ":" + std::to_string(o.service.port), {&service}, (*metrics)->registry());
   if (!server.ok()) {
     spdlog::error("{}", std::string(server.status().message()));
     return 1;
   }
   poller.Start();
   spdlog::info("listening on {}:{} (gRPC), metrics on :{}, llm-broker at {}, self-coding {}",
-               o.bind, (*server)->port(), (*metrics)->port(), o.broker,
+               o.service.bind, (*server)->port(), (*metrics)->port(), o.broker,
                o.self_coding.empty() ? "not deployed" : "at " + o.self_coding);
   if (auto s = anima::common::WriteReadyFile(
-          o.ready_file, {{"grpc", (*server)->port()}, {"metrics", (*metrics)->port()}});
+          o.service.ready_file, {{"grpc", (*server)->port()}, {"metrics", (*metrics)->port()}});
       !s.ok()) {
     spdlog::error("{}", std::string(s.message()));
     return 1;
@@ -158,11 +149,4 @@ int Run(int argc, char** argv) {
 
 }  // namespace
 
-int main(int argc, char** argv) {
-  try {
-    return Run(argc, argv);
-  } catch (const std::exception& e) {
-    std::cerr << "anima-router: fatal: " << e.what() << "\n";
-    return 1;
-  }
-}
+int main(int argc, char** argv) { return anima::common::RunMain("anima-router", Run, argc, argv); }

@@ -4,9 +4,9 @@
 
 #include "services/common/flags.h"
 #include "services/common/grpc_server.h"
-#include "services/common/logging.h"
 #include "services/common/metrics.h"
 #include "services/common/process.h"
+#include "services/common/service_flags.h"
 #include "services/self_coding/broker_client.h"
 #include "services/self_coding/job_manager.h"
 #include "services/self_coding/pipeline.h"
@@ -19,9 +19,7 @@
 namespace {
 
 struct Options {
-  std::string bind = "127.0.0.1";
-  int port = 50053;
-  int metrics_port = 9103;
+  anima::common::ServiceFlags service{.port = 50053, .metrics_port = 9103};
   std::string broker = "127.0.0.1:50052";
   int64_t broker_timeout_ms = 120000;
   std::string model;
@@ -36,18 +34,14 @@ struct Options {
   int test_memory_mb = 1024;
   int retention_days = 7;
   int retention_jobs = 1000;
-  std::string log_format = "text";
-  std::string log_level = "info";
-  std::string ready_file;
 };
 
 int Run(int argc, char** argv) {
   anima::common::BlockShutdownSignals();
   Options o;
   anima::common::FlagSet flags("anima-self-coding");
-  flags.Add("bind", &o.bind, "ANIMA_SELF_CODING_BIND", "address to listen on");
-  flags.Add("port", &o.port, "ANIMA_SELF_CODING_PORT", "gRPC port (0 picks a free one)");
-  flags.Add("metrics-port", &o.metrics_port, "ANIMA_SELF_CODING_METRICS_PORT", "Prometheus port");
+  anima::common::AddServiceFlags(flags, "ANIMA_SELF_CODING", "gRPC port (0 picks a free one)",
+                                 &o.service);
   flags.Add("broker", &o.broker, "ANIMA_SELF_CODING_BROKER", "llm-broker gRPC address");
   flags.Add("broker-timeout-ms", &o.broker_timeout_ms, "ANIMA_SELF_CODING_BROKER_TIMEOUT_MS",
             "deadline of one broker call");
@@ -72,9 +66,6 @@ int Run(int argc, char** argv) {
             "ended jobs older than this are pruned");
   flags.Add("retention-jobs", &o.retention_jobs, "ANIMA_SELF_CODING_RETENTION_JOBS",
             "jobs kept at most; the oldest ended ones are pruned");
-  flags.Add("log-format", &o.log_format, "ANIMA_LOG_FORMAT", "text or json");
-  flags.Add("log-level", &o.log_level, "ANIMA_LOG_LEVEL", "trace, debug, info, warn, error");
-  flags.Add("ready-file", &o.ready_file, "", "write the bound ports here once listening");
   if (auto s = flags.Parse(argc, argv); !s.ok()) {
     std::cerr << "anima-self-coding: " << s.message() << "\n";
     return 2;
@@ -100,7 +91,7 @@ int Run(int argc, char** argv) {
     return bad("--retention-days and --retention-jobs must be positive");
   }
   if (o.data_dir.empty()) return bad("--data-dir must not be empty");
-  if (auto s = anima::common::InitLogging("self-coding", o.log_format, o.log_level); !s.ok()) {
+  if (auto s = anima::common::InitService(o.service, "self-coding"); !s.ok()) {
     return bad(std::string(s.message()));
   }
 
@@ -131,7 +122,7 @@ int Run(int argc, char** argv) {
                   std::string(s.message()));
   }
 
-  auto metrics = anima::common::MetricsServer::Start(o.bind + ":" + std::to_string(o.metrics_port));
+  auto metrics = anima::common::StartMetricsServer(o.service);
   if (!metrics.ok()) {
     spdlog::error("{}", std::string(metrics.status().message()));
     return 1;
@@ -163,8 +154,9 @@ int Run(int argc, char** argv) {
 
   anima::selfcoding::SelfCodingService service(&manager);
   anima::selfcoding::SelfCodingIntrospection introspection(&manager);
-  auto server = anima::common::GrpcServer::Start(
-      o.bind + ":" + std::to_string(o.port), {&service, &introspection}, (*metrics)->registry());
+  auto server =
+      anima::common::GrpcServer::Start(o.service.bind + ":" + std::to_string(o.service.port),
+                                       {&service, &introspection}, (*metrics)->registry());
   if (!server.ok()) {
     spdlog::error("{}", std::string(server.status().message()));
     return 1;
@@ -172,10 +164,10 @@ int Run(int argc, char** argv) {
   spdlog::info(
       "listening on {}:{} (gRPC), metrics on :{}, llm-broker at {}, sandbox {}, "
       "{} workers, queue {}, data in {}",
-      o.bind, (*server)->port(), (*metrics)->port(), o.broker, sandbox->name(), o.workers,
+      o.service.bind, (*server)->port(), (*metrics)->port(), o.broker, sandbox->name(), o.workers,
       o.queue_size, o.data_dir);
   if (auto s = anima::common::WriteReadyFile(
-          o.ready_file, {{"grpc", (*server)->port()}, {"metrics", (*metrics)->port()}});
+          o.service.ready_file, {{"grpc", (*server)->port()}, {"metrics", (*metrics)->port()}});
       !s.ok()) {
     spdlog::error("{}", std::string(s.message()));
     return 1;
@@ -193,10 +185,5 @@ int Run(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  try {
-    return Run(argc, argv);
-  } catch (const std::exception& e) {
-    std::cerr << "anima-self-coding: fatal: " << e.what() << "\n";
-    return 1;
-  }
+  return anima::common::RunMain("anima-self-coding", Run, argc, argv);
 }

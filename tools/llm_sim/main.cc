@@ -7,9 +7,9 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "services/common/flags.h"
-#include "services/common/logging.h"
 #include "services/common/metrics.h"
 #include "services/common/process.h"
+#include "services/common/service_flags.h"
 #include "services/common/tls_front.h"
 #include "spdlog/spdlog.h"
 #include "tools/llm_sim/gemini_api.h"
@@ -24,15 +24,11 @@ int Fail(const std::string& message) {
   return 2;
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
+int Run(int argc, char** argv) {
   anima::common::BlockShutdownSignals();
   using anima::sim::SimConfig;
 
-  std::string bind = "127.0.0.1";
-  int port = 18080;
-  int metrics_port = 9104;
+  anima::common::ServiceFlags service{.port = 18080, .metrics_port = 9104};
   std::string rules_path;
   int first_token_ms = 0;
   int token_interval_ms = 0;
@@ -44,19 +40,14 @@ int main(int argc, char** argv) {
   int idle_close_seconds = 0;
   int threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   int max_body_bytes = 4 * 1024 * 1024;
-  std::string log_format = "text";
-  std::string log_level = "info";
-  std::string ready_file;
   int tls_port = -1;
   std::string tls_cert;
   std::string tls_key;
   std::string tls_cert_dir;
 
   anima::common::FlagSet flags("anima-llm-sim");
-  flags.Add("bind", &bind, "ANIMA_SIM_BIND", "address to listen on");
-  flags.Add("port", &port, "ANIMA_SIM_PORT", "HTTP port of the simulated APIs (0 = any free)");
-  flags.Add("metrics-port", &metrics_port, "ANIMA_SIM_METRICS_PORT",
-            "Prometheus /metrics port (0 = any free)");
+  anima::common::AddServiceFlags(flags, "ANIMA_SIM",
+                                 "HTTP port of the simulated APIs (0 picks a free one)", &service);
   flags.Add("rules", &rules_path, "ANIMA_SIM_RULES",
             "JSON rules file mapping prompts to replies and scenarios (empty = built-in default)");
   flags.Add("first-token-ms", &first_token_ms, "ANIMA_SIM_FIRST_TOKEN_MS",
@@ -78,8 +69,6 @@ int main(int argc, char** argv) {
   flags.Add("threads", &threads, "ANIMA_SIM_THREADS", "I/O threads");
   flags.Add("max-body-bytes", &max_body_bytes, "ANIMA_SIM_MAX_BODY_BYTES",
             "larger request bodies get 413");
-  flags.Add("log-format", &log_format, "ANIMA_SIM_LOG_FORMAT", "text or json");
-  flags.Add("log-level", &log_level, "ANIMA_SIM_LOG_LEVEL", "trace, debug, info, warn, error");
   flags.Add("tls-port", &tls_port, "ANIMA_SIM_TLS_PORT",
             "also serve the same APIs over TLS on this port (0 = any free, -1 = no TLS)");
   flags.Add("tls-cert", &tls_cert, "ANIMA_SIM_TLS_CERT",
@@ -87,17 +76,11 @@ int main(int argc, char** argv) {
   flags.Add("tls-key", &tls_key, "ANIMA_SIM_TLS_KEY", "PEM private key of --tls-cert");
   flags.Add("tls-cert-dir", &tls_cert_dir, "ANIMA_SIM_TLS_CERT_DIR",
             "directory of <server name>.pem/.key pairs chosen by the client's SNI");
-  flags.Add("ready-file", &ready_file, "ANIMA_SIM_READY_FILE",
-            "write {\"http\":port,\"metrics\":port} here once listening");
   if (auto s = flags.Parse(argc, argv); !s.ok()) return Fail(std::string(s.message()));
   if (flags.help_requested()) {
     std::printf("%s\nScenarios (header x-sim-scenario, comma-separated): %s\n",
                 flags.Usage().c_str(), absl::StrJoin(anima::sim::ScenarioNames(), ", ").c_str());
     return 0;
-  }
-  if (port < 0 || port > 65535) return Fail("--port: must be between 0 and 65535");
-  if (metrics_port < 0 || metrics_port > 65535) {
-    return Fail("--metrics-port: must be between 0 and 65535");
   }
   for (auto [name, value] : {std::pair{"--first-token-ms", first_token_ms},
                              {"--token-interval-ms", token_interval_ms},
@@ -113,7 +96,7 @@ int main(int argc, char** argv) {
     return Fail("--tls-port: needs --tls-cert and --tls-key");
   }
   if (max_body_bytes < 1024) return Fail("--max-body-bytes: must be at least 1024");
-  if (auto s = anima::common::InitLogging("anima-llm-sim", log_format, log_level); !s.ok()) {
+  if (auto s = anima::common::InitService(service, "anima-llm-sim"); !s.ok()) {
     return Fail(std::string(s.message()));
   }
 
@@ -134,56 +117,54 @@ int main(int argc, char** argv) {
     config->api_key = key;
   }
 
-  try {
-    auto metrics = anima::common::MetricsServer::Start(absl::StrCat(bind, ":", metrics_port));
-    if (!metrics.ok()) return Fail(absl::StrCat("--metrics-port: ", metrics.status().message()));
+  auto metrics = anima::common::StartMetricsServer(service);
+  if (!metrics.ok()) return Fail(absl::StrCat("--metrics-port: ", metrics.status().message()));
 
-    std::vector<std::unique_ptr<anima::sim::ProviderApi>> apis;
-    apis.push_back(std::make_unique<anima::sim::OpenAiApi>(config));
-    apis.push_back(std::make_unique<anima::sim::VeniceApi>(config));
-    apis.push_back(std::make_unique<anima::sim::GeminiApi>(config));
-    anima::sim::SimServerOptions options{bind, port, threads, idle_close_seconds,
-                                         static_cast<size_t>(max_body_bytes)};
-    auto server =
-        anima::sim::SimServer::Start(options, std::move(apis), (*metrics)->shared_registry());
-    if (!server.ok()) return Fail(std::string(server.status().message()));
+  std::vector<std::unique_ptr<anima::sim::ProviderApi>> apis;
+  apis.push_back(std::make_unique<anima::sim::OpenAiApi>(config));
+  apis.push_back(std::make_unique<anima::sim::VeniceApi>(config));
+  apis.push_back(std::make_unique<anima::sim::GeminiApi>(config));
+  anima::sim::SimServerOptions options{service.bind, service.port, threads, idle_close_seconds,
+                                       static_cast<size_t>(max_body_bytes)};
+  auto server =
+      anima::sim::SimServer::Start(options, std::move(apis), (*metrics)->shared_registry());
+  if (!server.ok()) return Fail(std::string(server.status().message()));
 
-    std::unique_ptr<anima::common::TlsFront> tls;
-    if (tls_port >= 0) {
-      anima::common::TlsFrontOptions tls_options;
-      tls_options.bind = bind;
-      tls_options.port = tls_port;
-      tls_options.cert_file = tls_cert;
-      tls_options.key_file = tls_key;
-      tls_options.backend_port = (*server)->port();
-      if (!tls_cert_dir.empty()) {
-        auto certs = anima::common::LoadSniCertDir(tls_cert_dir);
-        if (!certs.ok()) return Fail(absl::StrCat("--tls-cert-dir: ", certs.status().message()));
-        tls_options.sni_certs = *std::move(certs);
-      }
-      auto started = anima::common::TlsFront::Start(tls_options);
-      if (!started.ok()) return Fail(absl::StrCat("--tls-port: ", started.status().message()));
-      tls = *std::move(started);
-      spdlog::info("TLS on {}:{} ({} SNI certificates)", bind, tls->port(),
-                   tls_options.sni_certs.size());
+  std::unique_ptr<anima::common::TlsFront> tls;
+  if (tls_port >= 0) {
+    anima::common::TlsFrontOptions tls_options;
+    tls_options.bind = service.bind;
+    tls_options.port = tls_port;
+    tls_options.cert_file = tls_cert;
+    tls_options.key_file = tls_key;
+    tls_options.backend_port = (*server)->port();
+    if (!tls_cert_dir.empty()) {
+      auto certs = anima::common::LoadSniCertDir(tls_cert_dir);
+      if (!certs.ok()) return Fail(absl::StrCat("--tls-cert-dir: ", certs.status().message()));
+      tls_options.sni_certs = *std::move(certs);
     }
-    std::map<std::string, int> ports = {{"http", (*server)->port()},
-                                        {"metrics", (*metrics)->port()}};
-    if (tls != nullptr) ports["https"] = tls->port();
-    if (auto s = anima::common::WriteReadyFile(ready_file, ports); !s.ok()) {
-      return Fail(absl::StrCat("--ready-file: ", s.message()));
-    }
-    spdlog::info(
-        "anima-llm-sim listening on {}:{} (OpenAI at /v1, Venice at /api/v1, Gemini at /v1beta), "
-        "metrics on {}, {} rules",
-        bind, (*server)->port(), (*metrics)->port(), config->rules.size());
-    int sig = anima::common::WaitForShutdownSignal();
-    spdlog::info("signal {}: shutting down", sig);
-    if (tls != nullptr) tls->Stop();
-    (*server)->Stop();
-  } catch (const std::exception& e) {
-    spdlog::critical("fatal: {}", e.what());
-    return 1;
+    auto started = anima::common::TlsFront::Start(tls_options);
+    if (!started.ok()) return Fail(absl::StrCat("--tls-port: ", started.status().message()));
+    tls = *std::move(started);
+    spdlog::info("TLS on {}:{} ({} SNI certificates)", service.bind, tls->port(),
+                 tls_options.sni_certs.size());
   }
+  std::map<std::string, int> ports = {{"http", (*server)->port()}, {"metrics", (*metrics)->port()}};
+  if (tls != nullptr) ports["https"] = tls->port();
+  if (auto s = anima::common::WriteReadyFile(service.ready_file, ports); !s.ok()) {
+    return Fail(absl::StrCat("--ready-file: ", s.message()));
+  }
+  spdlog::info(
+      "anima-llm-sim listening on {}:{} (OpenAI at /v1, Venice at /api/v1, Gemini at /v1beta), "
+      "metrics on {}, {} rules",
+      service.bind, (*server)->port(), (*metrics)->port(), config->rules.size());
+  int sig = anima::common::WaitForShutdownSignal();
+  spdlog::info("signal {}: shutting down", sig);
+  if (tls != nullptr) tls->Stop();
+  (*server)->Stop();
   return 0;
 }
+
+}  // namespace
+
+int main(int argc, char** argv) { return anima::common::RunMain("anima-llm-sim", Run, argc, argv); }

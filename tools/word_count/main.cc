@@ -8,9 +8,9 @@
 #include "anima/v1/module.grpc.pb.h"
 #include "services/common/flags.h"
 #include "services/common/grpc_server.h"
-#include "services/common/logging.h"
 #include "services/common/metrics.h"
 #include "services/common/process.h"
+#include "services/common/service_flags.h"
 #include "spdlog/spdlog.h"
 #include "tools/word_count/word_count.h"
 
@@ -60,15 +60,10 @@ class WordCountIntrospection final : public anima::v1::Introspection::Service {
 
 int Run(int argc, char** argv) {
   anima::common::BlockShutdownSignals();
-  std::string bind = "127.0.0.1", log_format = "text", log_level = "info", ready_file;
-  int port = 50060, metrics_port = 9105;
+  anima::common::ServiceFlags service{.port = 50060, .metrics_port = 9105};
   anima::common::FlagSet flags("anima-word-count");
-  flags.Add("bind", &bind, "ANIMA_WORD_COUNT_BIND", "address to listen on");
-  flags.Add("port", &port, "ANIMA_WORD_COUNT_PORT", "gRPC port (0 picks a free one)");
-  flags.Add("metrics-port", &metrics_port, "ANIMA_WORD_COUNT_METRICS_PORT", "Prometheus port");
-  flags.Add("log-format", &log_format, "ANIMA_LOG_FORMAT", "text or json");
-  flags.Add("log-level", &log_level, "ANIMA_LOG_LEVEL", "trace, debug, info, warn, error");
-  flags.Add("ready-file", &ready_file, "", "write the bound ports here once listening");
+  anima::common::AddServiceFlags(flags, "ANIMA_WORD_COUNT", "gRPC port (0 picks a free one)",
+                                 &service);
   if (auto s = flags.Parse(argc, argv); !s.ok()) {
     std::cerr << "anima-word-count: " << s.message() << "\n";
     return 2;
@@ -77,27 +72,27 @@ int Run(int argc, char** argv) {
     std::cout << flags.Usage();
     return 0;
   }
-  if (auto s = anima::common::InitLogging("word-count", log_format, log_level); !s.ok()) {
+  if (auto s = anima::common::InitService(service, "word-count"); !s.ok()) {
     std::cerr << "anima-word-count: " << s.message() << "\n";
     return 2;
   }
-  auto metrics = anima::common::MetricsServer::Start(bind + ":" + std::to_string(metrics_port));
+  auto metrics = anima::common::StartMetricsServer(service);
   if (!metrics.ok()) {
     spdlog::error("{}", std::string(metrics.status().message()));
     return 1;
   }
   WordCountModule module;
   WordCountIntrospection introspection(&module);
-  auto server = anima::common::GrpcServer::Start(bind + ":" + std::to_string(port),
+  auto server = anima::common::GrpcServer::Start(service.bind + ":" + std::to_string(service.port),
                                                  {&module, &introspection}, (*metrics)->registry());
   if (!server.ok()) {
     spdlog::error("{}", std::string(server.status().message()));
     return 1;
   }
-  spdlog::info("listening on {}:{} (gRPC), metrics on :{}", bind, (*server)->port(),
+  spdlog::info("listening on {}:{} (gRPC), metrics on :{}", service.bind, (*server)->port(),
                (*metrics)->port());
   if (auto s = anima::common::WriteReadyFile(
-          ready_file, {{"grpc", (*server)->port()}, {"metrics", (*metrics)->port()}});
+          service.ready_file, {{"grpc", (*server)->port()}, {"metrics", (*metrics)->port()}});
       !s.ok()) {
     spdlog::error("{}", std::string(s.message()));
     return 1;
@@ -110,10 +105,5 @@ int Run(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  try {
-    return Run(argc, argv);
-  } catch (const std::exception& e) {
-    std::cerr << "anima-word-count: fatal: " << e.what() << "\n";
-    return 1;
-  }
+  return anima::common::RunMain("anima-word-count", Run, argc, argv);
 }

@@ -1,6 +1,7 @@
 #include "services/common/flags.h"
 
 #include <cstdlib>
+#include <stdexcept>
 
 #include "gtest/gtest.h"
 
@@ -84,6 +85,69 @@ TEST(FlagSetTest, HelpIsReportedAndUsageListsFlags) {
   ASSERT_TRUE(f.Parse({"--help"}).ok());
   EXPECT_TRUE(f.help_requested());
   EXPECT_NE(f.Usage().find("--router [ANIMA_TEST_ROUTER]"), std::string::npos);
+}
+
+FlagSet MakeFlagsWithFallback(Options& o) {
+  FlagSet f("anima-test");
+  f.Add("router", &o.router, "ANIMA_TEST_ROUTER", "router address");
+  f.AddEnvFallback("router", "ANIMA_SHARED_ROUTER");
+  return f;
+}
+
+TEST(FlagSetTest, FallbackVariableServesWhenTheFlagsOwnIsUnsetOrEmpty) {
+  setenv("ANIMA_SHARED_ROUTER", "shared:1", 1);
+  Options o;
+  auto f = MakeFlagsWithFallback(o);
+  ASSERT_TRUE(f.Parse({}).ok());
+  EXPECT_EQ(o.router, "shared:1");
+
+  setenv("ANIMA_TEST_ROUTER", "", 1);
+  Options o2;
+  auto f2 = MakeFlagsWithFallback(o2);
+  ASSERT_TRUE(f2.Parse({}).ok());
+  EXPECT_EQ(o2.router, "shared:1");
+  unsetenv("ANIMA_TEST_ROUTER");
+  unsetenv("ANIMA_SHARED_ROUTER");
+}
+
+TEST(FlagSetTest, OwnVariableWinsOverTheFallbackAndFlagsWinOverBoth) {
+  setenv("ANIMA_SHARED_ROUTER", "shared:1", 1);
+  setenv("ANIMA_TEST_ROUTER", "own:2", 1);
+  Options o;
+  auto f = MakeFlagsWithFallback(o);
+  ASSERT_TRUE(f.Parse({}).ok());
+  EXPECT_EQ(o.router, "own:2");
+
+  Options o2;
+  auto f2 = MakeFlagsWithFallback(o2);
+  ASSERT_TRUE(f2.Parse({"--router=flag:3"}).ok());
+  EXPECT_EQ(o2.router, "flag:3");
+  unsetenv("ANIMA_TEST_ROUTER");
+  unsetenv("ANIMA_SHARED_ROUTER");
+}
+
+TEST(FlagSetTest, BadFallbackValueNamesTheFallbackVariable) {
+  setenv("ANIMA_SHARED_PORT", "x", 1);
+  Options o;
+  auto f = MakeFlags(o);
+  f.AddEnvFallback("port", "ANIMA_SHARED_PORT");
+  auto s = f.Parse({});
+  unsetenv("ANIMA_SHARED_PORT");
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("ANIMA_SHARED_PORT"), std::string::npos);
+}
+
+TEST(FlagSetTest, UsageShowsBothVariables) {
+  Options o;
+  auto f = MakeFlagsWithFallback(o);
+  EXPECT_NE(f.Usage().find("--router [ANIMA_TEST_ROUTER, else ANIMA_SHARED_ROUTER]"),
+            std::string::npos);
+}
+
+TEST(FlagSetTest, FallbackForAnUnknownFlagIsABug) {
+  Options o;
+  auto f = MakeFlags(o);
+  EXPECT_THROW(f.AddEnvFallback("routr", "ANIMA_SHARED_ROUTER"), std::logic_error);
 }
 
 }  // namespace
