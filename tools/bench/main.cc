@@ -7,6 +7,7 @@
 #include "nlohmann/json.hpp"
 
 #include "services/common/flags.h"
+#include "tools/bench/idle_scenario.h"
 #include "tools/bench/report.h"
 #include "tools/bench/runner.h"
 #include "tools/cli/url.h"
@@ -27,6 +28,16 @@ chat (--rate, default 20/s, over --connections) alone, then the same trickle whi
 low-priority frames (--flood-frame, by default word_count, which tools/word_count/router.json
 routes at low priority) runs at full speed over --flood-connections x --flood-in-flight. It
 reports the chat latency of both runs, their p99 ratio, and the flood's own numbers.
+
+--scenario idle measures the gateway's memory per idle connection (DESIGN.md: 10,000 idle
+WebSocket connections in under 100 MB). It reads process_resident_memory_bytes and
+anima_gateway_connections from --metrics-url, opens --connections connections at --connect-rate
+per second (an upgrade refused with HTTP 429 or 503 is tried again 250 ms later, at most 20
+times, and counted), each open once its welcome frame arrives; reads the metrics again, holds
+the connections idle for --hold seconds (pings are answered), reads them a last time and closes
+everything. It reports the gateway's RSS before, with all open and at the end of the hold, per
+connection, and what that makes at 10,000. Exit codes: 0 all held, 1 some connections failed or
+were dropped, 2 usage (also: RLIMIT_NOFILE under connections + 64), 4 metrics unreadable.
 
 )";
 
@@ -81,6 +92,24 @@ int RunPriority(anima::bench::BenchConfig high, const std::string& flood_frame,
   return loaded->ok > 0 && alone->ok > 0 ? 0 : 1;
 }
 
+// The idle scenario: connections held open while the gateway's memory is read.
+int RunIdleScenario(const anima::bench::IdleConfig& config, bool json) {
+  if (auto s = anima::bench::EnsureFileLimit(config.connections); !s.ok()) {
+    return Usage(std::string(s.message()));
+  }
+  auto r = anima::bench::RunIdle(config);
+  if (!r.ok()) {
+    std::cerr << "anima-bench: " << r.status().message() << "\n";
+    return 4;
+  }
+  if (json) {
+    std::cout << anima::bench::IdleToJson(*r).dump() << "\n";
+  } else {
+    std::cout << anima::bench::FormatIdleText(*r);
+  }
+  return r->failed == 0 && r->dropped == 0 ? 0 : 1;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -97,6 +126,8 @@ int main(int argc, char** argv) {
       R"({"type":"word_count","text":"the quick brown fox jumps over the lazy dog"})";
   int flood_connections = 8;
   int flood_in_flight = 8;
+  anima::bench::IdleConfig idle;
+  idle.metrics_url_text = "http://127.0.0.1:9100/metrics";
 
   anima::common::FlagSet flags("anima-bench");
   flags.Add("target", &target, "ANIMA_BENCH_TARGET", "ws, sim or both (sim first, then ws)");
@@ -111,7 +142,8 @@ int main(int argc, char** argv) {
   flags.Add("model", &c.load.model, "", "model to ask for (sim default gpt-4o-mini)");
   flags.Add("rate", &c.rate, "",
             "messages per second over all connections (open loop); 0 = full speed (closed loop)");
-  flags.Add("connections", &c.connections, "", "WebSocket connections / sim lanes");
+  flags.Add("connections", &c.connections, "",
+            "WebSocket connections (idle: those held open) / sim lanes");
   flags.Add("in-flight", &c.in_flight, "",
             "closed loop: requests outstanding per connection; sim: HTTP connections per lane");
   flags.Add("threads", &c.threads, "",
@@ -122,11 +154,16 @@ int main(int argc, char** argv) {
   flags.Add("drain-ms", &c.drain_ms, "",
             "after the last send, wait this long for answers; missing ones count as timeout");
   flags.Add("json", &json, "", "print one JSON line instead of the text report");
-  flags.Add("scenario", &scenario, "", "load (the default) or priority (see above)");
+  flags.Add("scenario", &scenario, "", "load (the default), priority or idle (see above)");
   flags.Add("flood-frame", &flood_frame, "", "priority: the low-priority frame of the flood");
   flags.Add("flood-connections", &flood_connections, "", "priority: connections of the flood");
   flags.Add("flood-in-flight", &flood_in_flight, "",
             "priority: requests each flood connection keeps outstanding");
+  flags.Add("metrics-url", &idle.metrics_url_text, "",
+            "idle: the gateway's Prometheus endpoint, http:// (loopback only)");
+  flags.Add("connect-rate", &idle.connect_rate, "",
+            "idle: new connections per second (the gateway allows 500 by default)");
+  flags.Add("hold", &idle.hold_s, "", "idle: seconds every connection is held open and idle");
 
   if (auto s = flags.Parse(argc, argv); !s.ok()) return Usage(std::string(s.message()));
   if (flags.help_requested()) {
@@ -167,7 +204,27 @@ int main(int argc, char** argv) {
     if (c.rate == 0) c.rate = 20;
     return RunPriority(c, frame.dump(), flood_connections, flood_in_flight, json);
   }
-  if (scenario != "load") return Usage("--scenario must be load or priority");
+  if (scenario == "idle") {
+    if (!(idle.connect_rate > 0 && idle.connect_rate <= 100000)) {
+      return Usage("--connect-rate must be (0, 100000]");
+    }
+    if (!(idle.hold_s >= 0 && idle.hold_s <= 3600)) return Usage("--hold must be [0, 3600]");
+    auto metrics_url = anima::cli::ParseUrl(idle.metrics_url_text);
+    if (!metrics_url.ok()) {
+      return Usage("--metrics-url: " + std::string(metrics_url.status().message()));
+    }
+    if (metrics_url->scheme != "http") return Usage("--metrics-url must be http://");
+    if (!anima::cli::IsLoopbackHost(metrics_url->host)) {
+      return Usage("only loopback hosts (127.0.0.0/8, ::1, localhost) may be loaded");
+    }
+    idle.metrics_url = *metrics_url;
+    idle.ws_url = c.ws_url;
+    idle.ws_url_text = c.ws_url_text;
+    idle.token = c.token;
+    idle.connections = c.connections;
+    return RunIdleScenario(idle, json);
+  }
+  if (scenario != "load") return Usage("--scenario must be load, priority or idle");
 
   try {
     std::vector<anima::bench::BenchResult> results;
