@@ -1,5 +1,6 @@
 #include "gateway/gateway_server.h"
 
+#include <algorithm>
 #include <chrono>
 
 #include "absl/strings/str_cat.h"
@@ -46,6 +47,8 @@ absl::StatusOr<std::unique_ptr<GatewayServer>> GatewayServer::Start(
   if (!status.ok()) return status;
   server->listener_->Run();
   server->broadcast_timer_ = std::make_unique<net::steady_timer>(net::make_strand(*server->ioc_));
+  server->batch_timer_ =
+      std::make_unique<net::steady_timer>(server->broadcast_timer_->get_executor());
   server->ScheduleBroadcast();
   server->admission_timer_ = std::make_unique<net::steady_timer>(net::make_strand(*server->ioc_));
   server->ScheduleAdmissionTick();
@@ -92,8 +95,29 @@ void GatewayServer::BroadcastState() {
   *event.mutable_consciousness_state() = std::move(*state);
   event.mutable_consciousness_state()->mutable_load()->set_connections(
       context_->open_connections.load());
-  auto frame = std::make_shared<const std::string>(FrameTranslator::Render(event, "").text);
-  for (auto& session : context_->sessions.Snapshot()) session->Broadcast(frame);
+  batch_frame_ = std::make_shared<const std::string>(FrameTranslator::Render(event, "").text);
+  batch_timer_->cancel();  // a broadcast still going out gives way to the newer state
+  batch_sessions_ = context_->sessions.Snapshot();
+  batch_next_ = 0;
+  BroadcastBatch();
+}
+
+void GatewayServer::BroadcastBatch() {
+  // Each session's write holds about a kilobyte until it completes; batches a few milliseconds
+  // apart keep that from adding up over every connection at once.
+  constexpr size_t kBatch = 256;
+  constexpr auto kGap = std::chrono::milliseconds(2);
+  size_t end = std::min(batch_sessions_.size(), batch_next_ + kBatch);
+  for (; batch_next_ < end; ++batch_next_) batch_sessions_[batch_next_]->Broadcast(batch_frame_);
+  if (batch_next_ == batch_sessions_.size()) {
+    batch_sessions_.clear();  // sessions are not kept alive between broadcasts
+    batch_frame_.reset();
+    return;
+  }
+  batch_timer_->expires_after(kGap);
+  batch_timer_->async_wait([this](boost::system::error_code ec) {
+    if (!ec) BroadcastBatch();
+  });
 }
 
 void GatewayServer::Shutdown() {
@@ -101,8 +125,11 @@ void GatewayServer::Shutdown() {
   stopped_ = true;
   context_->draining.store(true);
   listener_->Stop();
-  net::post(broadcast_timer_->get_executor(),
-            [timer = broadcast_timer_.get()] { timer->cancel(); });
+  net::post(broadcast_timer_->get_executor(), [this] {
+    broadcast_timer_->cancel();
+    batch_timer_->cancel();
+    batch_sessions_.clear();
+  });
   // The admission tick keeps running through the drain: held requests still need their slots.
   auto drain_deadline = std::chrono::steady_clock::now() + context_->settings.drain_timeout;
   if (context_->in_flight.load() > 0) {
@@ -127,6 +154,7 @@ void GatewayServer::Shutdown() {
   // them; destroying it then releases the sessions those handlers hold.
   router_->CancelAllAndWait();
   listener_.reset();
+  batch_timer_.reset();
   broadcast_timer_.reset();
   admission_timer_.reset();
   ioc_.reset();

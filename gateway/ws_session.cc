@@ -76,7 +76,8 @@ void WsSession::Run(beast::http::request<beast::http::string_body> request,
 void WsSession::Close(websocket::close_code code) {
   net::post(ws_.get_executor(), [self = shared_from_this(), code] {
     if (!self->opened_) {
-      beast::get_lowest_layer(self->ws_).close();
+      beast::error_code ignored;
+      self->ws_.next_layer().close(ignored);
       return;
     }
     self->CloseAfterFlush(code);
@@ -493,10 +494,11 @@ void WsSession::Enqueue(std::shared_ptr<const std::string> text, bool state) {
   bool replaced = false;
   if (state) {
     // The frame being written (the front, while writing_) cannot be replaced.
-    for (size_t i = writing_ ? 1 : 0; i < queue_.size(); ++i) {
-      if (queue_[i].state) {
-        queued_bytes_ = queued_bytes_ - queue_[i].text->size() + text->size();
-        queue_[i].text = std::move(text);
+    for (auto it = std::next(queue_.begin(), writing_ && !queue_.empty() ? 1 : 0);
+         it != queue_.end(); ++it) {
+      if (it->state) {
+        queued_bytes_ = queued_bytes_ - it->text->size() + text->size();
+        it->text = std::move(text);
         replaced = true;
         break;
       }
@@ -546,7 +548,7 @@ void WsSession::CloseSlowReader() {
   slow_timer_.async_wait([self = shared_from_this()](beast::error_code ec) {
     if (ec) return;
     beast::error_code ignored;
-    beast::get_lowest_layer(self->ws_).socket().close(ignored);
+    self->ws_.next_layer().close(ignored);
   });
 }
 

@@ -3,6 +3,7 @@
 #include <chrono>
 #include <cstdint>
 #include <deque>
+#include <list>
 #include <memory>
 #include <optional>
 #include <string>
@@ -98,7 +99,9 @@ class WsSession : public std::enable_shared_from_this<WsSession> {
   void OnClose(boost::beast::error_code ec);
 
   GatewayContext& context_;
-  boost::beast::websocket::stream<boost::beast::tcp_stream> ws_;
+  // Over the bare socket: the WebSocket's own timeouts cover handshake and idle, so
+  // beast::tcp_stream's timers would only cost memory on every idle connection.
+  boost::beast::websocket::stream<boost::asio::ip::tcp::socket> ws_;
   boost::beast::flat_buffer buffer_;
   const std::string session_id_;
   bool opened_ = false;  // the upgrade completed
@@ -108,7 +111,8 @@ class WsSession : public std::enable_shared_from_this<WsSession> {
     std::shared_ptr<const std::string> text;
     bool state = false;  // a consciousness_state broadcast, replaceable while it waits
   };
-  std::deque<Outgoing> queue_;
+  // A list, not a deque: an empty std::deque holds ~576 bytes, and most connections are idle.
+  std::list<Outgoing> queue_;
   size_t queued_bytes_ = 0;               // of queue_, the frame being written included
   boost::asio::steady_timer slow_timer_;  // armed while queued_bytes_ is over the bound
   bool slow_timer_armed_ = false;
