@@ -7,61 +7,28 @@
 #include <algorithm>
 #include <csignal>
 #include <fstream>
-#include <functional>
 #include <map>
 #include <string>
-#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "gateway/auth.h"
 #include "gtest/gtest.h"
 #include "tests/integration/gateway/fake_router.h"
+#include "tests/integration/gateway/gateway_over_fake_router.h"
 #include "tests/integration/harness/harness.h"
 
 namespace anima::gateway {
 namespace {
 
 using namespace std::chrono_literals;
+using anima::testing::Eventually;
 using anima::testing::HttpRequest;
 using anima::testing::Process;
 using anima::testing::WsClient;
 using Json = nlohmann::json;
 
-// Polls `condition` until it holds or `timeout` passes.
-bool Eventually(const std::function<bool()>& condition, std::chrono::milliseconds timeout = 15s) {
-  auto deadline = std::chrono::steady_clock::now() + timeout;
-  while (std::chrono::steady_clock::now() < deadline) {
-    if (condition()) return true;
-    std::this_thread::sleep_for(20ms);
-  }
-  return condition();
-}
-
-class GatewayTest : public ::testing::Test {
+class GatewayTest : public testing::GatewayOverFakeRouterTest {
  protected:
-  void SetUp() override {
-    router_ = testing::FakeRouter::Start();
-    ASSERT_NE(router_, nullptr);
-  }
-
-  void StartGateway(std::vector<std::string> extra_args = {}) {
-    std::vector<std::string> args = {"--port=0", "--metrics-port=0",
-                                     "--router=127.0.0.1:" + std::to_string(router_->port()),
-                                     "--log-level=debug"};
-    // Broadcasts only where a test asks for them, so they do not interleave with answers.
-    bool interval_given = false;
-    for (const auto& a : extra_args) interval_given |= a.rfind("--state-interval-ms", 0) == 0;
-    if (!interval_given) args.push_back("--state-interval-ms=600000");
-    args.insert(args.end(), extra_args.begin(), extra_args.end());
-    gateway_ = Process::Start(anima::testing::BinDir() + "/anima-gateway", args);
-    ASSERT_NE(gateway_, nullptr);
-    // Ready means the gateway has reached the router once, so the first request does not race
-    // the first connection (whose connect timeout is short).
-    ASSERT_TRUE(Eventually([&] {
-      return HttpRequest(gateway_->port("http"), "GET", "/readyz").status == 200;
-    })) << gateway_->Log();
-  }
-
   // A connected client that has read its welcome.
   std::unique_ptr<WsClient> Connect(const std::string& path = "/") {
     auto ws = std::make_unique<WsClient>();
@@ -93,9 +60,6 @@ class GatewayTest : public ::testing::Test {
           << frame << " -> " << reply.dump();
     }
   }
-
-  std::unique_ptr<testing::FakeRouter> router_;
-  std::unique_ptr<Process> gateway_;
 };
 
 TEST_F(GatewayTest, WelcomeOnBothPaths) {

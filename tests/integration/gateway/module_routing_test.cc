@@ -5,34 +5,25 @@
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
-#include <functional>
 #include <string>
-#include <thread>
 
 #include "gtest/gtest.h"
 #include "tests/integration/harness/harness.h"
+#include "tests/integration/harness/system.h"
 
 namespace anima::gateway {
 namespace {
 
-using namespace std::chrono_literals;
+using anima::testing::Eventually;
 using anima::testing::HttpRequest;
 using anima::testing::Process;
+using anima::testing::System;
 using anima::testing::WsClient;
 using Json = nlohmann::json;
 
-bool Eventually(const std::function<bool()>& condition, std::chrono::milliseconds timeout = 15s) {
-  auto deadline = std::chrono::steady_clock::now() + timeout;
-  while (std::chrono::steady_clock::now() < deadline) {
-    if (condition()) return true;
-    std::this_thread::sleep_for(20ms);
-  }
-  return condition();
-}
-
 TEST(ModuleRoutingTest, UnknownTypesReachTheRoutersModules) {
-  auto word_count = Process::Start("anima-word-count", {"--port=0", "--metrics-port=0"});
-  ASSERT_NE(word_count, nullptr);
+  System system;
+  ASSERT_TRUE(system.StartWordCount());
 
   char dir_template[] = "/tmp/anima-gateway-modules.XXXXXX";
   ASSERT_NE(mkdtemp(dir_template), nullptr);
@@ -40,24 +31,21 @@ TEST(ModuleRoutingTest, UnknownTypesReachTheRoutersModules) {
   {
     std::ofstream out(config);
     out << Json{{"modules", Json::array({{{"name", "word-count"},
-                                          {"address", word_count->address("grpc")},
+                                          {"address", system.word_count()->address("grpc")},
                                           {"types", {"word_count"}},
                                           {"priority", "low"},
                                           {"deadline_ms", 5000}}})}}
                .dump();
   }
-  auto router =
-      Process::Start("anima-router", {"--port=0", "--metrics-port=0", "--config=" + config});
-  ASSERT_NE(router, nullptr);
-  auto gateway = Process::Start(
-      "anima-gateway", {"--port=0", "--metrics-port=0", "--router=" + router->address("grpc")});
-  ASSERT_NE(gateway, nullptr);
+  ASSERT_TRUE(system.StartRouter({"--config=" + config}));
+  ASSERT_TRUE(system.StartGateway());
+  Process& gateway = *system.gateway();
   ASSERT_TRUE(Eventually([&] {
-    return HttpRequest(gateway->port("http"), "GET", "/readyz").status == 200;
-  })) << gateway->Log();
+    return HttpRequest(gateway.port("http"), "GET", "/readyz").status == 200;
+  })) << gateway.Log();
 
   WsClient ws;
-  ASSERT_TRUE(ws.Connect(gateway->port("http"))) << ws.error();
+  ASSERT_TRUE(ws.Connect(gateway.port("http"))) << ws.error();
   ws.Ignore("consciousness_state");
   auto welcome = ws.Read();
   ASSERT_TRUE(welcome.has_value());
@@ -65,7 +53,7 @@ TEST(ModuleRoutingTest, UnknownTypesReachTheRoutersModules) {
 
   ASSERT_TRUE(ws.SendText(R"({"type":"word_count","id":"w","text":"a b c"})"));
   auto result = ws.Read();
-  ASSERT_TRUE(result.has_value()) << ws.error() << "\n" << router->Log();
+  ASSERT_TRUE(result.has_value()) << ws.error() << "\n" << system.router()->Log();
   EXPECT_EQ((*result)["type"], "word_count_result") << result->dump();
   EXPECT_EQ((*result)["id"], "w");
   EXPECT_EQ((*result)["words"], 3);

@@ -8,7 +8,6 @@
 #include <csignal>
 #include <cstdio>
 #include <fstream>
-#include <functional>
 #include <map>
 #include <string>
 #include <thread>
@@ -21,25 +20,17 @@
 #include "boost/beast/http.hpp"
 #include "gtest/gtest.h"
 #include "tests/integration/gateway/fake_router.h"
+#include "tests/integration/gateway/gateway_over_fake_router.h"
 #include "tests/integration/harness/harness.h"
 
 namespace anima::gateway {
 namespace {
 
 using namespace std::chrono_literals;
+using anima::testing::Eventually;
 using anima::testing::HttpRequest;
 using anima::testing::HttpResponse;
-using anima::testing::Process;
 using Json = nlohmann::json;
-
-bool Eventually(const std::function<bool()>& condition, std::chrono::milliseconds timeout = 15s) {
-  auto deadline = std::chrono::steady_clock::now() + timeout;
-  while (std::chrono::steady_clock::now() < deadline) {
-    if (condition()) return true;
-    std::this_thread::sleep_for(20ms);
-  }
-  return condition();
-}
 
 // The `data:` payloads of a server-sent event stream, in order.
 std::vector<std::string> SseData(const std::string& body) {
@@ -61,25 +52,8 @@ Json Chat(const std::string& message, Json extra = Json::object()) {
   return body;
 }
 
-class OpenAiHttpTest : public ::testing::Test {
+class OpenAiHttpTest : public testing::GatewayOverFakeRouterTest {
  protected:
-  void SetUp() override {
-    router_ = testing::FakeRouter::Start();
-    ASSERT_NE(router_, nullptr);
-  }
-
-  void StartGateway(std::vector<std::string> extra_args = {}) {
-    std::vector<std::string> args = {"--port=0", "--metrics-port=0",
-                                     "--router=127.0.0.1:" + std::to_string(router_->port()),
-                                     "--state-interval-ms=600000", "--log-level=debug"};
-    args.insert(args.end(), extra_args.begin(), extra_args.end());
-    gateway_ = Process::Start(anima::testing::BinDir() + "/anima-gateway", args);
-    ASSERT_NE(gateway_, nullptr);
-    ASSERT_TRUE(Eventually([&] {
-      return HttpRequest(gateway_->port("http"), "GET", "/readyz").status == 200;
-    })) << gateway_->Log();
-  }
-
   HttpResponse Post(const std::string& body, std::map<std::string, std::string> headers = {}) {
     return HttpRequest(gateway_->port("http"), "POST", "/v1/chat/completions", body, headers);
   }
@@ -100,9 +74,6 @@ class OpenAiHttpTest : public ::testing::Test {
     EXPECT_TRUE(e.contains("param")) << r.body;
     return e;
   }
-
-  std::unique_ptr<testing::FakeRouter> router_;
-  std::unique_ptr<Process> gateway_;
 };
 
 TEST_F(OpenAiHttpTest, NonStreamingCompletion) {

@@ -4,6 +4,7 @@
 
 #include "gtest/gtest.h"
 #include "tests/integration/harness/harness.h"
+#include "tests/integration/harness/system.h"
 
 namespace anima::testing {
 namespace {
@@ -13,31 +14,16 @@ using Json = nlohmann::json;
 class OpenAiSystemTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    std::string rules = SourceDir() + "/tests/testdata/sim_rules.json";
-    sim_ = Process::Start("anima-llm-sim", {"--port=0", "--metrics-port=0", "--rules=" + rules});
-    ASSERT_NE(sim_, nullptr);
-    broker_ = Process::Start(
-        "anima-llm-broker",
-        {"--port=0", "--metrics-port=0",
-         "--config=" + SourceDir() + "/services/llm_broker/config.sim.json",
-         "--openai-base-url=http://127.0.0.1:" + std::to_string(sim_->port("http")) + "/v1"});
-    ASSERT_NE(broker_, nullptr);
-    router_ = Process::Start(
-        "anima-router", {"--port=0", "--metrics-port=0", "--broker=" + broker_->address("grpc")});
-    ASSERT_NE(router_, nullptr);
-    gateway_ = Process::Start(
-        "anima-gateway", {"--port=0", "--metrics-port=0", "--router=" + router_->address("grpc")});
-    ASSERT_NE(gateway_, nullptr);
+    system_ = std::make_unique<System>();
+    ASSERT_TRUE(system_->StartSim({"--rules=" + SourceDir() + "/tests/testdata/sim_rules.json"}));
+    ASSERT_TRUE(system_->StartBroker());
+    ASSERT_TRUE(system_->StartRouter());
+    ASSERT_TRUE(system_->StartGateway());
   }
 
-  static void TearDownTestSuite() {
-    gateway_.reset();
-    router_.reset();
-    broker_.reset();
-    sim_.reset();
-  }
+  static void TearDownTestSuite() { system_.reset(); }
 
-  static inline std::unique_ptr<Process> sim_, broker_, router_, gateway_;
+  static inline std::unique_ptr<System> system_;
 };
 
 constexpr char kPrompt[] = "Hello, consciousness system!";
@@ -49,8 +35,9 @@ TEST_F(OpenAiSystemTest, ChatCompletionReturnsTheSimulatorsReply) {
                {"messages",
                 {{{"role", "system"}, {"content", "You are Anima."}},
                  {{"role", "user"}, {"content", kPrompt}}}}};
-  auto r = HttpRequest(gateway_->port("http"), "POST", "/v1/chat/completions", body.dump());
-  ASSERT_EQ(r.status, 200) << r.body << gateway_->Log() << router_->Log();
+  auto r =
+      HttpRequest(system_->gateway()->port("http"), "POST", "/v1/chat/completions", body.dump());
+  ASSERT_EQ(r.status, 200) << r.body << system_->gateway()->Log() << system_->router()->Log();
   Json j = Json::parse(r.body);
   EXPECT_EQ(j["object"], "chat.completion");
   EXPECT_EQ(j["choices"][0]["message"]["content"], kReply);
@@ -62,7 +49,8 @@ TEST_F(OpenAiSystemTest, StreamedDeltasAddUpToTheReply) {
   Json body = {{"messages", {{{"role", "user"}, {"content", kPrompt}}}},
                {"stream", true},
                {"stream_options", {{"include_usage", true}}}};
-  auto r = HttpRequest(gateway_->port("http"), "POST", "/v1/chat/completions", body.dump());
+  auto r =
+      HttpRequest(system_->gateway()->port("http"), "POST", "/v1/chat/completions", body.dump());
   ASSERT_EQ(r.status, 200) << r.body;
   std::string joined;
   std::string last;
@@ -86,7 +74,7 @@ TEST_F(OpenAiSystemTest, StreamedDeltasAddUpToTheReply) {
 }
 
 TEST_F(OpenAiSystemTest, ModelsListsTheBrokersProviders) {
-  auto r = HttpRequest(gateway_->port("http"), "GET", "/v1/models");
+  auto r = HttpRequest(system_->gateway()->port("http"), "GET", "/v1/models");
   ASSERT_EQ(r.status, 200) << r.body;
   Json j = Json::parse(r.body);
   EXPECT_EQ(j["object"], "list");

@@ -52,6 +52,15 @@ std::string MakeTempDir(const std::string& prefix) {
   return dir != nullptr ? dir : "/tmp";
 }
 
+bool Eventually(const std::function<bool()>& condition, std::chrono::milliseconds timeout) {
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (condition()) return true;
+    std::this_thread::sleep_for(20ms);
+  }
+  return condition();
+}
+
 std::unique_ptr<Process> Process::Start(const std::string& binary, std::vector<std::string> args,
                                         std::map<std::string, std::string> env,
                                         std::chrono::milliseconds timeout) {

@@ -4,6 +4,7 @@
 // client would (HTTP and WebSocket over real sockets).
 
 #include <chrono>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -22,6 +23,10 @@ std::string BinDir();
 std::string SourceDir();
 // A fresh empty directory under /tmp, removed by nobody: tests keep their logs there.
 std::string MakeTempDir(const std::string& prefix);
+
+// Polls `condition` every 20 ms until it holds or `timeout` passes; then asks it once more, so a
+// slow last poll still counts.
+bool Eventually(const std::function<bool()>& condition, std::chrono::milliseconds timeout = 15s);
 
 // One running binary. Start() passes `--ready-file=...` and waits until the binary has written
 // it: every binary writes {"grpc":port,"metrics":port,"http":port,...} once all its listeners are

@@ -8,6 +8,7 @@
 
 #include "gtest/gtest.h"
 #include "tests/integration/harness/harness.h"
+#include "tests/integration/harness/system.h"
 
 namespace anima::testing {
 namespace {
@@ -22,47 +23,23 @@ json DemoRequest() {
 class SelfCodingFlowTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    data_dir_ = MakeTempDir("anima-sc-data");
+    std::string data_dir = MakeTempDir("anima-sc-data");
     // The sandbox runs generated code as an unprivileged uid, which must reach the workspaces.
-    std::filesystem::permissions(data_dir_, std::filesystem::perms(0755));
-    sim_ = Process::Start("anima-llm-sim",
-                          {"--port=0", "--metrics-port=0",
-                           "--rules=" + SourceDir() + "/tests/testdata/self_coding_rules.json"});
-    ASSERT_NE(sim_, nullptr);
-    broker_ = Process::Start(
-        "anima-llm-broker",
-        {"--port=0", "--metrics-port=0",
-         "--config=" + SourceDir() + "/services/llm_broker/config.sim.json",
-         "--openai-base-url=http://127.0.0.1:" + std::to_string(sim_->port("http")) + "/v1"});
-    ASSERT_NE(broker_, nullptr);
-    StartSelfCoding(0);
-    ASSERT_NE(self_coding_, nullptr);
-    router_ = Process::Start(
-        "anima-router", {"--port=0", "--metrics-port=0", "--broker=" + broker_->address("grpc"),
-                         "--self-coding=" + self_coding_->address("grpc")});
-    ASSERT_NE(router_, nullptr);
-    gateway_ = Process::Start(
-        "anima-gateway", {"--port=0", "--metrics-port=0", "--router=" + router_->address("grpc")});
-    ASSERT_NE(gateway_, nullptr);
+    std::filesystem::permissions(data_dir, std::filesystem::perms(0755));
+    system_ = std::make_unique<System>();
+    ASSERT_TRUE(
+        system_->StartSim({"--rules=" + SourceDir() + "/tests/testdata/self_coding_rules.json"}));
+    ASSERT_TRUE(system_->StartBroker());
+    ASSERT_TRUE(system_->StartSelfCoding(data_dir));
+    ASSERT_TRUE(system_->StartRouter());
+    ASSERT_TRUE(system_->StartGateway());
   }
 
-  static void StartSelfCoding(int port) {
-    self_coding_ = Process::Start(
-        "anima-self-coding", {"--port=" + std::to_string(port), "--metrics-port=0",
-                              "--broker=" + broker_->address("grpc"), "--data-dir=" + data_dir_});
-  }
-
-  static void TearDownTestSuite() {
-    gateway_.reset();
-    router_.reset();
-    self_coding_.reset();
-    broker_.reset();
-    sim_.reset();
-  }
+  static void TearDownTestSuite() { system_.reset(); }
 
   std::unique_ptr<WsClient> Connect() {
     auto ws = std::make_unique<WsClient>();
-    EXPECT_TRUE(ws->Connect(gateway_->port("http"))) << ws->error();
+    EXPECT_TRUE(ws->Connect(system_->gateway()->port("http"))) << ws->error();
     ws->Ignore("consciousness_state");
     ws->Ignore("welcome");
     return ws;
@@ -91,8 +68,7 @@ class SelfCodingFlowTest : public ::testing::Test {
     }
   }
 
-  static inline std::string data_dir_;
-  static inline std::unique_ptr<Process> sim_, broker_, self_coding_, router_, gateway_;
+  static inline std::unique_ptr<System> system_;
 };
 
 TEST_F(SelfCodingFlowTest, TheDemoFailsOnceThenSucceedsWithEveryStepStreamed) {
@@ -130,7 +106,9 @@ TEST_F(SelfCodingFlowTest, TheDemoFailsOnceThenSucceedsWithEveryStepStreamed) {
     ASSERT_EQ(end["type"], "self_coding_result") << end.dump();
     EXPECT_EQ(end["status"], "succeeded");
     ASSERT_EQ(static_cast<int64_t>(replay.size()), last - after) << "after_seq " << after;
-    if (!replay.empty()) EXPECT_EQ(replay.front()["seq"].get<int64_t>(), after + 1);
+    if (!replay.empty()) {
+      EXPECT_EQ(replay.front()["seq"].get<int64_t>(), after + 1);
+    }
   }
 }
 
@@ -211,16 +189,14 @@ TEST_F(SelfCodingFlowTest, ARestartEndsRunningJobsInterruptedAndKeepsTheirEvents
     seen = (*p)["seq"];
     if ((*p)["stage"] == "generating") break;
   }
-  int port = self_coding_->port("grpc");
-  self_coding_->Signal(SIGKILL);
-  self_coding_->Wait();
+  system_->self_coding()->Signal(SIGKILL);
+  system_->self_coding()->Wait();
   // The client's stream ends with unavailable: the service it was watching is gone.
   auto gone = ws->ReadUntil("error", "r", 15s);
   ASSERT_TRUE(gone);
   EXPECT_EQ((*gone)["code"], "unavailable");
 
-  StartSelfCoding(port);
-  ASSERT_NE(self_coding_, nullptr);
+  ASSERT_TRUE(system_->Restart(system_->self_coding()));
   json watch = {
       {"type", "self_coding_watch"}, {"id", "rw"}, {"job_id", job_id}, {"after_seq", seen}};
   std::optional<json> result;

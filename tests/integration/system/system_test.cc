@@ -7,6 +7,7 @@
 
 #include "gtest/gtest.h"
 #include "tests/integration/harness/harness.h"
+#include "tests/integration/harness/system.h"
 
 namespace anima::testing {
 namespace {
@@ -14,52 +15,34 @@ namespace {
 class SystemTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    std::string rules = SourceDir() + "/tests/testdata/sim_rules.json";
-    sim_ = Process::Start("anima-llm-sim", {"--port=0", "--metrics-port=0", "--rules=" + rules});
-    ASSERT_NE(sim_, nullptr);
-    broker_ = Process::Start(
-        "anima-llm-broker",
-        {"--port=0", "--metrics-port=0",
-         "--config=" + SourceDir() + "/services/llm_broker/config.sim.json",
-         "--openai-base-url=http://127.0.0.1:" + std::to_string(sim_->port("http")) + "/v1"});
-    ASSERT_NE(broker_, nullptr);
-    StartRouter(0);
-    ASSERT_NE(router_, nullptr);
-    gateway_ = Process::Start(
-        "anima-gateway", {"--port=0", "--metrics-port=0", "--router=" + router_->address("grpc")});
-    ASSERT_NE(gateway_, nullptr);
+    system_ = std::make_unique<System>();
+    ASSERT_TRUE(system_->StartSim({"--rules=" + SourceDir() + "/tests/testdata/sim_rules.json"}));
+    ASSERT_TRUE(system_->StartBroker());
+    ASSERT_TRUE(system_->StartRouter({"--poll-interval-ms=200"}));
+    ASSERT_TRUE(system_->StartGateway());
   }
 
-  static void StartRouter(int port) {
-    router_ = Process::Start("anima-router",
-                             {"--port=" + std::to_string(port), "--metrics-port=0",
-                              "--poll-interval-ms=200", "--broker=" + broker_->address("grpc")});
-  }
-
-  static void TearDownTestSuite() {
-    gateway_.reset();
-    router_.reset();
-    broker_.reset();
-    sim_.reset();
-  }
+  static void TearDownTestSuite() { system_.reset(); }
 
   // A connected client that has read its welcome frame; state broadcasts are ignored.
   std::unique_ptr<WsClient> Connect(const std::string& path = "/") {
     auto ws = std::make_unique<WsClient>();
-    EXPECT_TRUE(ws->Connect(gateway_->port("http"), path)) << ws->error();
+    EXPECT_TRUE(ws->Connect(system_->gateway()->port("http"), path)) << ws->error();
     ws->Ignore("consciousness_state");
     auto welcome = ws->Read();
     EXPECT_TRUE(welcome.has_value());
-    if (welcome) EXPECT_EQ((*welcome)["type"], "welcome");
+    if (welcome) {
+      EXPECT_EQ((*welcome)["type"], "welcome");
+    }
     return ws;
   }
 
-  static inline std::unique_ptr<Process> sim_, broker_, router_, gateway_;
+  static inline std::unique_ptr<System> system_;
 };
 
 TEST_F(SystemTest, WelcomeDescribesTheSessionAndLimits) {
   WsClient ws;
-  ASSERT_TRUE(ws.Connect(gateway_->port("http")));
+  ASSERT_TRUE(ws.Connect(system_->gateway()->port("http")));
   auto welcome = ws.Read();
   ASSERT_TRUE(welcome);
   EXPECT_EQ((*welcome)["type"], "welcome");
@@ -187,7 +170,7 @@ TEST_F(SystemTest, OversizedFrameIsTooLargeThenClose1009) {
 
 TEST_F(SystemTest, StateListsEveryServiceWithHarmony) {
   auto ws = std::make_unique<WsClient>();
-  ASSERT_TRUE(ws->Connect(gateway_->port("http")));
+  ASSERT_TRUE(ws->Connect(system_->gateway()->port("http")));
   ASSERT_TRUE(ws->SendText(R"({"type":"consciousness_query","id":"q"})"));
   auto state = ws->ReadUntil("consciousness_state", "q");
   ASSERT_TRUE(state);
@@ -213,10 +196,11 @@ TEST_F(SystemTest, EveryServiceServesItsMetrics) {
     std::vector<std::string> prefixes;
   };
   std::vector<Expect> all = {
-      {gateway_.get(), {"anima_gateway_connections", "anima_gateway_frames_received_total"}},
-      {router_.get(), {"anima_router_requests_total", "anima_grpc_server_handled_total"}},
-      {broker_.get(), {"anima_broker_provider_requests_total", "anima_grpc_server_handled_total"}},
-      {sim_.get(), {"anima_sim_requests_total"}},
+      {system_->gateway(), {"anima_gateway_connections", "anima_gateway_frames_received_total"}},
+      {system_->router(), {"anima_router_requests_total", "anima_grpc_server_handled_total"}},
+      {system_->broker(),
+       {"anima_broker_provider_requests_total", "anima_grpc_server_handled_total"}},
+      {system_->sim(), {"anima_sim_requests_total"}},
   };
   for (const auto& e : all) {
     auto metrics = ScrapeMetrics(e.process->port("metrics"));
@@ -231,14 +215,14 @@ TEST_F(SystemTest, EveryServiceServesItsMetrics) {
       EXPECT_TRUE(found) << prefix << " missing on " << e.process->log_path();
     }
   }
-  auto router_metrics = ScrapeMetrics(router_->port("metrics"));
+  auto router_metrics = ScrapeMetrics(system_->router()->port("metrics"));
   EXPECT_GE(router_metrics["anima_router_requests_total{outcome=\"ok\",type=\"chat\"}"], 1);
 }
 
 TEST_F(SystemTest, HealthAndReadiness) {
-  EXPECT_EQ(HttpRequest(gateway_->port("http"), "GET", "/healthz").status, 200);
-  EXPECT_EQ(HttpRequest(gateway_->port("http"), "GET", "/readyz").status, 200);
-  EXPECT_EQ(HttpRequest(gateway_->port("http"), "GET", "/nope").status, 404);
+  EXPECT_EQ(HttpRequest(system_->gateway()->port("http"), "GET", "/healthz").status, 200);
+  EXPECT_EQ(HttpRequest(system_->gateway()->port("http"), "GET", "/readyz").status, 200);
+  EXPECT_EQ(HttpRequest(system_->gateway()->port("http"), "GET", "/nope").status, 404);
 }
 
 // Waits until the simulator has seen `n` streams cut off by their client.
@@ -251,7 +235,8 @@ bool SimSawCancellations(Process& sim, double n) {
 }
 
 TEST_F(SystemTest, CancelStopsTheProviderRequest) {
-  double before = ScrapeMetrics(sim_->port("metrics"))["anima_sim_streams_cancelled_total"];
+  double before =
+      ScrapeMetrics(system_->sim()->port("metrics"))["anima_sim_streams_cancelled_total"];
   auto ws = Connect();
   ASSERT_TRUE(
       ws->SendText(R"({"type":"chat","id":"slow","message":"take your time","stream":true})"));
@@ -261,36 +246,38 @@ TEST_F(SystemTest, CancelStopsTheProviderRequest) {
   auto err = ws->ReadUntil("error", "slow");
   ASSERT_TRUE(err);
   EXPECT_EQ((*err)["code"], "cancelled");
-  EXPECT_TRUE(SimSawCancellations(*sim_, before + 1));
+  EXPECT_TRUE(SimSawCancellations(*system_->sim(), before + 1));
 }
 
 TEST_F(SystemTest, TimeoutMsEndsTheRequestAndTheProviderCall) {
-  double before = ScrapeMetrics(sim_->port("metrics"))["anima_sim_streams_cancelled_total"];
+  double before =
+      ScrapeMetrics(system_->sim()->port("metrics"))["anima_sim_streams_cancelled_total"];
   auto ws = Connect();
   ASSERT_TRUE(ws->SendText(
       R"({"type":"chat","id":"t","message":"take your time","stream":true,"timeout_ms":300})"));
   auto err = ws->ReadUntil("error", "t");
   ASSERT_TRUE(err);
   EXPECT_EQ((*err)["code"], "deadline_exceeded");
-  EXPECT_TRUE(SimSawCancellations(*sim_, before + 1));
+  EXPECT_TRUE(SimSawCancellations(*system_->sim(), before + 1));
 }
 
 TEST_F(SystemTest, AClientThatDisconnectsStopsTheProviderRequest) {
-  double before = ScrapeMetrics(sim_->port("metrics"))["anima_sim_streams_cancelled_total"];
+  double before =
+      ScrapeMetrics(system_->sim()->port("metrics"))["anima_sim_streams_cancelled_total"];
   {
     auto ws = Connect();
     ASSERT_TRUE(
         ws->SendText(R"({"type":"chat","id":"gone","message":"take your time","stream":true})"));
     std::this_thread::sleep_for(300ms);
   }  // the client goes away
-  EXPECT_TRUE(SimSawCancellations(*sim_, before + 1));
+  EXPECT_TRUE(SimSawCancellations(*system_->sim(), before + 1));
 }
 
 // The state follows a back end that dies and comes back.
 TEST_F(SystemTest, StateShowsAKilledBrokerDownAndThenBack) {
   auto broker_state = [&]() {
     WsClient ws;
-    EXPECT_TRUE(ws.Connect(gateway_->port("http")));
+    EXPECT_TRUE(ws.Connect(system_->gateway()->port("http")));
     ws.SendText(R"({"type":"consciousness_query","id":"q"})");
     auto state = ws.ReadUntil("consciousness_state", "q");
     std::string status = "missing";
@@ -312,19 +299,13 @@ TEST_F(SystemTest, StateShowsAKilledBrokerDownAndThenBack) {
   };
   double healthy = wait_for("healthy");
   ASSERT_GE(healthy, 0.9);
-  int port = broker_->port("grpc");
-  broker_->Signal(SIGKILL);
-  broker_->Wait();
+  system_->broker()->Signal(SIGKILL);
+  system_->broker()->Wait();
   double down = wait_for("down");
   ASSERT_GE(down, 0);
   EXPECT_LT(down, healthy);
 
-  broker_ = Process::Start(
-      "anima-llm-broker",
-      {"--port=" + std::to_string(port), "--metrics-port=0",
-       "--config=" + SourceDir() + "/services/llm_broker/config.sim.json",
-       "--openai-base-url=http://127.0.0.1:" + std::to_string(sim_->port("http")) + "/v1"});
-  ASSERT_NE(broker_, nullptr);
+  ASSERT_TRUE(system_->Restart(system_->broker()));
   EXPECT_GE(wait_for("healthy"), 0.9);
 }
 
@@ -337,7 +318,7 @@ TEST_F(SystemTest, PrioritiesAndOverloadThroughTheScheduler) {
     "scheduler": {"max_in_flight": 1, "queue_capacity": {"normal": 1}}})";
   auto router = Process::Start("anima-router",
                                {"--port=0", "--metrics-port=0", "--config=" + dir + "/router.json",
-                                "--broker=" + broker_->address("grpc")});
+                                "--broker=" + system_->broker()->address("grpc")});
   ASSERT_NE(router, nullptr);
   auto gateway = Process::Start(
       "anima-gateway", {"--port=0", "--metrics-port=0", "--router=" + router->address("grpc")});
@@ -387,9 +368,8 @@ TEST_F(SystemTest, PrioritiesAndOverloadThroughTheScheduler) {
 
 // Runs last among the chat tests (gtest runs tests in declaration order).
 TEST_F(SystemTest, KilledRouterGivesUnavailableAndRecoveryOnceBack) {
-  int port = router_->port("grpc");
-  router_->Signal(SIGKILL);
-  router_->Wait();
+  system_->router()->Signal(SIGKILL);
+  system_->router()->Wait();
   auto ws = Connect();
   ASSERT_TRUE(ws->SendText(R"({"type":"chat","id":"u","message":"anyone there?"})"));
   auto err = ws->ReadUntil("error", "u");
@@ -398,13 +378,12 @@ TEST_F(SystemTest, KilledRouterGivesUnavailableAndRecoveryOnceBack) {
   // Readiness follows the router's health within a few probe intervals.
   int ready = 200;
   for (int i = 0; i < 100 && ready != 503; ++i) {
-    ready = HttpRequest(gateway_->port("http"), "GET", "/readyz").status;
+    ready = HttpRequest(system_->gateway()->port("http"), "GET", "/readyz").status;
     if (ready != 503) std::this_thread::sleep_for(50ms);
   }
   EXPECT_EQ(ready, 503);
 
-  StartRouter(port);
-  ASSERT_NE(router_, nullptr);
+  ASSERT_TRUE(system_->Restart(system_->router()));
   // The gateway reconnects by itself; the same connection works again within a few tries.
   bool recovered = false;
   for (int i = 0; i < 50 && !recovered; ++i) {
@@ -421,7 +400,7 @@ TEST_F(SystemTest, KilledRouterGivesUnavailableAndRecoveryOnceBack) {
 }
 
 TEST_F(SystemTest, SigtermStopsEveryServiceCleanly) {
-  for (auto* p : {gateway_.get(), router_.get(), broker_.get(), sim_.get()}) {
+  for (auto* p : {system_->gateway(), system_->router(), system_->broker(), system_->sim()}) {
     auto start = std::chrono::steady_clock::now();
     p->Signal(SIGTERM);
     EXPECT_EQ(p->Wait(), 0) << p->log_path();

@@ -3,11 +3,10 @@
 // Skipped when the simulator has not been built.
 #include <unistd.h>
 
-#include <condition_variable>
 #include <filesystem>
 #include <fstream>
 #include <memory>
-#include <mutex>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -17,52 +16,48 @@
 #include "services/llm_broker/http_client.h"
 #include "services/llm_broker/openai_provider.h"
 #include "tests/integration/harness/harness.h"
+#include "tests/integration/harness/system.h"
+#include "tests/unit/llm_broker/recorded_call.h"
 
 namespace anima::broker {
 namespace {
 
 using namespace std::chrono_literals;
 namespace v1 = anima::v1;
+using anima::broker::testing::CallAndWait;
+using anima::broker::testing::RecordedCall;
 using anima::testing::BinDir;
 using anima::testing::Process;
+using anima::testing::System;
 
 constexpr char kPrompt[] = "Hello, consciousness system!";
 
 class SimTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    std::string bin = BinDir() + "/anima-llm-sim";
-    if (!std::filesystem::exists(bin)) return;
+    system_ = std::make_unique<System>();
+    if (!std::filesystem::exists(BinDir() + "/anima-llm-sim")) return;
     // Our own rules, so a prompt can pick a fault when the request goes through the broker.
     std::string rules = anima::testing::MakeTempDir("broker-sim") + "/rules.json";
     std::ofstream(rules) << R"({"default_reply": "A simulated answer to {prompt}.",
       "models": ["gpt-4o-mini", "gpt-4o"],
       "rules": [{"match": "[broker:midstream]", "reply": "This answer starts well and then breaks",
                  "scenario": "midstream_error"}]})";
-    sim_ = Process::Start(bin, {"--port=0", "--metrics-port=0", "--first-token-ms=0",
-                                "--token-interval-ms=0", "--latency-ms=0", "--rules=" + rules})
-               .release();
+    system_->StartSim(
+        {"--first-token-ms=0", "--token-interval-ms=0", "--latency-ms=0", "--rules=" + rules});
   }
-  static void TearDownTestSuite() {
-    delete sim_;
-    sim_ = nullptr;
-  }
+  static void TearDownTestSuite() { system_.reset(); }
   void SetUp() override {
-    if (sim_ == nullptr) GTEST_SKIP() << "anima-llm-sim is not built";
+    if (system_->sim() == nullptr) GTEST_SKIP() << "anima-llm-sim is not built";
     client_ = *HttpClient::Create({});
   }
 
   std::string BaseUrl() const {
-    return "http://127.0.0.1:" + std::to_string(sim_->port("http")) + "/v1";
+    return "http://127.0.0.1:" + std::to_string(system_->sim()->port("http")) + "/v1";
   }
 
-  struct Outcome {
-    std::vector<std::string> deltas;
-    std::optional<ProviderOutcome> outcome;
-  };
-
   // One provider call with the given x-sim-scenario, waited for.
-  Outcome Call(const std::string& scenario, bool stream) {
+  RecordedCall Call(const std::string& scenario, bool stream) {
     OpenAiProviderOptions options;
     options.base_url = BaseUrl();
     options.api_key = "sim-key";
@@ -73,38 +68,24 @@ class SimTest : public ::testing::Test {
     request.model = "gpt-4o-mini";
     request.messages = {{"user", kPrompt}};
     request.stream = stream;
-    std::mutex mu;
-    std::condition_variable cv;
-    Outcome out;
-    ProviderSink sink;
-    sink.on_delta = [&](std::string_view d) {
-      std::lock_guard lock(mu);
-      out.deltas.emplace_back(d);
-    };
-    sink.on_done = [&](ProviderOutcome o) {
-      std::lock_guard lock(mu);
-      out.outcome = std::move(o);
-      cv.notify_all();
-    };
-    provider.Start(request, sink);
-    std::unique_lock lock(mu);
-    EXPECT_TRUE(cv.wait_for(lock, 20s, [&] { return out.outcome.has_value(); }));
+    RecordedCall out = CallAndWait(provider, request);
+    EXPECT_TRUE(out.outcome.has_value());
     return out;
   }
 
-  static inline Process* sim_ = nullptr;
+  static inline std::unique_ptr<System> system_;
   std::shared_ptr<HttpClient> client_;
 };
 
 TEST_F(SimTest, StreamingSurvivesEveryFramingStressor) {
-  Outcome whole = Call("", /*stream=*/false);
+  RecordedCall whole = Call("", /*stream=*/false);
   ASSERT_TRUE(std::holds_alternative<ChatResult>(*whole.outcome));
   const std::string expected = std::get<ChatResult>(*whole.outcome).text;
   ASSERT_FALSE(expected.empty());
   for (const std::string scenario :
        {"ok", "split_bytes", "byte_by_byte", "crlf", "comments", "nospace", "multi", "fields",
         "crlf,split_bytes,comments,nospace,fields"}) {
-    Outcome out = Call(scenario, /*stream=*/true);
+    RecordedCall out = Call(scenario, /*stream=*/true);
     ASSERT_TRUE(std::holds_alternative<ChatResult>(*out.outcome))
         << scenario << ": " << std::get<ProviderError>(*out.outcome).message;
     const auto& result = std::get<ChatResult>(*out.outcome);
@@ -131,34 +112,31 @@ TEST_F(SimTest, FaultsAreNormalisedErrors) {
                          {"error_500", false, "http_500", true},
                          {"error_401", true, "http_401", false},
                          {"quota_429", false, "http_429_quota", false}}) {
-    Outcome out = Call(c.scenario, c.stream);
+    RecordedCall out = Call(c.scenario, c.stream);
     ASSERT_TRUE(std::holds_alternative<ProviderError>(*out.outcome)) << c.scenario;
     const auto& e = std::get<ProviderError>(*out.outcome);
     EXPECT_EQ(e.code, c.code) << c.scenario << ": " << e.message;
     EXPECT_EQ(e.retryable, c.retryable) << c.scenario;
   }
-  Outcome limited = Call("rate_limit_429", false);
+  RecordedCall limited = Call("rate_limit_429", false);
   const auto& e = std::get<ProviderError>(*limited.outcome);
   EXPECT_TRUE(e.retryable);
   EXPECT_TRUE(e.retry_after.has_value());
 }
 
 TEST_F(SimTest, ConnectionClosedAfterAResponseIsRetriedTransparently) {
-  Outcome first = Call("close_after", false);
+  RecordedCall first = Call("close_after", false);
   ASSERT_TRUE(std::holds_alternative<ChatResult>(*first.outcome));
-  Outcome second = Call("", false);
+  RecordedCall second = Call("", false);
   ASSERT_TRUE(std::holds_alternative<ChatResult>(*second.outcome));
   EXPECT_EQ(client_->stale_retries(), 1);
   EXPECT_EQ(client_->connections_opened(), 2);
 }
 
 TEST_F(SimTest, BrokerBinaryEndToEnd) {
-  std::string config = anima::testing::SourceDir() + "/services/llm_broker/config.sim.json";
-  auto broker = Process::Start(
-      BinDir() + "/anima-llm-broker",
-      {"--port=0", "--metrics-port=0", "--config=" + config, "--openai-base-url=" + BaseUrl()});
-  ASSERT_NE(broker, nullptr);
-  auto channel = grpc::CreateChannel(broker->address("grpc"), grpc::InsecureChannelCredentials());
+  ASSERT_TRUE(system_->StartBroker());
+  Process& broker = *system_->broker();
+  auto channel = grpc::CreateChannel(broker.address("grpc"), grpc::InsecureChannelCredentials());
   auto stub = v1::LlmBroker::NewStub(channel);
 
   v1::CompletionRequest request;
@@ -170,7 +148,7 @@ TEST_F(SimTest, BrokerBinaryEndToEnd) {
     context.set_deadline(std::chrono::system_clock::now() + 20s);
     v1::CompletionResponse response;
     auto status = stub->Complete(&context, request, &response);
-    ASSERT_TRUE(status.ok()) << status.error_message() << "\n" << broker->Log();
+    ASSERT_TRUE(status.ok()) << status.error_message() << "\n" << broker.Log();
     EXPECT_FALSE(response.message().empty());
     EXPECT_EQ(response.provider(), "openai");
     EXPECT_GT(response.usage().total_tokens(), 0);
@@ -209,12 +187,12 @@ TEST_F(SimTest, BrokerBinaryEndToEnd) {
     ASSERT_TRUE(failure.ParseFromString(status.error_details()));
     EXPECT_EQ(failure.code(), "provider_error");
   }
-  auto metrics = anima::testing::ScrapeMetrics(broker->port("metrics"));
+  auto metrics = anima::testing::ScrapeMetrics(broker.port("metrics"));
   EXPECT_GE(metrics["anima_broker_provider_requests_total{model=\"gpt-4o-mini\",outcome=\"ok\","
                     "provider=\"openai\"}"],
             2);
   EXPECT_GE(metrics["anima_broker_http_connections_opened_total{origin=\"http://127.0.0.1:" +
-                    std::to_string(sim_->port("http")) + "\"}"],
+                    std::to_string(system_->sim()->port("http")) + "\"}"],
             1);
   EXPECT_GT(metrics["anima_broker_tokens_total{kind=\"completion\",model=\"gpt-4o-mini\","
                     "provider=\"openai\"}"],

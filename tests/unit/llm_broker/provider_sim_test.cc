@@ -1,12 +1,9 @@
 // The Venice and Gemini providers against the real simulator binary (anima-llm-sim), streaming
 // and not, under its scenarios and framing stressors; and the broker binary answering requests
 // with "provider": "venice" / "gemini". Skipped when the simulator has not been built.
-#include <condition_variable>
 #include <filesystem>
 #include <fstream>
-#include <functional>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <vector>
 
@@ -17,47 +14,39 @@
 #include "services/llm_broker/http_client.h"
 #include "services/llm_broker/openai_provider.h"
 #include "tests/integration/harness/harness.h"
+#include "tests/integration/harness/system.h"
+#include "tests/unit/llm_broker/recorded_call.h"
 
 namespace anima::broker {
 namespace {
 
 using namespace std::chrono_literals;
 namespace v1 = anima::v1;
+using anima::broker::testing::CallAndWait;
+using anima::broker::testing::RecordedCall;
 using anima::testing::BinDir;
 using anima::testing::Process;
+using anima::testing::System;
 
 constexpr char kPrompt[] = "Tell me something about the sky and the sea please";
 
 class ProviderSimTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    std::string bin = BinDir() + "/anima-llm-sim";
-    if (!std::filesystem::exists(bin)) return;
-    sim_ = Process::Start(bin, {"--port=0", "--metrics-port=0", "--first-token-ms=0",
-                                "--token-interval-ms=0", "--latency-ms=0"})
-               .release();
+    system_ = std::make_unique<System>();
+    if (!std::filesystem::exists(BinDir() + "/anima-llm-sim")) return;
+    system_->StartSim({"--first-token-ms=0", "--token-interval-ms=0", "--latency-ms=0"});
   }
-  static void TearDownTestSuite() {
-    delete sim_;
-    sim_ = nullptr;
-  }
+  static void TearDownTestSuite() { system_.reset(); }
   void SetUp() override {
-    if (sim_ == nullptr) GTEST_SKIP() << "anima-llm-sim is not built";
+    if (system_->sim() == nullptr) GTEST_SKIP() << "anima-llm-sim is not built";
     client_ = *HttpClient::Create({});
   }
 
  public:
-  std::string Origin() const { return "http://127.0.0.1:" + std::to_string(sim_->port("http")); }
-
-  struct Outcome {
-    std::vector<std::string> deltas;
-    std::optional<ProviderOutcome> outcome;
-    std::string Joined() const {
-      std::string s;
-      for (const auto& d : deltas) s += d;
-      return s;
-    }
-  };
+  std::string Origin() const {
+    return "http://127.0.0.1:" + std::to_string(system_->sim()->port("http"));
+  }
 
   std::shared_ptr<Provider> Venice(const std::string& scenario, std::string key = "sim-key") {
     OpenAiProviderOptions options;
@@ -78,37 +67,23 @@ class ProviderSimTest : public ::testing::Test {
     return std::make_shared<GeminiProvider>(options, client_);
   }
 
-  Outcome Call(Provider& provider, bool stream, const std::string& system = "") {
+  RecordedCall Call(Provider& provider, bool stream, const std::string& system = "") {
     ChatRequest request;
     request.request_id = "r-sim";
     request.model = provider.default_model();
     request.system = system;
     request.messages = {{"user", kPrompt}, {"assistant", "Sure."}, {"user", kPrompt}};
     request.stream = stream;
-    std::mutex mu;
-    std::condition_variable cv;
-    Outcome out;
-    ProviderSink sink;
-    sink.on_delta = [&](std::string_view d) {
-      std::lock_guard lock(mu);
-      out.deltas.emplace_back(d);
-    };
-    sink.on_done = [&](ProviderOutcome o) {
-      std::lock_guard lock(mu);
-      out.outcome = std::move(o);
-      cv.notify_all();
-    };
-    provider.Start(request, sink);
-    std::unique_lock lock(mu);
-    EXPECT_TRUE(cv.wait_for(lock, 20s, [&] { return out.outcome.has_value(); }));
+    RecordedCall out = CallAndWait(provider, request);
+    EXPECT_TRUE(out.outcome.has_value());
     return out;
   }
 
-  static inline Process* sim_ = nullptr;
+  static inline std::unique_ptr<System> system_;
   std::shared_ptr<HttpClient> client_;
 };
 
-ChatResult ResultOf(const ProviderSimTest::Outcome& out) {
+ChatResult ResultOf(const RecordedCall& out) {
   ChatResult empty;
   if (!out.outcome || !std::holds_alternative<ChatResult>(*out.outcome)) {
     ADD_FAILURE() << "not a result: "
@@ -118,7 +93,7 @@ ChatResult ResultOf(const ProviderSimTest::Outcome& out) {
   return std::get<ChatResult>(*out.outcome);
 }
 
-ProviderError ErrorOf(const ProviderSimTest::Outcome& out) {
+ProviderError ErrorOf(const RecordedCall& out) {
   ProviderError empty;
   if (!out.outcome || !std::holds_alternative<ProviderError>(*out.outcome)) {
     ADD_FAILURE() << "not an error";
@@ -128,7 +103,7 @@ ProviderError ErrorOf(const ProviderSimTest::Outcome& out) {
 }
 
 TEST_F(ProviderSimTest, VeniceAnswersInBothModesUnderEveryStressor) {
-  Outcome whole = Call(*Venice(""), false, "be terse");
+  RecordedCall whole = Call(*Venice(""), false, "be terse");
   ChatResult w = ResultOf(whole);
   ASSERT_FALSE(w.text.empty());
   EXPECT_EQ(w.provider, "venice");
@@ -137,7 +112,7 @@ TEST_F(ProviderSimTest, VeniceAnswersInBothModesUnderEveryStressor) {
   EXPECT_EQ(w.usage->total_tokens, w.usage->prompt_tokens + w.usage->completion_tokens);
   for (const std::string scenario :
        {"ok", "split_bytes", "byte_by_byte", "crlf,comments,nospace,fields", "multi"}) {
-    Outcome out = Call(*Venice(scenario), true, "be terse");
+    RecordedCall out = Call(*Venice(scenario), true, "be terse");
     ChatResult r = ResultOf(out);
     EXPECT_EQ(r.text, w.text) << scenario;
     EXPECT_EQ(out.Joined(), w.text) << scenario;
@@ -165,7 +140,7 @@ TEST_F(ProviderSimTest, VeniceErrorsAreNormalised) {
     EXPECT_EQ(e.retryable, c.retryable) << c.scenario;
   }
   // The string error body is read, and the epoch reset header becomes the retry hint.
-  Outcome limited = Call(*Venice("rate_limit_429"), false);
+  RecordedCall limited = Call(*Venice("rate_limit_429"), false);
   ProviderError e = ErrorOf(limited);
   EXPECT_EQ(e.message, "Rate limit exceeded");
   EXPECT_TRUE(e.retryable);
@@ -178,7 +153,7 @@ TEST_F(ProviderSimTest, VeniceErrorsAreNormalised) {
 }
 
 TEST_F(ProviderSimTest, GeminiAnswersInBothModesUnderEveryStressor) {
-  Outcome whole = Call(*Gemini(""), false, "be terse");
+  RecordedCall whole = Call(*Gemini(""), false, "be terse");
   ChatResult w = ResultOf(whole);
   ASSERT_FALSE(w.text.empty());
   EXPECT_EQ(w.provider, "gemini");
@@ -186,7 +161,7 @@ TEST_F(ProviderSimTest, GeminiAnswersInBothModesUnderEveryStressor) {
   ASSERT_TRUE(w.usage.has_value());
   for (const std::string scenario : {"ok", "split_bytes", "byte_by_byte", "comments,fields",
                                      "multi", "nospace", "empty_parts", "null_fields"}) {
-    Outcome out = Call(*Gemini(scenario), true, "be terse");
+    RecordedCall out = Call(*Gemini(scenario), true, "be terse");
     ChatResult r = ResultOf(out);
     EXPECT_EQ(r.text, w.text) << scenario;
     EXPECT_EQ(out.Joined(), w.text) << scenario;
@@ -256,14 +231,10 @@ TEST_F(ProviderSimTest, GeminiErrorsAreNormalised) {
 }
 
 TEST_F(ProviderSimTest, BrokerBinaryServesEveryProvider) {
-  std::string config = anima::testing::SourceDir() + "/services/llm_broker/config.sim.json";
-  auto broker = Process::Start(
-      BinDir() + "/anima-llm-broker",
-      {"--port=0", "--metrics-port=0", "--config=" + config,
-       "--openai-base-url=" + Origin() + "/v1", "--venice-base-url=" + Origin() + "/api/v1",
-       "--gemini-base-url=" + Origin() + "/v1beta"});
-  ASSERT_NE(broker, nullptr);
-  auto channel = grpc::CreateChannel(broker->address("grpc"), grpc::InsecureChannelCredentials());
+  ASSERT_TRUE(system_->StartBroker(
+      {"--venice-base-url=" + Origin() + "/api/v1", "--gemini-base-url=" + Origin() + "/v1beta"}));
+  Process& broker = *system_->broker();
+  auto channel = grpc::CreateChannel(broker.address("grpc"), grpc::InsecureChannelCredentials());
   auto stub = v1::LlmBroker::NewStub(channel);
   for (const std::string provider : {"", "openai", "venice", "gemini"}) {
     v1::CompletionRequest request;
@@ -277,7 +248,7 @@ TEST_F(ProviderSimTest, BrokerBinaryServesEveryProvider) {
       v1::CompletionResponse response;
       auto status = stub->Complete(&context, request, &response);
       ASSERT_TRUE(status.ok()) << provider << ": " << status.error_message() << "\n"
-                               << broker->Log();
+                               << broker.Log();
       EXPECT_EQ(response.provider(), provider.empty() ? "openai" : provider);
       EXPECT_FALSE(response.message().empty());
       EXPECT_GT(response.usage().total_tokens(), 0);
@@ -302,7 +273,7 @@ TEST_F(ProviderSimTest, BrokerBinaryServesEveryProvider) {
       EXPECT_EQ(done->provider(), provider.empty() ? "openai" : provider);
     }
   }
-  auto metrics = anima::testing::ScrapeMetrics(broker->port("metrics"));
+  auto metrics = anima::testing::ScrapeMetrics(broker.port("metrics"));
   EXPECT_GT(metrics["anima_broker_cost_usd_total{model=\"gpt-4o-mini\",provider=\"openai\"}"], 0);
   EXPECT_EQ(metrics["anima_broker_breaker_state{provider=\"gemini\"}"], 0);
   // Strategies per request: fanout answers with every provider's candidate, in provider order.
@@ -319,7 +290,7 @@ TEST_F(ProviderSimTest, BrokerBinaryServesEveryProvider) {
     ASSERT_TRUE(status.ok()) << strategy << ": " << status.error_message();
     EXPECT_FALSE(response.message().empty()) << strategy;
     if (strategy == "fanout") {
-      ASSERT_EQ(response.candidates_size(), 3) << broker->Log();
+      ASSERT_EQ(response.candidates_size(), 3) << broker.Log();
       EXPECT_EQ(response.candidates(0).provider(), "openai");
       EXPECT_EQ(response.candidates(1).provider(), "venice");
       EXPECT_EQ(response.candidates(2).provider(), "gemini");
