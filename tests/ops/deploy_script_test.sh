@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# deploy/gcp/deploy.sh: shellcheck-clean; --dry-run prints every step and runs nothing; a real run
+# deploy/gcp/deploy.sh, the ops test scripts and the bench scripts: shellcheck-clean.
+# deploy.sh: --dry-run prints every step and runs nothing; a real run
 # against fake gcloud and kubectl creates what is missing, reuses what exists (idempotent), renders
 # the overlay with this run's images and domain, and never prints a key; bad arguments exit 2.
 set -euo pipefail
@@ -15,8 +16,8 @@ fail() {
 }
 
 command -v shellcheck >/dev/null || { echo "FAIL: shellcheck missing (Debian package shellcheck)"; exit 1; }
-if shellcheck -x -P SCRIPTDIR "$SCRIPT" "$HERE"/*.sh; then
-  echo "ok: shellcheck finds nothing in deploy.sh and the ops test scripts"
+if shellcheck -x -P SCRIPTDIR "$SCRIPT" "$HERE"/*.sh "$ANIMA_SOURCE_DIR"/tools/bench/*.sh; then
+  echo "ok: shellcheck finds nothing in deploy.sh, the ops test scripts and the bench scripts"
 else
   fail "shellcheck"
 fi

@@ -3,29 +3,10 @@
 # self-coding, router and gateway with their defaults on free ports, no clients, and reports the
 # CPU time they use together over SECONDS (default 30) and each one's resident memory.
 set -euo pipefail
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-BIN="${BIN:-$ROOT/build/bin}"
 SECONDS_IDLE="${1:-30}"
-RUN="$(mktemp -d /tmp/anima-idle.XXXXXX)"
-chmod 0755 "$RUN"
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  wait "${PIDS[@]}" 2>/dev/null || true
-  rm -rf "$RUN"
-}
-trap cleanup EXIT INT TERM
+# shellcheck source=services.sh
+source "$(dirname "${BASH_SOURCE[0]}")/services.sh"
 
-start() {
-  local name="$1"; shift
-  "$BIN/$name" --port=0 --metrics-port=0 --ready-file="$RUN/$name.json" "$@" \
-    >"$RUN/$name.log" 2>&1 &
-  PIDS+=($!)
-  for _ in $(seq 1 200); do [[ -f "$RUN/$name.json" ]] && return 0; sleep 0.05; done
-  echo "$name did not start" >&2
-  exit 4
-}
-grpc() { python3 -c "import json,sys;print(json.load(open(sys.argv[1]))['grpc'])" "$RUN/$1.json"; }
 ticks() {  # utime + stime of every started process, in clock ticks
   local total=0
   for p in "${PIDS[@]}"; do
@@ -37,11 +18,11 @@ ticks() {  # utime + stime of every started process, in clock ticks
 start anima-llm-sim
 start anima-llm-broker --config="$ROOT/services/llm_broker/config.sim.json"
 mkdir -p "$RUN/self-coding"
-start anima-self-coding --broker="127.0.0.1:$(grpc anima-llm-broker)" \
+start anima-self-coding --broker="127.0.0.1:$(port anima-llm-broker grpc)" \
   --data-dir="$RUN/self-coding"
-start anima-router --broker="127.0.0.1:$(grpc anima-llm-broker)" \
-  --self-coding="127.0.0.1:$(grpc anima-self-coding)"
-start anima-gateway --router="127.0.0.1:$(grpc anima-router)"
+start anima-router --broker="127.0.0.1:$(port anima-llm-broker grpc)" \
+  --self-coding="127.0.0.1:$(port anima-self-coding grpc)"
+start anima-gateway --router="127.0.0.1:$(port anima-router grpc)"
 sleep 3
 hz=$(getconf CLK_TCK)
 before=$(ticks)

@@ -7,37 +7,16 @@
 # e.g. tools/bench/run_idle_bench.sh 1000 --hold 30 --json
 # GATEWAY_ARGS go to the gateway (e.g. GATEWAY_ARGS=--state-interval-ms=3600000: no broadcasts).
 set -euo pipefail
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-BIN="${BIN:-$ROOT/build/bin}"
+# shellcheck source=services.sh
+source "$(dirname "${BASH_SOURCE[0]}")/services.sh"
 CONNECTIONS="${1:-10000}"
 shift || true
-RUN="$(mktemp -d /tmp/anima-idle-bench.XXXXXX)"
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  wait "${PIDS[@]}" 2>/dev/null || true
-  rm -rf "$RUN"
-}
-trap cleanup EXIT INT TERM
 
 # Both ends of every connection are on this machine: the gateway and anima-bench each need a
 # descriptor per connection.
 if (( $(ulimit -n) < CONNECTIONS + 1000 )); then
   ulimit -n "$(ulimit -Hn)"
 fi
-
-# start NAME ARGS...: runs build/bin/NAME with a ready file and waits for it.
-start() {
-  local name="$1"; shift
-  "$BIN/$name" --port=0 --metrics-port=0 --ready-file="$RUN/$name.json" "$@" \
-    >"$RUN/$name.log" 2>&1 &
-  PIDS+=($!)
-  for _ in $(seq 1 200); do [[ -f "$RUN/$name.json" ]] && return 0; sleep 0.05; done
-  echo "$name did not start:" >&2
-  cat "$RUN/$name.log" >&2
-  exit 4
-}
-port() { python3 -c "import json,sys;print(json.load(open(sys.argv[1]))[sys.argv[2]])" "$RUN/$1.json" "$2"; }
 
 start anima-llm-sim
 start anima-llm-broker --config="$ROOT/services/llm_broker/config.sim.json" \

@@ -5,29 +5,8 @@
 # Extra arguments go to anima-bench (e.g. --rate 20 --duration 10 --flood-connections 8);
 # GATEWAY_ARGS go to the gateway (e.g. GATEWAY_ARGS=--admission=false for the comparison run).
 set -euo pipefail
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-BIN="${BIN:-$ROOT/build/bin}"
-RUN="$(mktemp -d /tmp/anima-priority-bench.XXXXXX)"
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  wait "${PIDS[@]}" 2>/dev/null || true
-  rm -rf "$RUN"
-}
-trap cleanup EXIT INT TERM
-
-# start NAME ARGS...: runs build/bin/NAME with a ready file; sets PORT_<key> from it.
-start() {
-  local name="$1"; shift
-  "$BIN/$name" --port=0 --metrics-port=0 --ready-file="$RUN/$name.json" "$@" \
-    >"$RUN/$name.log" 2>&1 &
-  PIDS+=($!)
-  for _ in $(seq 1 200); do [[ -f "$RUN/$name.json" ]] && return 0; sleep 0.05; done
-  echo "$name did not start:" >&2
-  cat "$RUN/$name.log" >&2
-  exit 4
-}
-port() { python3 -c "import json,sys;print(json.load(open(sys.argv[1]))[sys.argv[2]])" "$RUN/$1.json" "$2"; }
+# shellcheck source=services.sh
+source "$(dirname "${BASH_SOURCE[0]}")/services.sh"
 
 start anima-llm-sim --rules="$ROOT/tools/llm_sim/rules.json"
 start anima-llm-broker --config="$ROOT/services/llm_broker/config.sim.json" \
