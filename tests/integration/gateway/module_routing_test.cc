@@ -78,6 +78,19 @@ TEST(ModuleRoutingTest, UnknownTypesReachTheRoutersModules) {
   auto again = ws.Read();
   ASSERT_TRUE(again.has_value());
   EXPECT_EQ((*again)["words"], 0);
+
+  // The gateway learned from the router (Router.ListRoutes) that word_count is low priority, so
+  // it admits word_count frames through its adaptive limit: they show up in its admission
+  // metrics under `low`, with the type's own limit.
+  int sent = 0;
+  EXPECT_TRUE(Eventually([&] {
+    std::string frame =
+        R"({"type":"word_count","text":"x","id":"m)" + std::to_string(++sent) + "\"}";
+    if (!ws.SendText(frame) || !ws.Read().has_value()) return false;
+    auto m = anima::testing::ScrapeMetrics(gateway.port("metrics"));
+    return m["anima_gateway_admission_wait_seconds_count{priority=\"low\"}"] > 0 &&
+           m["anima_gateway_admission_limit{type=\"word_count\"}"] >= 1;
+  })) << gateway.Log();
   std::remove(config.c_str());
   rmdir(dir_template);
 }
