@@ -18,6 +18,7 @@
 #include <thread>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -74,6 +75,71 @@ absl::StatusOr<ParsedUrl> ParseUrl(std::string_view url_in) {
   }
   out.origin = absl::StrCat(out.tls ? "https://" : "http://", out.host, ":", out.port);
   return out;
+}
+
+namespace {
+// %XX escapes decoded; a malformed escape is an error.
+absl::StatusOr<std::string> PercentDecode(absl::string_view in) {
+  std::string out;
+  for (size_t i = 0; i < in.size(); ++i) {
+    if (in[i] != '%') {
+      out.push_back(in[i]);
+      continue;
+    }
+    int value = 0;
+    if (i + 2 >= in.size() || !absl::ascii_isxdigit(in[i + 1]) ||
+        !absl::ascii_isxdigit(in[i + 2])) {
+      return absl::InvalidArgumentError("bad percent-encoding in the proxy's user info");
+    }
+    for (char c : in.substr(i + 1, 2)) {
+      value = value * 16 + (absl::ascii_isdigit(c) ? c - '0' : absl::ascii_tolower(c) - 'a' + 10);
+    }
+    out.push_back(static_cast<char>(value));
+    i += 2;
+  }
+  return out;
+}
+
+// Where the user info of `url` is: [begin, end) of "user:pass@", or npos when there is none.
+std::pair<size_t, size_t> UserInfoSpan(absl::string_view url) {
+  size_t scheme = url.find("://");
+  if (scheme == absl::string_view::npos) return {absl::string_view::npos, 0};
+  size_t begin = scheme + 3;
+  size_t authority_end = url.find('/', begin);
+  size_t at = url.substr(0, authority_end).rfind('@');
+  if (at == absl::string_view::npos || at < begin) return {absl::string_view::npos, 0};
+  return {begin, at + 1};
+}
+}  // namespace
+
+absl::StatusOr<ProxyCredentials> SplitProxyCredentials(std::string_view url_in) {
+  absl::string_view url(url_in.data(), url_in.size());
+  ProxyCredentials out;
+  auto [begin, end] = UserInfoSpan(url);
+  if (begin == absl::string_view::npos) {
+    out.url = std::string(url);
+    return out;
+  }
+  absl::string_view info = url.substr(begin, end - 1 - begin);
+  size_t colon = info.find(':');
+  auto user = PercentDecode(info.substr(0, colon));
+  if (!user.ok()) return user.status();
+  std::string password;
+  if (colon != absl::string_view::npos) {
+    auto decoded = PercentDecode(info.substr(colon + 1));
+    if (!decoded.ok()) return decoded.status();
+    password = *std::move(decoded);
+  }
+  out.user_password = absl::StrCat(*user, ":", password);
+  out.url = absl::StrCat(url.substr(0, begin), url.substr(end));
+  return out;
+}
+
+std::string RedactUserInfo(std::string_view url_in) {
+  absl::string_view url(url_in.data(), url_in.size());
+  auto [begin, end] = UserInfoSpan(url);
+  if (begin == absl::string_view::npos) return std::string(url);
+  return absl::StrCat(url.substr(0, begin), "***@", url.substr(end));
 }
 
 bool NoProxyMatches(std::string_view host_in, std::string_view no_proxy) {
@@ -179,7 +245,8 @@ struct HttpClient::Impl {
   std::map<std::string, std::vector<std::shared_ptr<Connection>>> pool;
   std::atomic<int64_t> opened{0};
   std::atomic<int64_t> stale_retries{0};
-  std::optional<ParsedUrl> proxy;  // from options.https_proxy
+  std::optional<ParsedUrl> proxy;   // from options.https_proxy
+  std::string proxy_authorization;  // "Basic ..." when the proxy URL carried user info
 };
 
 namespace {
@@ -319,7 +386,12 @@ class Exchange : public HttpExchange, public std::enable_shared_from_this<Exchan
         absl::StrCat(url_.host.find(':') != std::string::npos ? "[" + url_.host + "]" : url_.host,
                      ":", url_.port);
     connect_request_ = absl::StrCat("CONNECT ", authority, " HTTP/1.1\r\nHost: ", authority,
-                                    "\r\nUser-Agent: anima-llm-broker/" ANIMA_VERSION "\r\n\r\n");
+                                    "\r\nUser-Agent: anima-llm-broker/" ANIMA_VERSION "\r\n");
+    if (!client_.proxy_authorization.empty()) {
+      absl::StrAppend(&connect_request_, "Proxy-Authorization: ", client_.proxy_authorization,
+                      "\r\n");
+    }
+    connect_request_ += "\r\n";
     ExpireAt(phase_deadline_);
     asio::async_write(conn().lowest(), asio::buffer(connect_request_),
                       [self = shared_from_this()](beast::error_code ec, size_t) {
@@ -337,6 +409,12 @@ class Exchange : public HttpExchange, public std::enable_shared_from_this<Exchan
     if (cancelled_) return Fail(absl::CancelledError("cancelled"));
     if (ec) return Fail(TransportError("CONNECT to the proxy", ec));
     unsigned status = connect_parser_->get().result_int();
+    if (status == 407) {
+      return Fail(absl::UnavailableError(absl::StrCat(
+          "proxy ", client_.proxy->origin, " wants authentication (HTTP 407): ",
+          client_.proxy_authorization.empty() ? "give user:password in HTTPS_PROXY"
+                                              : "it refused the user:password of HTTPS_PROXY")));
+    }
     if (status < 200 || status > 299) {
       return Fail(absl::UnavailableError(absl::StrCat("proxy ", client_.proxy->origin,
                                                       " refused CONNECT to ", url_.host, ":",
@@ -560,13 +638,23 @@ absl::StatusOr<std::shared_ptr<HttpClient>> HttpClient::Create(HttpClientOptions
     }
   }
   if (!impl->options.https_proxy.empty()) {
-    auto proxy = ParseUrl(impl->options.https_proxy);
+    // Never in a message: the URL may carry a password.
+    std::string shown = RedactUserInfo(impl->options.https_proxy);
+    auto split = SplitProxyCredentials(impl->options.https_proxy);
+    if (!split.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("https proxy ", shown, ": ", split.status().message()));
+    }
+    auto proxy = ParseUrl(split->url);
     if (!proxy.ok() || proxy->tls) {
       return absl::InvalidArgumentError(
-          absl::StrCat("https proxy ", impl->options.https_proxy, ": expected http://host:port",
+          absl::StrCat("https proxy ", shown, ": expected http://[user:password@]host:port",
                        proxy.ok() ? "" : absl::StrCat(" (", proxy.status().message(), ")")));
     }
     impl->proxy = *proxy;
+    if (split->user_password) {
+      impl->proxy_authorization = "Basic " + absl::Base64Escape(*split->user_password);
+    }
   }
   impl->ssl_ctx.set_verify_mode(ssl::verify_peer);
   SSL_CTX_set_min_proto_version(impl->ssl_ctx.native_handle(), TLS1_2_VERSION);

@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "absl/status/statusor.h"
@@ -23,7 +24,8 @@ struct HttpClientOptions {
   std::function<void(const std::string& origin)> on_connection_opened;
   // An http:// proxy for https origins (HTTPS_PROXY): the connection is a CONNECT tunnel
   // through it, and TLS (SNI, verification) is end to end with the origin. Empty: direct.
-  // Plain-http origins never use it. No proxy authentication.
+  // Plain-http origins never use it. User info in the URL (http://user:pass@host:port,
+  // percent-encoded as curl takes it) is sent as Proxy-Authorization: Basic on every CONNECT.
   std::string https_proxy;
   // NO_PROXY: comma-separated hosts that bypass the proxy. "example.com" and ".example.com" match
   // the host and its subdomains, "*" matches every host; ports are ignored.
@@ -32,6 +34,15 @@ struct HttpClientOptions {
 
 // Whether `host` is exempt from the proxy by a NO_PROXY list (see HttpClientOptions::no_proxy).
 bool NoProxyMatches(std::string_view host, std::string_view no_proxy);
+
+// A proxy URL's user info split off: `url` without it, and the percent-decoded credentials.
+struct ProxyCredentials {
+  std::string url;
+  std::optional<std::string> user_password;  // "user:password", for Basic authentication
+};
+absl::StatusOr<ProxyCredentials> SplitProxyCredentials(std::string_view url);
+// `url` with any user info replaced by "***@", for logs and error messages.
+std::string RedactUserInfo(std::string_view url);
 
 // HTTP/1.1 over Boost.Beast and OpenSSL: https with certificate and hostname verification and SNI
 // (the bare host name), plain http, a keep-alive pool per origin, one transparent retry on a

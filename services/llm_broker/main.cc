@@ -121,7 +121,7 @@ int Run(int argc, char** argv) {
   http_options.no_proxy = env("NO_PROXY", "no_proxy");
   if (!http_options.https_proxy.empty()) {
     spdlog::info("https providers go through the proxy {} (NO_PROXY: '{}')",
-                 http_options.https_proxy, http_options.no_proxy);
+                 anima::broker::RedactUserInfo(http_options.https_proxy), http_options.no_proxy);
   }
   auto client = HttpClient::Create(http_options);
   if (!client.ok()) {

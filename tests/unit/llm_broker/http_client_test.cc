@@ -356,11 +356,14 @@ TEST_F(HttpClientTlsTest, FailsWhenTheCertificateNamesAnotherHost) {
 }
 
 // An in-process HTTP CONNECT proxy on 127.0.0.1:0 (blocking sockets, one thread per tunnel):
-// records each CONNECT line and, unless told to refuse, pipes bytes both ways.
+// records each CONNECT line and, unless told to refuse, pipes bytes both ways. With
+// `authorization`, a CONNECT without exactly that Proxy-Authorization value gets 407.
 class ConnectProxy {
  public:
-  explicit ConnectProxy(bool refuse = false)
-      : refuse_(refuse), acceptor_(ioc_, {boost::asio::ip::make_address("127.0.0.1"), 0}) {
+  explicit ConnectProxy(bool refuse = false, std::string authorization = "")
+      : refuse_(refuse),
+        authorization_(std::move(authorization)),
+        acceptor_(ioc_, {boost::asio::ip::make_address("127.0.0.1"), 0}) {
     port_ = acceptor_.local_endpoint().port();
     thread_ = std::thread([this] { AcceptLoop(); });
   }
@@ -414,6 +417,16 @@ class ConnectProxy {
       std::lock_guard lock(mu_);
       connects_.push_back(line);
     }
+    if (!authorization_.empty() &&
+        text.find("\r\nProxy-Authorization: " + authorization_ + "\r\n") == std::string::npos) {
+      boost::asio::write(
+          *client,
+          boost::asio::buffer(
+              std::string("HTTP/1.1 407 Proxy Authentication Required\r\n"
+                          "Proxy-Authenticate: Basic realm=\"test\"\r\nContent-Length: 0\r\n\r\n")),
+          ec);
+      return;
+    }
     if (refuse_ || line.rfind("CONNECT ", 0) != 0) {
       boost::asio::write(
           *client,
@@ -451,6 +464,7 @@ class ConnectProxy {
   }
 
   bool refuse_;
+  std::string authorization_;
   boost::asio::io_context ioc_;
   boost::asio::ip::tcp::acceptor acceptor_;
   int port_ = 0;
@@ -510,6 +524,60 @@ TEST_F(HttpClientTlsTest, NoProxyHostsGoDirectAndARefusedConnectIsUnavailable) {
   ASSERT_TRUE(f.Wait());
   EXPECT_EQ(f.status->code(), absl::StatusCode::kUnavailable);
   EXPECT_NE(f.status->message().find("403"), std::string::npos) << *f.status;
+}
+
+TEST_F(HttpClientTlsTest, ProxyCredentialsFromTheUrlAreSentAsBasicAuthentication) {
+  testing::TestTls tls{File("good.pem"), File("good.key")};
+  TestHttpServer server(Hello(), &tls);
+  std::string url = "https://localhost:" + std::to_string(server.port()) + "/";
+  // "anima:p@ss w" in Base64; the URL carries it percent-encoded, as curl takes it.
+  ConnectProxy proxy(/*refuse=*/false, "Basic YW5pbWE6cEBzcyB3");
+  std::string at = proxy.url().substr(std::string("http://").size());
+  {
+    HttpClientOptions options;
+    options.ca_file = File("ca.pem");
+    options.https_proxy = "http://anima:p%40ss%20w@" + at;
+    auto client = NewClient(options);
+    Fetch f;
+    client->Send(Get(url), f.Handler());
+    ASSERT_TRUE(f.Wait());
+    EXPECT_TRUE(f.status->ok()) << *f.status;
+    EXPECT_EQ(f.Body(), "{\"tls\":true}");
+  }
+  for (std::string credentials : {"", "anima:wrong@"}) {
+    HttpClientOptions options;
+    options.ca_file = File("ca.pem");
+    options.https_proxy = "http://" + credentials + at;
+    auto client = NewClient(options);
+    Fetch f;
+    client->Send(Get(url), f.Handler());
+    ASSERT_TRUE(f.Wait());
+    EXPECT_EQ(f.status->code(), absl::StatusCode::kUnavailable);
+    EXPECT_NE(f.status->message().find("407"), std::string::npos) << *f.status;
+    EXPECT_EQ(f.status->message().find("wrong"), std::string::npos) << "no password in errors";
+  }
+  EXPECT_EQ(proxy.connects().size(), 3u);
+}
+
+TEST(ProxyCredentialsTest, SplitDecodeAndRedact) {
+  auto plain = SplitProxyCredentials("http://proxy:3128");
+  ASSERT_TRUE(plain.ok());
+  EXPECT_EQ(plain->url, "http://proxy:3128");
+  EXPECT_FALSE(plain->user_password.has_value());
+  auto full = SplitProxyCredentials("http://us%3Aer:pa:ss%25@proxy:3128/");
+  ASSERT_TRUE(full.ok());
+  EXPECT_EQ(full->url, "http://proxy:3128/");
+  EXPECT_EQ(full->user_password, "us:er:pa:ss%");
+  auto user_only = SplitProxyCredentials("http://me@proxy:3128");
+  ASSERT_TRUE(user_only.ok());
+  EXPECT_EQ(user_only->user_password, "me:");
+  EXPECT_FALSE(SplitProxyCredentials("http://me:%zz@proxy:3128").ok());
+  EXPECT_FALSE(SplitProxyCredentials("http://me:%4@proxy:3128").ok());
+  EXPECT_EQ(RedactUserInfo("http://me:secret@proxy:3128"), "http://***@proxy:3128");
+  EXPECT_EQ(RedactUserInfo("http://proxy:3128/a@b"), "http://proxy:3128/a@b");
+  auto bad = HttpClient::Create({.https_proxy = "https://me:secret@proxy:3128"});
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(bad.status().message().find("secret"), std::string::npos) << bad.status();
 }
 
 TEST(NoProxyTest, HostsSuffixesAndWildcard) {
