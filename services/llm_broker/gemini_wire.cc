@@ -8,54 +8,27 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
 #include "nlohmann/json.hpp"
+#include "services/llm_broker/wire_json.h"
 
 namespace anima::broker::gemini {
 namespace {
 
 using nlohmann::json;
-
-const json* Member(const json& j, const char* key) {
-  if (!j.is_object()) return nullptr;
-  auto it = j.find(key);
-  if (it == j.end() || it->is_null()) return nullptr;
-  return &*it;
-}
-
-std::string StringMember(const json& j, const char* key) {
-  const json* v = Member(j, key);
-  return v != nullptr && v->is_string() ? v->get<std::string>() : std::string();
-}
-
-std::optional<int64_t> IntMember(const json& j, const char* key) {
-  const json* v = Member(j, key);
-  if (v == nullptr || !v->is_number()) return std::nullopt;
-  if (v->is_number_integer()) {
-    int64_t i = v->get<int64_t>();
-    return i >= 0 ? std::optional<int64_t>(i) : std::nullopt;
-  }
-  double d = v->get<double>();
-  if (!std::isfinite(d) || d < 0 || d > 9e18) return std::nullopt;
-  return static_cast<int64_t>(d);
-}
+using wire::CountMember;
+using wire::InvalidResponse;
+using wire::Member;
+using wire::StringMember;
 
 std::optional<Usage> UsageFrom(const json& j) {
   const json* u = Member(j, "usageMetadata");
   if (u == nullptr || !u->is_object()) return std::nullopt;
   Usage usage;
-  usage.prompt_tokens = IntMember(*u, "promptTokenCount").value_or(0);
-  usage.completion_tokens = IntMember(*u, "candidatesTokenCount").value_or(0) +
-                            IntMember(*u, "thoughtsTokenCount").value_or(0);
+  usage.prompt_tokens = CountMember(*u, "promptTokenCount").value_or(0);
+  usage.completion_tokens = CountMember(*u, "candidatesTokenCount").value_or(0) +
+                            CountMember(*u, "thoughtsTokenCount").value_or(0);
   usage.total_tokens =
-      IntMember(*u, "totalTokenCount").value_or(usage.prompt_tokens + usage.completion_tokens);
+      CountMember(*u, "totalTokenCount").value_or(usage.prompt_tokens + usage.completion_tokens);
   return usage;
-}
-
-ProviderError InvalidResponse(std::string message) {
-  ProviderError e;
-  e.code = "invalid_response";
-  e.message = std::move(message);
-  e.retryable = true;
-  return e;
 }
 
 // The body's error object, unwrapping a one-element array.

@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "nlohmann/json.hpp"
+#include "services/llm_broker/wire_json.h"
 
 namespace anima::broker {
 
@@ -31,34 +32,18 @@ namespace anima::broker::openai {
 namespace {
 
 using nlohmann::json;
-
-const json* Member(const json& j, const char* key) {
-  if (!j.is_object()) return nullptr;
-  auto it = j.find(key);
-  if (it == j.end() || it->is_null()) return nullptr;
-  return &*it;
-}
-
-std::string StringMember(const json& j, const char* key) {
-  const json* v = Member(j, key);
-  return v != nullptr && v->is_string() ? v->get<std::string>() : std::string();
-}
-
-int64_t IntMember(const json& j, const char* key) {
-  const json* v = Member(j, key);
-  if (v == nullptr || !v->is_number()) return 0;
-  if (v->is_number_integer()) return v->get<int64_t>();
-  double d = v->get<double>();
-  return std::isfinite(d) && d >= 0 && d < 9e18 ? static_cast<int64_t>(d) : 0;
-}
+using wire::CountMember;
+using wire::InvalidResponse;
+using wire::Member;
+using wire::StringMember;
 
 std::optional<Usage> ParseUsage(const json& j) {
   const json* u = Member(j, "usage");
   if (u == nullptr || !u->is_object()) return std::nullopt;
   Usage usage;
-  usage.prompt_tokens = IntMember(*u, "prompt_tokens");
-  usage.completion_tokens = IntMember(*u, "completion_tokens");
-  usage.total_tokens = IntMember(*u, "total_tokens");
+  usage.prompt_tokens = CountMember(*u, "prompt_tokens").value_or(0);
+  usage.completion_tokens = CountMember(*u, "completion_tokens").value_or(0);
+  usage.total_tokens = CountMember(*u, "total_tokens").value_or(0);
   if (usage.total_tokens == 0) usage.total_tokens = usage.prompt_tokens + usage.completion_tokens;
   return usage;
 }
@@ -69,14 +54,6 @@ const json* FirstChoice(const json& j) {
   if (choices == nullptr || !choices->is_array() || choices->empty()) return nullptr;
   const json& first = (*choices)[0];
   return first.is_object() ? &first : nullptr;
-}
-
-ProviderError InvalidResponse(std::string message) {
-  ProviderError e;
-  e.code = "invalid_response";
-  e.message = std::move(message);
-  e.retryable = true;
-  return e;
 }
 
 std::optional<ProviderError> ErrorFromJson(const json& j) {
