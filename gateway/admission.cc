@@ -169,9 +169,21 @@ bool Admission::Limited(const std::string& type) const {
   return PriorityLocked(type) != "high";
 }
 
+const std::string& Admission::KeyLocked(const std::string& type) const {
+  static const std::string kOther = kOtherType;
+  return priorities_.count(type) > 0 ? type : kOther;
+}
+
+std::string Admission::KeyOf(const std::string& type) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return KeyLocked(type);
+}
+
 Admission::TypeState& Admission::StateLocked(const std::string& type) {
-  const std::string& key = priorities_.count(type) > 0 ? type : kOtherType;
-  auto& state = types_[key];
+  // A key that has state keeps it, even if a newer routing table no longer lists it: the slots
+  // taken under it must be given back to the same limiter.
+  if (auto it = types_.find(type); it != types_.end()) return *it->second;
+  auto& state = types_[KeyLocked(type)];
   if (!state) state = std::make_unique<TypeState>(options_.limit, options_.clock());
   return *state;
 }
@@ -233,9 +245,8 @@ void Admission::GrantLocked(const std::string& type, TypeState& state,
 
 void Admission::PublishLocked(const std::string& type, const TypeState& state) {
   if (!metrics_) return;
-  const std::string& key = priorities_.count(type) > 0 ? type : kOtherType;
   const auto& baseline = state.limit.baseline();
-  metrics_->AdmissionState(key, state.limit.limit(), state.waiting.size(),
+  metrics_->AdmissionState(KeyLocked(type), state.limit.limit(), state.waiting.size(),
                            baseline ? std::chrono::duration<double>(*baseline).count() : 0.0);
 }
 

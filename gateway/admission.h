@@ -125,6 +125,9 @@ class Admission {
   bool Limited(const std::string& type) const;
   // The class of `type` for metrics: "high", "normal" or "low".
   std::string PriorityOf(const std::string& type) const;
+  // The limiter `type` is counted in: itself when the routing table lists it, else "other".
+  // Bounded by the routing table, so callers may key state by it (clients choose types).
+  std::string KeyOf(const std::string& type) const;
 
   // Takes a slot for `type` when one is free and no other session waits for one: true.
   // Otherwise queues `waiter` (behind the sessions already waiting for this type) and returns
@@ -159,6 +162,7 @@ class Admission {
   void GrantLocked(const std::string& type, TypeState& state, std::vector<Waiter>* grants);
   void PublishLocked(const std::string& type, const TypeState& state);
   std::string PriorityLocked(const std::string& type) const;
+  const std::string& KeyLocked(const std::string& type) const;
 
   const Options options_;
   GatewayMetrics* const metrics_;

@@ -46,10 +46,11 @@ GatewayMetrics::GatewayMetrics(prometheus::Registry& registry)
                            .Name("anima_gateway_admission_limit")
                            .Help("Adaptive concurrency limit of a normal or low priority type.")
                            .Register(registry)),
-      admission_waiting_(prometheus::BuildGauge()
-                             .Name("anima_gateway_admission_waiting_sessions")
-                             .Help("Sessions with requests of the type held in the gateway for a slot.")
-                             .Register(registry)),
+      admission_waiting_(
+          prometheus::BuildGauge()
+              .Name("anima_gateway_admission_waiting_sessions")
+              .Help("Sessions with requests of the type held in the gateway for a slot.")
+              .Register(registry)),
       admission_baseline_(prometheus::BuildGauge()
                               .Name("anima_gateway_admission_baseline_seconds")
                               .Help("The type's round trip at concurrency 1 (last probe).")

@@ -261,8 +261,10 @@ void WsSession::StartRequest(ParsedFrame frame, std::chrono::steady_clock::time_
     ArmHeldTimer(start + std::chrono::milliseconds(envelope.timeout_ms()));
   }
   entry.held = std::move(envelope);
-  held_[frame.type].emplace_back(frame.id, seq);
-  if (!waiting_for_slot_[frame.type]) AcquireSlot(frame.type);
+  // Held by admission key, not by the client's type: keys are bounded by the routing table.
+  entry.admission_key = context_.admission->KeyOf(frame.type);
+  held_[entry.admission_key].emplace_back(frame.id, seq);
+  if (!waiting_for_slot_[entry.admission_key]) AcquireSlot(entry.admission_key);
 }
 
 void WsSession::Dispatch(const std::string& id, InFlight& entry, anima::v1::Envelope envelope) {
@@ -289,27 +291,27 @@ void WsSession::Dispatch(const std::string& id, InFlight& entry, anima::v1::Enve
   entry.call = context_.router->Dispatch(std::move(envelope), std::move(callbacks));
 }
 
-void WsSession::AcquireSlot(const std::string& type) {
+void WsSession::AcquireSlot(const std::string& key) {
   Admission* admission = context_.admission;
   // Runs on the thread that freed the slot; the slot is already taken for this session.
-  auto waiter = [weak = weak_from_this(), executor = ws_.get_executor(), admission, type] {
+  auto waiter = [weak = weak_from_this(), executor = ws_.get_executor(), admission, key] {
     auto self = weak.lock();
     if (!self) {
-      admission->ReleaseUnused(type);
+      admission->ReleaseUnused(key);
       return;
     }
-    net::post(executor, [self = std::move(self), type] { self->OnSlot(type); });
+    net::post(executor, [self = std::move(self), key] { self->OnSlot(key); });
   };
-  if (admission->Acquire(type, std::move(waiter))) {
-    OnSlot(type);
+  if (admission->Acquire(key, std::move(waiter))) {
+    OnSlot(key);
   } else {
-    waiting_for_slot_[type] = true;
+    waiting_for_slot_[key] = true;
   }
 }
 
-void WsSession::OnSlot(const std::string& type) {
-  waiting_for_slot_[type] = false;
-  auto& queue = held_[type];
+void WsSession::OnSlot(const std::string& key) {
+  waiting_for_slot_[key] = false;
+  auto& queue = held_[key];
   auto it = in_flight_.end();
   while (!queue.empty() && it == in_flight_.end()) {
     auto [id, seq] = std::move(queue.front());
@@ -318,7 +320,7 @@ void WsSession::OnSlot(const std::string& type) {
     if (found != in_flight_.end() && found->second.seq == seq && found->second.held) it = found;
   }
   if (it == in_flight_.end()) {  // what waited was cancelled, or the session is closing
-    context_.admission->ReleaseUnused(type);
+    context_.admission->ReleaseUnused(key);
     return;
   }
   InFlight& entry = it->second;
@@ -327,7 +329,7 @@ void WsSession::OnSlot(const std::string& type) {
   entry.dispatched = now;
   anima::v1::Envelope envelope = std::move(*entry.held);
   entry.held.reset();
-  context_.metrics->AdmissionWait(context_.admission->PriorityOf(type),
+  context_.metrics->AdmissionWait(context_.admission->PriorityOf(key),
                                   std::chrono::duration<double>(now - entry.start).count());
   // The client's timeout_ms counts from its frame's arrival, the wait included.
   bool expired = false;
@@ -346,7 +348,7 @@ void WsSession::OnSlot(const std::string& type) {
   } else {
     Dispatch(it->first, entry, std::move(envelope));
   }
-  if (!queue.empty()) AcquireSlot(type);
+  if (!queue.empty()) AcquireSlot(key);
 }
 
 void WsSession::ArmHeldTimer(std::chrono::steady_clock::time_point deadline) {
@@ -452,7 +454,7 @@ void WsSession::Finish(InFlightMap::iterator it, bool answered) {
   const InFlight& entry = it->second;
   context_.metrics->RequestDone(entry.type, SecondsSince(entry.start));
   // A held request leaves a stale entry in held_, skipped when its slot comes.
-  if (entry.admitted) context_.admission->Release(entry.type, entry.dispatched, answered);
+  if (entry.admitted) context_.admission->Release(entry.admission_key, entry.dispatched, answered);
   in_flight_.erase(it);
   context_.in_flight.fetch_sub(1);
 }
@@ -460,7 +462,7 @@ void WsSession::Finish(InFlightMap::iterator it, bool answered) {
 void WsSession::CancelAllCalls() {
   for (auto& [id, entry] : in_flight_) {
     if (entry.call) entry.call->Cancel();
-    if (entry.admitted) context_.admission->Release(entry.type, entry.dispatched, false);
+    if (entry.admitted) context_.admission->Release(entry.admission_key, entry.dispatched, false);
   }
   held_.clear();  // waiters still queued find nothing held and give their slots back
   context_.in_flight.fetch_sub(static_cast<int64_t>(in_flight_.size()));

@@ -59,6 +59,7 @@ class WsSession : public std::enable_shared_from_this<WsSession> {
     // in `held` until the type has a slot for it, then goes to the router at `dispatched`.
     bool limited = false;
     bool admitted = false;
+    std::string admission_key;  // Admission::KeyOf(type) when it was held
     std::optional<anima::v1::Envelope> held;
     std::chrono::steady_clock::time_point dispatched;
   };
@@ -70,10 +71,10 @@ class WsSession : public std::enable_shared_from_this<WsSession> {
   void HandleText(std::string_view text);
   void StartRequest(ParsedFrame frame, std::chrono::steady_clock::time_point start);
   void Dispatch(const std::string& id, InFlight& entry, anima::v1::Envelope envelope);
-  // Asks admission for a slot of `type` for this session's oldest held request of that type.
-  void AcquireSlot(const std::string& type);
-  // A slot of `type` is this session's: its oldest held request of the type goes to the router.
-  void OnSlot(const std::string& type);
+  // Asks admission for a slot of `key` for this session's oldest held request under that key.
+  void AcquireSlot(const std::string& key);
+  // A slot of `key` is this session's: its oldest held request under the key goes to the router.
+  void OnSlot(const std::string& key);
   // Held requests whose timeout_ms runs out before their slot comes are answered
   // deadline_exceeded at that moment, by one timer set to the earliest such deadline.
   void ArmHeldTimer(std::chrono::steady_clock::time_point deadline);
@@ -126,9 +127,10 @@ class WsSession : public std::enable_shared_from_this<WsSession> {
   bool subscribed_ = true;  // to consciousness_state broadcasts
   InFlightMap in_flight_;
   uint64_t next_seq_ = 0;
-  // Held requests by type, oldest first, as (id, seq); entries that ended meanwhile are skipped.
+  // Held requests by admission key (Admission::KeyOf), oldest first, as (id, seq); entries that
+  // ended meanwhile are skipped.
   std::unordered_map<std::string, std::deque<std::pair<std::string, uint64_t>>> held_;
-  // Types for which admission holds a waiter of this session (at most one each).
+  // Keys for which admission holds a waiter of this session (at most one each).
   std::unordered_map<std::string, bool> waiting_for_slot_;
   boost::asio::steady_timer held_timer_;
   bool held_timer_armed_ = false;

@@ -315,6 +315,28 @@ TEST_F(GatewayTest, AdmissionTakesSessionsInTurn) {
       << "b1 went before a3 and a4";
 }
 
+// A client that makes up a new type for every frame gets unknown_type each time and creates no
+// admission state or label values of its own: unlisted types all count as `other`.
+TEST_F(GatewayTest, AdmissionStateStaysBoundedUnderMadeUpTypes) {
+  StartGateway({"--messages-per-second=1000"});
+  ASSERT_TRUE(Eventually([&] { return router_->routes_listed() > 0; }));
+  auto ws = Connect();
+  for (int i = 0; i < 200; ++i) {
+    std::string id = "x" + std::to_string(i);
+    Json reply = Exchange(*ws, absl::StrCat(R"({"type":"made-up-)", i, R"(","id":")", id, "\"}"));
+    ASSERT_EQ(reply["code"], "unknown_type") << reply.dump();
+    ASSERT_EQ(reply["id"], id);
+  }
+  auto m = anima::testing::ScrapeMetrics(gateway_->port("metrics"));
+  int limit_series = 0;
+  for (const auto& [name, value] : m) {
+    if (name.rfind("anima_gateway_admission_limit{", 0) == 0) ++limit_series;
+  }
+  EXPECT_EQ(limit_series, 1);
+  EXPECT_EQ(m.count("anima_gateway_admission_limit{type=\"other\"}"), 1u);
+  EXPECT_EQ(m["anima_gateway_admission_wait_seconds_count{priority=\"normal\"}"], 200);
+}
+
 TEST_F(GatewayTest, AdmissionOffDispatchesEverythingAtOnce) {
   StartGateway({"--admission=false", "--admission-max-in-flight=1"});
   ASSERT_TRUE(Eventually([&] { return router_->routes_listed() > 0; }));

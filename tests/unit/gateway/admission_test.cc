@@ -264,6 +264,21 @@ TEST(AdmissionTest, TypesHaveTheirOwnLimitsAndUnlistedTypesShareOne) {
   EXPECT_EQ(snapshot.count("x1"), 0u) << "client-chosen names make no limiter";
 }
 
+TEST(AdmissionTest, KeysAreBoundedByTheTableAndStableAcrossTableChanges) {
+  TimePoint now{};
+  Admission admission(AdmissionOptions(&now), nullptr);
+  admission.SetRoutes({{"w", "low"}}, "normal");
+  EXPECT_EQ(admission.KeyOf("w"), "w");
+  EXPECT_EQ(admission.KeyOf("anything-a-client-sends"), "other");
+  std::string key = admission.KeyOf("w");
+  EXPECT_TRUE(admission.Acquire(key, [] {}));
+  // The router's new table drops `w` while one is in flight: its slot still goes back to `w`.
+  admission.SetRoutes({{"v", "low"}}, "normal");
+  admission.Release(key, now, false);
+  EXPECT_EQ(admission.Snapshot()["w"].in_flight, 0);
+  EXPECT_EQ(admission.Snapshot().count("other"), 0u);
+}
+
 TEST(AdmissionTest, TickEndsAProbeAndGrantsWithoutTraffic) {
   TimePoint now{};
   auto options = AdmissionOptions(&now);
