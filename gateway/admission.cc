@@ -5,6 +5,7 @@
 #include <utility>
 
 #include "gateway/gateway_metrics.h"
+#include "prometheus/gauge.h"
 
 namespace anima::gateway {
 
@@ -145,28 +146,11 @@ void Admission::SetRoutes(std::map<std::string, std::string> priorities,
   std::lock_guard<std::mutex> lock(mu_);
   priorities_ = std::move(priorities);
   default_priority_ = std::move(default_priority);
-  routes_known_ = true;
 }
 
-bool Admission::routes_known() const {
-  std::lock_guard<std::mutex> lock(mu_);
-  return routes_known_;
-}
-
-std::string Admission::PriorityLocked(const std::string& type) const {
+const std::string& Admission::PriorityLocked(const std::string& type) const {
   auto it = priorities_.find(type);
   return it == priorities_.end() ? default_priority_ : it->second;
-}
-
-std::string Admission::PriorityOf(const std::string& type) const {
-  std::lock_guard<std::mutex> lock(mu_);
-  return PriorityLocked(type);
-}
-
-bool Admission::Limited(const std::string& type) const {
-  if (!options_.enabled) return false;
-  std::lock_guard<std::mutex> lock(mu_);
-  return PriorityLocked(type) != "high";
 }
 
 const std::string& Admission::KeyLocked(const std::string& type) const {
@@ -174,23 +158,28 @@ const std::string& Admission::KeyLocked(const std::string& type) const {
   return priorities_.count(type) > 0 ? type : kOther;
 }
 
-std::string Admission::KeyOf(const std::string& type) const {
+std::optional<Admission::Hold> Admission::HoldFor(const std::string& type) const {
+  if (!options_.enabled) return std::nullopt;
   std::lock_guard<std::mutex> lock(mu_);
-  return KeyLocked(type);
+  const std::string& priority = PriorityLocked(type);
+  if (priority == "high") return std::nullopt;
+  return Hold{KeyLocked(type), priority};
 }
 
-Admission::TypeState& Admission::StateLocked(const std::string& type) {
-  // A key that has state keeps it, even if a newer routing table no longer lists it: the slots
-  // taken under it must be given back to the same limiter.
-  if (auto it = types_.find(type); it != types_.end()) return *it->second;
-  auto& state = types_[KeyLocked(type)];
-  if (!state) state = std::make_unique<TypeState>(options_.limit, options_.clock());
+Admission::TypeState& Admission::StateLocked(const std::string& key) {
+  // A key keeps its state even if a newer routing table no longer lists it: the slots taken
+  // under it must be given back to the same limiter.
+  auto& state = types_[key];
+  if (!state) {
+    state = std::make_unique<TypeState>(options_.limit, options_.clock());
+    if (metrics_) state->gauges = metrics_->AdmissionGaugesFor(key);
+  }
   return *state;
 }
 
-bool Admission::Acquire(const std::string& type, Waiter waiter) {
+bool Admission::Acquire(const std::string& key, Waiter waiter) {
   std::lock_guard<std::mutex> lock(mu_);
-  TypeState& state = StateLocked(type);
+  TypeState& state = StateLocked(key);
   auto now = options_.clock();
   state.limit.Advance(now);
   bool start = state.waiting.empty() && state.limit.CanStart();
@@ -199,55 +188,55 @@ bool Admission::Acquire(const std::string& type, Waiter waiter) {
   } else {
     state.waiting.push_back(std::move(waiter));
   }
-  PublishLocked(type, state);
+  Publish(state);
   return start;
 }
 
-void Admission::Release(const std::string& type, AdmissionClock::time_point started,
-                        bool answered) {
+void Admission::Release(const std::string& key, AdmissionClock::time_point started, bool answered) {
   std::vector<Waiter> grants;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    TypeState& state = StateLocked(type);
+    TypeState& state = StateLocked(key);
     auto now = options_.clock();
     state.limit.OnEnd(started, now, answered);
     state.limit.Advance(now);
-    GrantLocked(type, state, &grants);
+    GrantLocked(state, &grants);
   }
   for (auto& grant : grants) grant();
 }
 
-void Admission::ReleaseUnused(const std::string& type) { Release(type, options_.clock(), false); }
+void Admission::ReleaseUnused(const std::string& key) { Release(key, options_.clock(), false); }
 
 void Admission::Tick() {
   std::vector<Waiter> grants;
   {
     std::lock_guard<std::mutex> lock(mu_);
     auto now = options_.clock();
-    for (auto& [type, state] : types_) {
+    for (auto& [key, state] : types_) {
       state->limit.Advance(now);
-      GrantLocked(type, *state, &grants);
+      GrantLocked(*state, &grants);
     }
   }
   for (auto& grant : grants) grant();
 }
 
-void Admission::GrantLocked(const std::string& type, TypeState& state,
-                            std::vector<Waiter>* grants) {
+void Admission::GrantLocked(TypeState& state, std::vector<Waiter>* grants) {
   auto now = options_.clock();
   while (!state.waiting.empty() && state.limit.CanStart()) {
     state.limit.OnStart(now);
     grants->push_back(std::move(state.waiting.front()));
     state.waiting.pop_front();
   }
-  PublishLocked(type, state);
+  Publish(state);
 }
 
-void Admission::PublishLocked(const std::string& type, const TypeState& state) {
-  if (!metrics_) return;
+void Admission::Publish(const TypeState& state) {
+  if (state.gauges.limit == nullptr) return;
   const auto& baseline = state.limit.baseline();
-  metrics_->AdmissionState(KeyLocked(type), state.limit.limit(), state.waiting.size(),
-                           baseline ? std::chrono::duration<double>(*baseline).count() : 0.0);
+  state.gauges.limit->Set(state.limit.limit());
+  state.gauges.waiting_sessions->Set(static_cast<double>(state.waiting.size()));
+  state.gauges.baseline_seconds->Set(baseline ? std::chrono::duration<double>(*baseline).count()
+                                              : 0.0);
 }
 
 std::map<std::string, Admission::TypeSnapshot> Admission::Snapshot() const {

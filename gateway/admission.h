@@ -11,9 +11,20 @@
 #include <string>
 #include <vector>
 
+namespace prometheus {
+class Gauge;
+}
+
 namespace anima::gateway {
 
 class GatewayMetrics;
+
+// One admission limiter's gauges (GatewayMetrics::AdmissionGaugesFor); null without metrics.
+struct AdmissionGauges {
+  prometheus::Gauge* limit = nullptr;
+  prometheus::Gauge* waiting_sessions = nullptr;
+  prometheus::Gauge* baseline_seconds = nullptr;
+};
 
 using AdmissionClock = std::chrono::steady_clock;
 
@@ -110,8 +121,8 @@ class Admission {
     std::function<AdmissionClock::time_point()> clock = [] { return AdmissionClock::now(); };
   };
   // A waiter runs once, on whichever thread freed its slot, with the slot already taken for it;
-  // it must not block (post to the session's strand), and must call Release(type, nullopt) if
-  // the slot is not used.
+  // it must not block (post to the session's strand), and must call ReleaseUnused(key) if the
+  // slot is not used.
   using Waiter = std::function<void()>;
 
   Admission(Options options, GatewayMetrics* metrics);  // metrics may be null (tests)
@@ -119,25 +130,26 @@ class Admission {
   // The routing table: the priority class ("high", "normal", "low") of each type, and of any
   // type not listed. Until it is set, every type counts as high (nothing is held).
   void SetRoutes(std::map<std::string, std::string> priorities, std::string default_priority);
-  bool routes_known() const;
 
-  // True when `type` is held to an adaptive limit (admission on, its class normal or low).
-  bool Limited(const std::string& type) const;
-  // The class of `type` for metrics: "high", "normal" or "low".
-  std::string PriorityOf(const std::string& type) const;
-  // The limiter `type` is counted in: itself when the routing table lists it, else "other".
-  // Bounded by the routing table, so callers may key state by it (clients choose types).
-  std::string KeyOf(const std::string& type) const;
+  // How a request of `type` is admitted: nullopt when it goes straight on (admission off, or its
+  // class is high); else the limiter `key` it is held in (the type itself when the routing table
+  // lists it, else "other": keys are bounded by the table, so callers may key state by them) and
+  // its `priority` class, for metrics.
+  struct Hold {
+    std::string key;
+    std::string priority;
+  };
+  std::optional<Hold> HoldFor(const std::string& type) const;
 
-  // Takes a slot for `type` when one is free and no other session waits for one: true.
-  // Otherwise queues `waiter` (behind the sessions already waiting for this type) and returns
-  // false. A session keeps at most one waiter per type.
-  bool Acquire(const std::string& type, Waiter waiter);
-  // Gives back a slot taken at `started`. `answered`: the request ended with an answer, so its
-  // round trip is a sample.
-  void Release(const std::string& type, AdmissionClock::time_point started, bool answered);
+  // Takes a slot of limiter `key` (HoldFor's) when one is free and no other session waits for
+  // one: true. Otherwise queues `waiter` behind the sessions already waiting and returns false.
+  // A session keeps at most one waiter per key.
+  bool Acquire(const std::string& key, Waiter waiter);
+  // Gives back a slot of `key` taken at `started`. `answered`: the request ended with an answer,
+  // so its round trip is a sample.
+  void Release(const std::string& key, AdmissionClock::time_point started, bool answered);
   // A slot handed to a waiter that had no use for it.
-  void ReleaseUnused(const std::string& type);
+  void ReleaseUnused(const std::string& key);
   // Moves limits and probes along with no request event (a probe's timeout); the gateway calls
   // it every 100 ms.
   void Tick();
@@ -156,18 +168,18 @@ class Admission {
         : limit(o, now) {}
     AdaptiveLimit limit;
     std::deque<Waiter> waiting;
+    AdmissionGauges gauges;  // looked up once, set on every change
   };
-  TypeState& StateLocked(const std::string& type);
+  TypeState& StateLocked(const std::string& key);
   // Hands free slots of `state` to its waiters; they run after the lock is released.
-  void GrantLocked(const std::string& type, TypeState& state, std::vector<Waiter>* grants);
-  void PublishLocked(const std::string& type, const TypeState& state);
-  std::string PriorityLocked(const std::string& type) const;
+  void GrantLocked(TypeState& state, std::vector<Waiter>* grants);
+  static void Publish(const TypeState& state);
+  const std::string& PriorityLocked(const std::string& type) const;
   const std::string& KeyLocked(const std::string& type) const;
 
   const Options options_;
   GatewayMetrics* const metrics_;
   mutable std::mutex mu_;
-  bool routes_known_ = false;
   std::map<std::string, std::string> priorities_;
   std::string default_priority_ = "high";
   std::map<std::string, std::unique_ptr<TypeState>> types_;

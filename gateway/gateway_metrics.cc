@@ -60,11 +60,9 @@ GatewayMetrics::GatewayMetrics(prometheus::Registry& registry)
                           .Help("How long normal and low priority requests waited for a slot.")
                           .Register(registry)) {}
 
-void GatewayMetrics::AdmissionState(const std::string& type, int limit, size_t waiting,
-                                    double baseline_seconds) {
-  admission_limit_.Add({{"type", type}}).Set(limit);
-  admission_waiting_.Add({{"type", type}}).Set(static_cast<double>(waiting));
-  admission_baseline_.Add({{"type", type}}).Set(baseline_seconds);
+AdmissionGauges GatewayMetrics::AdmissionGaugesFor(const std::string& type) {
+  return {&admission_limit_.Add({{"type", type}}), &admission_waiting_.Add({{"type", type}}),
+          &admission_baseline_.Add({{"type", type}})};
 }
 
 void GatewayMetrics::AdmissionWait(const std::string& priority, double seconds) {

@@ -4,6 +4,7 @@
 #include <string>
 #include <string_view>
 
+#include "gateway/admission.h"
 #include "prometheus/counter.h"
 #include "prometheus/family.h"
 #include "prometheus/gauge.h"
@@ -42,7 +43,8 @@ class GatewayMetrics {
   void LimitHit(std::string_view limit);
   // reason: missing, invalid, expired (a token that expired during its connection).
   void AuthFailed(std::string_view reason);
-  void AdmissionState(const std::string& type, int limit, size_t waiting, double baseline_seconds);
+  // The gauges of the admission limiter `type` (a routing-table type or "other").
+  AdmissionGauges AdmissionGaugesFor(const std::string& type);
   void AdmissionWait(const std::string& priority, double seconds);
 
   // The `type` label for a client message type.

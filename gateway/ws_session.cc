@@ -252,17 +252,18 @@ void WsSession::StartRequest(ParsedFrame frame, std::chrono::steady_clock::time_
   entry.type = frame.type;
   entry.request_id = envelope.request_id();
   entry.start = start;
-  if (!context_.admission->Limited(frame.type)) {
+  auto hold = context_.admission->HoldFor(frame.type);
+  if (!hold) {
     Dispatch(frame.id, entry, std::move(envelope));
     return;
   }
-  entry.limited = true;
   if (envelope.timeout_ms() > 0) {
     ArmHeldTimer(start + std::chrono::milliseconds(envelope.timeout_ms()));
   }
   entry.held = std::move(envelope);
   // Held by admission key, not by the client's type: keys are bounded by the routing table.
-  entry.admission_key = context_.admission->KeyOf(frame.type);
+  entry.admission_key = std::move(hold->key);
+  entry.admission_priority = std::move(hold->priority);
   held_[entry.admission_key].emplace_back(frame.id, seq);
   if (!waiting_for_slot_[entry.admission_key]) AcquireSlot(entry.admission_key);
 }
@@ -329,7 +330,7 @@ void WsSession::OnSlot(const std::string& key) {
   entry.dispatched = now;
   anima::v1::Envelope envelope = std::move(*entry.held);
   entry.held.reset();
-  context_.metrics->AdmissionWait(context_.admission->PriorityOf(key),
+  context_.metrics->AdmissionWait(entry.admission_priority,
                                   std::chrono::duration<double>(now - entry.start).count());
   // The client's timeout_ms counts from its frame's arrival, the wait included.
   bool expired = false;

@@ -55,11 +55,11 @@ class WsSession : public std::enable_shared_from_this<WsSession> {
     std::string request_id;  // for log lines
     std::chrono::steady_clock::time_point start;
     bool saw_module_frame = false;
-    // Admission (gateway/admission.h): a normal or low priority request is `limited`; it waits
-    // in `held` until the type has a slot for it, then goes to the router at `dispatched`.
-    bool limited = false;
+    // Admission (gateway/admission.h): a normal or low priority request waits in `held` until
+    // its limiter `admission_key` has a slot for it, then goes to the router at `dispatched`.
     bool admitted = false;
-    std::string admission_key;  // Admission::KeyOf(type) when it was held
+    std::string admission_key;  // Admission::HoldFor(type); empty: not held
+    std::string admission_priority;
     std::optional<anima::v1::Envelope> held;
     std::chrono::steady_clock::time_point dispatched;
   };
@@ -127,7 +127,7 @@ class WsSession : public std::enable_shared_from_this<WsSession> {
   bool subscribed_ = true;  // to consciousness_state broadcasts
   InFlightMap in_flight_;
   uint64_t next_seq_ = 0;
-  // Held requests by admission key (Admission::KeyOf), oldest first, as (id, seq); entries that
+  // Held requests by admission key (Admission::HoldFor), oldest first, as (id, seq); entries that
   // ended meanwhile are skipped.
   std::unordered_map<std::string, std::deque<std::pair<std::string, uint64_t>>> held_;
   // Keys for which admission holds a waiter of this session (at most one each).

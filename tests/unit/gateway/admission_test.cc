@@ -210,27 +210,29 @@ Admission::Options AdmissionOptions(TimePoint* now) {
   return o;
 }
 
-TEST(AdmissionTest, NothingIsLimitedUntilTheRoutesAreKnown) {
+TEST(AdmissionTest, NothingIsHeldUntilTheRoutesAreKnown) {
   TimePoint now{};
   Admission admission(AdmissionOptions(&now), nullptr);
-  EXPECT_FALSE(admission.routes_known());
-  EXPECT_FALSE(admission.Limited("word_count"));
+  EXPECT_FALSE(admission.HoldFor("word_count").has_value());
   admission.SetRoutes({{"chat", "high"}, {"word_count", "low"}}, "normal");
-  EXPECT_TRUE(admission.routes_known());
-  EXPECT_FALSE(admission.Limited("chat"));
-  EXPECT_TRUE(admission.Limited("word_count"));
-  EXPECT_TRUE(admission.Limited("anything_else")) << "the default class is normal";
-  EXPECT_EQ(admission.PriorityOf("word_count"), "low");
-  EXPECT_EQ(admission.PriorityOf("anything_else"), "normal");
+  EXPECT_FALSE(admission.HoldFor("chat").has_value());
+  auto word_count = admission.HoldFor("word_count");
+  ASSERT_TRUE(word_count.has_value());
+  EXPECT_EQ(word_count->key, "word_count");
+  EXPECT_EQ(word_count->priority, "low");
+  auto other = admission.HoldFor("anything_else");
+  ASSERT_TRUE(other.has_value()) << "the default class is normal";
+  EXPECT_EQ(other->key, "other") << "client-chosen names share one limiter";
+  EXPECT_EQ(other->priority, "normal");
 }
 
-TEST(AdmissionTest, DisabledLimitsNothing) {
+TEST(AdmissionTest, DisabledHoldsNothing) {
   TimePoint now{};
   auto options = AdmissionOptions(&now);
   options.enabled = false;
   Admission admission(options, nullptr);
   admission.SetRoutes({{"word_count", "low"}}, "low");
-  EXPECT_FALSE(admission.Limited("word_count"));
+  EXPECT_FALSE(admission.HoldFor("word_count").has_value());
 }
 
 TEST(AdmissionTest, WaitersGetFreedSlotsInOrder) {
@@ -254,29 +256,31 @@ TEST(AdmissionTest, TypesHaveTheirOwnLimitsAndUnlistedTypesShareOne) {
   TimePoint now{};
   Admission admission(AdmissionOptions(&now), nullptr);
   admission.SetRoutes({{"a", "low"}, {"b", "normal"}}, "normal");
-  EXPECT_TRUE(admission.Acquire("a", [] {}));
-  EXPECT_TRUE(admission.Acquire("b", [] {}));
-  EXPECT_TRUE(admission.Acquire("x1", [] {}));
-  EXPECT_FALSE(admission.Acquire("x2", [] {})) << "x1 and x2 share the limit of `other`";
+  auto key = [&](const std::string& type) { return admission.HoldFor(type)->key; };
+  EXPECT_TRUE(admission.Acquire(key("a"), [] {}));
+  EXPECT_TRUE(admission.Acquire(key("b"), [] {}));
+  EXPECT_TRUE(admission.Acquire(key("x1"), [] {}));
+  EXPECT_FALSE(admission.Acquire(key("x2"), [] {})) << "x1 and x2 share the limit of `other`";
   auto snapshot = admission.Snapshot();
   EXPECT_EQ(snapshot.size(), 3u);
   EXPECT_EQ(snapshot.count("other"), 1u);
   EXPECT_EQ(snapshot.count("x1"), 0u) << "client-chosen names make no limiter";
 }
 
-TEST(AdmissionTest, KeysAreBoundedByTheTableAndStableAcrossTableChanges) {
+TEST(AdmissionTest, AKeyKeepsItsLimiterAcrossTableChanges) {
   TimePoint now{};
   Admission admission(AdmissionOptions(&now), nullptr);
   admission.SetRoutes({{"w", "low"}}, "normal");
-  EXPECT_EQ(admission.KeyOf("w"), "w");
-  EXPECT_EQ(admission.KeyOf("anything-a-client-sends"), "other");
-  std::string key = admission.KeyOf("w");
+  std::string key = admission.HoldFor("w")->key;
   EXPECT_TRUE(admission.Acquire(key, [] {}));
   // The router's new table drops `w` while one is in flight: its slot still goes back to `w`.
   admission.SetRoutes({{"v", "low"}}, "normal");
+  EXPECT_EQ(admission.HoldFor("w")->key, "other");
   admission.Release(key, now, false);
-  EXPECT_EQ(admission.Snapshot()["w"].in_flight, 0);
-  EXPECT_EQ(admission.Snapshot().count("other"), 0u);
+  auto snapshot = admission.Snapshot();
+  ASSERT_EQ(snapshot.count("w"), 1u);
+  EXPECT_EQ(snapshot.at("w").in_flight, 0);
+  EXPECT_EQ(snapshot.count("other"), 0u);
 }
 
 TEST(AdmissionTest, TickEndsAProbeAndGrantsWithoutTraffic) {
