@@ -614,8 +614,9 @@ TEST_F(GatewayTest, NewConnectionsPerSecondAreLimited) {
     WsClient ws;
     accepted += ws.Connect(gateway_->port("http"));
   }
+  // A burst of one second's tokens, and at most one more refilled while the loop ran.
   EXPECT_GE(accepted, 5);
-  EXPECT_LT(accepted, 20);
+  EXPECT_LE(accepted, 6);
   EXPECT_EQ(LimitHits(gateway_->port("metrics"), "new_connections_per_second"), 20 - accepted);
   // Tokens come back.
   EXPECT_TRUE(Eventually([&] {
@@ -653,7 +654,7 @@ TEST_F(GatewayTest, IdleTimeoutPingsAndClosesSilentClients) {
     return LimitHits(gateway_->port("metrics"), "idle_timeout") == 1;
   })) << gateway_->Log();
   EXPECT_FALSE(silent->Read(2s).has_value());
-  EXPECT_TRUE(silent->closed() || !silent->error().empty());
+  EXPECT_TRUE(silent->closed()) << "the gateway closed it, not a read timeout: " << silent->error();
   for (int i = 0; i < 10; ++i) EXPECT_FALSE(alive->Read(100ms).has_value());
   EXPECT_EQ(Exchange(*alive, R"({"type":"ping","id":"p"})")["type"], "pong");
   EXPECT_EQ(LimitHits(gateway_->port("metrics"), "idle_timeout"), 1);

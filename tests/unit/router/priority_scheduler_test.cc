@@ -77,8 +77,14 @@ TEST_F(SchedulerTest, NewcomersDoNotOvertakeWaitingWork) {
   auto s = Make({.max_in_flight = 1});
   Submit(s, Priority::kNormal, "a", "run");
   Submit(s, Priority::kNormal, "a", "wait");
-  s.Finish(tickets_["run"]);  // "wait" starts and takes the only slot
+  // Another session's request arrives while "wait" waits: the freed slot is still "wait"'s.
   EXPECT_EQ(Submit(s, Priority::kNormal, "b", "new").kind, PriorityScheduler::Admission::kQueued);
+  s.Finish(tickets_["run"]);
+  EXPECT_EQ(started_, (std::vector<std::string>{"run", "wait"}));
+  // And a newcomer after the slot was handed on does not take it either.
+  EXPECT_EQ(Submit(s, Priority::kNormal, "c", "later").kind, PriorityScheduler::Admission::kQueued);
+  s.Finish(tickets_["wait"]);
+  EXPECT_EQ(started_.back(), "new");
 }
 
 TEST_F(SchedulerTest, AFullQueueRejectsWithRetryAfterFromTheDrainRate) {
@@ -130,6 +136,10 @@ TEST_F(SchedulerTest, FinishingTwiceOrUnknownTicketsChangeNothing) {
   s.Finish(999);
   EXPECT_EQ(s.stats().in_flight[1], 0);
   Submit(s, Priority::kNormal, "a", "next");
+  EXPECT_EQ(s.stats().in_flight[1], 1);
+  // The second Finish gave back no extra slot: the budget of one is full again.
+  EXPECT_EQ(Submit(s, Priority::kNormal, "a", "queued").kind,
+            PriorityScheduler::Admission::kQueued);
   EXPECT_EQ(s.stats().in_flight[1], 1);
 }
 

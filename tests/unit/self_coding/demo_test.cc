@@ -83,10 +83,9 @@ TEST(SelfCodingDemo, TheRulesToMergeMakeTheDemoFailOnceThenSucceed) {
 
 TEST(SelfCodingDemo, TheSimulatorsDefaultRulesRunTheDemo) {
   nlohmann::json rules = LoadJson(SourceDir() + "/tools/llm_sim/rules.json");
-  if (rules.dump().find("Demo word_count") == std::string::npos) {
-    GTEST_SKIP() << "tools/llm_sim/rules.json does not have the demo rules yet "
-                    "(tests/unit/self_coding/demo_rules.json)";
-  }
+  ASSERT_NE(rules.dump().find("Demo word_count"), std::string::npos)
+      << "tools/llm_sim/rules.json lost the demo rules (tests/unit/self_coding/demo_rules.json); "
+         "the README's demo depends on them";
   ExpectDemoSucceedsOnTheSecondAttempt(rules, "tools/llm_sim/rules.json");
 }
 

@@ -3,6 +3,8 @@
 #include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
+#include <cerrno>
+#include <cstdio>
 
 #include <filesystem>
 #include <fstream>
@@ -137,8 +139,19 @@ TEST_F(SandboxTest, ForkBombIsContained) {
   SandboxLimits limits;
   limits.max_processes = 32;
   limits.wall_time = std::chrono::seconds(3);
+  // Forks children that stay alive until fork fails, says how many it got, then keeps forking
+  // as a bomb would until the wall time ends it.
   auto result = RunPython(
-      "import os\n"
+      "import os, time\n"
+      "n = 0\n"
+      "try:\n"
+      "    while True:\n"
+      "        if os.fork() == 0:\n"
+      "            time.sleep(60)\n"
+      "            os._exit(0)\n"
+      "        n += 1\n"
+      "except OSError as e:\n"
+      "    print('forks', n, 'then errno', e.errno, flush=True)\n"
       "while True:\n"
       "    try:\n"
       "        os.fork()\n"
@@ -147,6 +160,15 @@ TEST_F(SandboxTest, ForkBombIsContained) {
       limits);
   EXPECT_FALSE(result.ok());
   EXPECT_FALSE(result.reason.empty());
+  // The process limit, not the wall time alone, stopped it: fork failed (EAGAIN) before 32.
+  int forks = -1, errno_seen = 0;
+  auto at = result.output.find("forks ");
+  ASSERT_NE(at, std::string::npos) << result.output;
+  ASSERT_EQ(std::sscanf(result.output.c_str() + at, "forks %d then errno %d", &forks, &errno_seen),
+            2)
+      << result.output;
+  EXPECT_LT(forks, 32);
+  EXPECT_EQ(errno_seen, EAGAIN);
   // Nothing of it is left running, and this process can still start processes.
   int left = 0;
   for (const auto& entry : std::filesystem::directory_iterator("/proc")) {
