@@ -44,7 +44,10 @@ absl::StatusOr<std::unique_ptr<GatewayServer>> GatewayServer::Start(
   server->listener_ = std::make_shared<Listener>(*server->ioc_, context);
   auto status = server->listener_->Listen(
       net::ip::tcp::endpoint(address, static_cast<unsigned short>(context.settings.port)));
-  if (!status.ok()) return status;
+  if (!status.ok()) {
+    server->stopped_ = true;  // nothing started that Shutdown would stop
+    return status;
+  }
   server->listener_->Run();
   server->broadcast_timer_ = std::make_unique<net::steady_timer>(net::make_strand(*server->ioc_));
   server->batch_timer_ =

@@ -32,7 +32,9 @@ double SecondsSince(std::chrono::steady_clock::time_point start) {
 }  // namespace
 
 HttpSession::HttpSession(tcp::socket&& socket, GatewayContext& context)
-    : context_(context), stream_(std::move(socket)) {}
+    // Each HTTP connection is a session of its own, so the router's round robin across
+    // sessions treats API clients one by one rather than as one big client.
+    : context_(context), stream_(std::move(socket)), session_id_("h-" + common::NewRequestId()) {}
 
 HttpSession::~HttpSession() {
   if (chat_) {
@@ -290,7 +292,7 @@ void HttpSession::StartChatCompletion() {
   std::string requested_model =
       body.provider().empty() ? body.model() : absl::StrCat(body.provider(), "/", body.model());
   req.envelope.set_request_id(common::NewRequestId());
-  req.envelope.set_session_id("http");
+  req.envelope.set_session_id(session_id_);
 
   chat_.emplace();
   chat_->seq = ++next_seq_;

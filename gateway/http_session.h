@@ -77,6 +77,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
 
   GatewayContext& context_;
   boost::beast::tcp_stream stream_;
+  const std::string session_id_;  // "h-…", sent as the envelope's session_id
   boost::beast::flat_buffer buffer_;
   std::optional<boost::beast::http::request_parser<boost::beast::http::string_body>> parser_;
   std::shared_ptr<boost::beast::http::response<boost::beast::http::string_body>> response_;

@@ -170,6 +170,7 @@ int Main(int argc, char** argv) {
     return 1;
   }
   std::string router = settings.router;
+  int threads = settings.threads;
   auto server = anima::gateway::GatewayServer::Start(std::move(settings), (*metrics)->registry());
   if (!server.ok()) {
     spdlog::error("{}", server.status().ToString());
@@ -186,6 +187,7 @@ int Main(int argc, char** argv) {
     options.cert_file = tls_cert;
     options.key_file = tls_key;
     options.backend_port = (*server)->port();
+    options.threads = threads;  // TLS handshakes and crypto get as many threads as plain I/O
     options.handshake_timeout = std::chrono::milliseconds(handshake_timeout_ms);
     auto started = anima::common::TlsFront::Start(options);
     if (!started.ok()) {

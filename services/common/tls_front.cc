@@ -103,6 +103,7 @@ class Tunnel : public std::enable_shared_from_this<Tunnel> {
 struct TlsFront::Impl {
   net::io_context ioc;
   tcp::acceptor acceptor{ioc};
+  net::steady_timer retry{ioc};  // after a failed accept
   std::shared_ptr<ssl::context> default_ctx;
   std::map<std::string, std::shared_ptr<ssl::context>> sni;
   int backend_port = 0;
@@ -111,16 +112,23 @@ struct TlsFront::Impl {
   bool stopped = false;
 
   void Accept() {
-    acceptor.async_accept(
-        net::make_strand(ioc), [this](boost::system::error_code ec, tcp::socket socket) {
-          if (ec) {
-            if (ec == net::error::operation_aborted) return;
-          } else {
-            std::make_shared<Tunnel>(std::move(socket), *default_ctx, backend_port)
-                ->Start(handshake_timeout);
-          }
-          Accept();
-        });
+    acceptor.async_accept(net::make_strand(ioc),
+                          [this](boost::system::error_code ec, tcp::socket socket) {
+                            if (ec == net::error::operation_aborted) return;
+                            if (ec) {
+                              // Out of descriptors (EMFILE) and the like: accepting again at once
+                              // would spin a core until one frees; wait a little, as the gateway's
+                              // own listener does.
+                              retry.expires_after(std::chrono::milliseconds(100));
+                              retry.async_wait([this](boost::system::error_code wait_ec) {
+                                if (!wait_ec) Accept();
+                              });
+                              return;
+                            }
+                            std::make_shared<Tunnel>(std::move(socket), *default_ctx, backend_port)
+                                ->Start(handshake_timeout);
+                            Accept();
+                          });
   }
 
   // OpenSSL's servername callback: switch the connection to the certificate for its SNI.

@@ -102,12 +102,19 @@ absl::StatusOr<RouterConfig> ParseRouterConfig(const nlohmann::json& json) {
   }
 
   if (const auto* modules = root.Array("modules")) {
-    std::set<std::string> claimed;
+    std::set<std::string> claimed, names;
     for (size_t i = 0; i < modules->size() && root.ok(); ++i) {
       std::string path = absl::StrCat("modules[", i, "]");
       common::ConfigReader r((*modules)[i], path);
       ModuleRoute m;
       m.name = r.String("name", "", true);
+      // A name is a channel and a module in consciousness_state: two modules, or a module and a
+      // service, must not share one.
+      if (m.name == "router" || m.name == "llm-broker" || m.name == "self-coding") {
+        r.Fail("name", "\"" + m.name + "\" is the name of one of Anima's own services");
+      } else if (!m.name.empty() && !names.insert(m.name).second) {
+        r.Fail("name", "\"" + m.name + "\" is already the name of another module");
+      }
       m.address = r.String("address", "", true);
       if (const auto* types = r.Array("types", true)) {
         for (const auto& t : *types) {

@@ -2,10 +2,12 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <csignal>
+#include <cstdlib>
 #include <fstream>
 #include <map>
 #include <string>
@@ -719,6 +721,24 @@ TEST_F(GatewayTest, AuthTokensOnTheUpgradeAndExpiryMidConnection) {
   std::remove(tokens.c_str());
   std::remove(secret_file.c_str());
   rmdir(dir);
+}
+
+TEST_F(GatewayTest, APortInUseIsAnErrorNotACrash) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  ASSERT_GE(fd, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+  ASSERT_EQ(listen(fd, 1), 0);
+  socklen_t len = sizeof addr;
+  ASSERT_EQ(getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len), 0);
+  std::string command = anima::testing::BinDir() + "/anima-gateway --metrics-port=0 --port=" +
+                        std::to_string(ntohs(addr.sin_port)) + " >/dev/null 2>&1";
+  int status = std::system(command.c_str());
+  close(fd);
+  ASSERT_TRUE(WIFEXITED(status)) << "killed by a signal: " << status;
+  EXPECT_EQ(WEXITSTATUS(status), 1);
 }
 
 TEST_F(GatewayTest, BadAuthFilesExitTwo) {

@@ -106,6 +106,7 @@ TEST_F(OpenAiHttpTest, NonStreamingCompletion) {
   // What the router got: one chat envelope carrying the whole request.
   auto e = router_->last_envelope();
   EXPECT_EQ(e.type(), "chat");
+  EXPECT_EQ(e.session_id().rfind("h-", 0), 0u) << e.session_id();
   EXPECT_FALSE(router_->last_request_id().empty());
   const auto& chat = e.chat();
   EXPECT_EQ(chat.provider(), "fake");
@@ -199,7 +200,11 @@ TEST_F(OpenAiHttpTest, KeepAliveCarriesSeveralCompletions) {
   auto first = exchange(Chat("one", {{"stream", true}}).dump());
   EXPECT_EQ(first.result_int(), 200);
   EXPECT_EQ(SseData(first.body()).back(), "[DONE]");
+  // One connection is one session for the router's round robin.
+  std::string session = router_->last_envelope().session_id();
+  EXPECT_EQ(session.rfind("h-", 0), 0u) << session;
   auto second = exchange(Chat("two").dump());
+  EXPECT_EQ(router_->last_envelope().session_id(), session);
   EXPECT_EQ(second.result_int(), 200);
   EXPECT_EQ(Json::parse(second.body())["choices"][0]["message"]["content"], "echo: two");
   auto third = exchange("{");
