@@ -4,8 +4,6 @@
 #include <mutex>
 #include <random>
 
-#include "absl/strings/str_cat.h"
-
 namespace anima::broker {
 namespace {
 
@@ -105,10 +103,14 @@ class FailoverCall : public StrategyCall, public std::enable_shared_from_this<Fa
       return FinishLocked(lock, Failure("deadline_exceeded", "the request deadline passed"));
     }
     if (streamed_ || !error.retryable) {
-      return FinishLocked(lock, Failure("provider_error", FailureMessage()));
+      return FinishLocked(lock, Failure("provider_error"));
     }
+    // A provider that refused the call itself (breaker open, too many calls in flight) would only
+    // be waited on: the next candidate may answer now. The last one is still retried.
+    bool refused = error.code == "circuit_open" || error.code == "concurrency_limit";
+    bool has_next = index_ + 1 < candidates_.size();
     std::chrono::milliseconds delay{0};
-    bool retry_same = attempt_ < candidates_[index_]->max_retries();
+    bool retry_same = attempt_ < candidates_[index_]->max_retries() && !(refused && has_next);
     if (retry_same) {
       if (error.retry_after) {
         if (*error.retry_after > policy_.max_retry_after) {
@@ -126,12 +128,12 @@ class FailoverCall : public StrategyCall, public std::enable_shared_from_this<Fa
     }
     if (retry_same) {
       ++attempt_;
-    } else if (index_ + 1 < candidates_.size()) {
+    } else if (has_next) {
       ++index_;
       attempt_ = 0;
       delay = std::chrono::milliseconds(0);
     } else {
-      return FinishLocked(lock, Failure("provider_error", FailureMessage()));
+      return FinishLocked(lock, Failure("provider_error"));
     }
     auto self = shared_from_this();
     if (delay.count() == 0) {
@@ -161,23 +163,9 @@ class FailoverCall : public StrategyCall, public std::enable_shared_from_this<Fa
     causes_.push_back(error);
   }
 
-  std::string FailureMessage() const {
-    std::string message = "every provider tried failed:";
-    for (const auto& c : causes_) absl::StrAppend(&message, " ", c.provider, " (", c.code, ")");
-    return message;
-  }
-
-  StrategyOutcome Failure(std::string code, std::string message) {
-    StrategyOutcome out;
-    out.code = std::move(code);
-    out.message = std::move(message);
-    out.causes = causes_;
-    for (const auto& c : causes_) {
-      if (c.retry_after && (!out.retry_after || *c.retry_after < *out.retry_after)) {
-        out.retry_after = c.retry_after;
-      }
-    }
-    return out;
+  // An empty `message` names every cause.
+  StrategyOutcome Failure(std::string code, std::string message = {}) const {
+    return FailedOutcome(std::move(code), std::move(message), causes_);
   }
 
   // Ends the request: called with mu_ held, releases it before calling the sink.

@@ -19,9 +19,11 @@ struct RetryPolicy {
 
 // Tries the candidates in order. On a retryable error a provider is retried up to its
 // max_retries() with exponential backoff (or its own delay hint, when not above the cap), then
-// the next provider is tried. A non-retryable error ends the request (retrying elsewhere cannot
-// fix a bad request). Once a delta has reached the caller nothing is retried or failed over: the
-// error is returned. The outcome carries one cause per provider tried.
+// the next provider is tried. A provider that refused the call itself (circuit_open,
+// concurrency_limit) is passed over at once, and only waited for when it is the last candidate.
+// A non-retryable error ends the request (retrying elsewhere cannot fix a bad request). Once a
+// delta has reached the caller nothing is retried or failed over: the error is returned. The
+// outcome carries one cause per provider tried.
 class FailoverStrategy : public Strategy {
  public:
   FailoverStrategy(std::shared_ptr<Scheduler> scheduler, RetryPolicy policy);

@@ -2,8 +2,6 @@
 
 #include <mutex>
 
-#include "absl/strings/str_cat.h"
-
 namespace anima::broker {
 namespace {
 
@@ -22,30 +20,38 @@ class ParallelCall : public StrategyCall, public std::enable_shared_from_this<Pa
 
   void Begin() {
     if (mode_ == ParallelMode::kHedge) {
-      Launch(0);
-      ScheduleHedge();
+      if (LaunchNext()) ScheduleHedge();
       return;
+    }
+    {
+      // Every slot is claimed before any provider starts: one that rejects the call inline from
+      // Start() (breaker open, concurrency cap) must not look like the last one left.
+      std::lock_guard lock(mu_);
+      for (auto& slot : slots_) slot.started = true;
     }
     for (size_t i = 0; i < candidates_.size(); ++i) Launch(i);
   }
 
+  // The outcome waits for the calls in flight to end: one of them may be inside the sink right
+  // now, and the sink's owner may go away once on_done has run.
   void Cancel() override {
     std::vector<std::shared_ptr<ProviderCall>> calls;
     {
       std::unique_lock lock(mu_);
-      if (finished_) return;
+      if (finished_ || cancelled_) return;
+      cancelled_ = true;
       calls = RunningCallsLocked(candidates_.size());
-      FinishLocked(lock, Failure("cancelled", "the request was cancelled"));
+      SettleLocked(lock);
     }
     for (auto& call : calls) call->Cancel();
   }
 
  private:
   struct Slot {
-    bool started = false;
+    bool started = false;  // claimed: Start() is about to run, runs, or has run
     bool done = false;
     std::shared_ptr<ProviderCall> call;
-    std::optional<ProviderOutcome> outcome;
+    std::optional<ProviderOutcome> outcome;  // unset when the slot was skipped
     Clock::time_point started_at;
   };
 
@@ -58,30 +64,35 @@ class ParallelCall : public StrategyCall, public std::enable_shared_from_this<Pa
     });
   }
 
-  // Starts the first candidate not started yet, unless the request is decided. Returns whether
-  // one was started and more remain.
+  // Claims and starts the first candidate not started yet, unless the request is decided.
+  // Returns whether one was started and more remain.
   bool LaunchNext() {
-    size_t next;
+    size_t next = 0;
     {
       std::lock_guard lock(mu_);
-      if (finished_ || committed_ >= 0) return false;
-      next = 0;
+      if (finished_ || cancelled_ || committed_ >= 0) return false;
       while (next < slots_.size() && slots_[next].started) ++next;
       if (next == slots_.size()) return false;
+      slots_[next].started = true;
     }
     Launch(next);
     return next + 1 < slots_.size();
   }
 
+  // Starts the claimed slot `i`, or skips it when the request was decided meanwhile (an earlier
+  // candidate answered or sent a token inline from Start()).
   void Launch(size_t i) {
-    ChatRequest attempt = request_;
     {
-      std::lock_guard lock(mu_);
-      if (finished_ || slots_[i].started) return;
-      slots_[i].started = true;
+      std::unique_lock lock(mu_);
+      if (finished_ || cancelled_ || committed_ >= 0) {
+        slots_[i].done = true;
+        if (!finished_) SettleLocked(lock);
+        return;
+      }
       slots_[i].started_at = Clock::now();
       if (earliest_start_ == Clock::time_point{}) earliest_start_ = slots_[i].started_at;
     }
+    ChatRequest attempt = request_;
     if (attempt.model.empty()) attempt.model = candidates_[i]->default_model();
     auto self = shared_from_this();
     ProviderSink sink;
@@ -92,17 +103,21 @@ class ParallelCall : public StrategyCall, public std::enable_shared_from_this<Pa
     {
       std::lock_guard lock(mu_);
       if (!slots_[i].done) slots_[i].call = call;
-      cancel = !slots_[i].done && (finished_ || (committed_ >= 0 && committed_ != int(i)));
+      cancel =
+          !slots_[i].done && (finished_ || cancelled_ || (committed_ >= 0 && committed_ != int(i)));
     }
     if (cancel && call != nullptr) call->Cancel();
   }
 
+  // Only the committed candidate gets here past the checks, and its OnDone (the only other place
+  // that may end the request while it runs) never overlaps its OnDelta: so the sink is not used
+  // concurrently and sink_ is not reset under it.
   void OnDelta(size_t i, std::string_view delta) {
     if (mode_ == ParallelMode::kFanout) return;  // the chosen answer is sent at the end
     std::vector<std::shared_ptr<ProviderCall>> losers;
     {
       std::lock_guard lock(mu_);
-      if (finished_) return;
+      if (finished_ || cancelled_) return;
       if (committed_ < 0) {
         committed_ = static_cast<int>(i);
         losers = RunningCallsLocked(i);
@@ -126,13 +141,10 @@ class ParallelCall : public StrategyCall, public std::enable_shared_from_this<Pa
       }
       slot.outcome = outcome;
       if (finished_) return;
-      if (mode_ == ParallelMode::kFanout) {
-        for (const auto& s : slots_) {
-          if (!s.done) return;
-        }
-        return FinishFanout(lock);
-      }
-      if (auto* result = std::get_if<ChatResult>(&outcome)) {
+      auto* result = std::get_if<ChatResult>(&outcome);
+      if (cancelled_ || mode_ == ParallelMode::kFanout) {
+        launch_next = SettleLocked(lock);
+      } else if (result != nullptr) {
         if (committed_ >= 0 && committed_ != static_cast<int>(i)) return;
         losers = RunningCallsLocked(i);
         StrategyOutcome done;
@@ -140,23 +152,34 @@ class ParallelCall : public StrategyCall, public std::enable_shared_from_this<Pa
         FinishLocked(lock, std::move(done));
       } else if (committed_ == static_cast<int>(i)) {
         // Tokens of this provider reached the caller: its failure is final.
-        FinishLocked(lock, Failure("provider_error", FailureMessage()));
+        FinishLocked(lock, Failure("provider_error"));
       } else {
-        bool running = false;
-        bool unstarted = false;
-        for (const auto& s : slots_) {
-          running |= s.started && !s.done;
-          unstarted |= !s.started;
-        }
-        if (!running && unstarted && mode_ == ParallelMode::kHedge) {
-          launch_next = true;  // nothing left in flight: do not wait for the hedge timer
-        } else if (!running) {
-          FinishLocked(lock, Failure("provider_error", FailureMessage()));
-        }
+        launch_next = SettleLocked(lock);
       }
     }
     for (auto& call : losers) call->Cancel();
     if (launch_next) LaunchNext();
+  }
+
+  // Ends the request once no call is in flight: "cancelled" after Cancel(), the fanout answer,
+  // or provider_error. Returns true instead when a hedge should start its next candidate now
+  // rather than wait for the timer. Called with mu_ held; releases it when the request ends.
+  bool SettleLocked(std::unique_lock<std::mutex>& lock) {
+    bool unstarted = false;
+    for (const auto& s : slots_) {
+      if (s.started && !s.done) return false;
+      unstarted |= !s.started;
+    }
+    if (cancelled_) {
+      FinishLocked(lock, Failure("cancelled", "the request was cancelled"));
+    } else if (mode_ == ParallelMode::kFanout) {
+      FinishFanout(lock);
+    } else if (unstarted && mode_ == ParallelMode::kHedge) {
+      return true;
+    } else {
+      FinishLocked(lock, Failure("provider_error"));
+    }
+    return false;
   }
 
   void FinishFanout(std::unique_lock<std::mutex>& lock) {
@@ -168,7 +191,7 @@ class ParallelCall : public StrategyCall, public std::enable_shared_from_this<Pa
       }
     }
     if (!out.result) {
-      StrategyOutcome failure = Failure("provider_error", FailureMessage());
+      StrategyOutcome failure = Failure("provider_error");
       failure.candidates = std::move(out.candidates);
       return FinishLocked(lock, std::move(failure));
     }
@@ -202,25 +225,9 @@ class ParallelCall : public StrategyCall, public std::enable_shared_from_this<Pa
     return causes;
   }
 
-  std::string FailureMessage() const {
-    std::string message = "every provider tried failed:";
-    for (const auto& c : CausesLocked()) {
-      absl::StrAppend(&message, " ", c.provider, " (", c.code, ")");
-    }
-    return message;
-  }
-
-  StrategyOutcome Failure(std::string code, std::string message) const {
-    StrategyOutcome out;
-    out.code = std::move(code);
-    out.message = std::move(message);
-    out.causes = CausesLocked();
-    for (const auto& c : out.causes) {
-      if (c.retry_after && (!out.retry_after || *c.retry_after < *out.retry_after)) {
-        out.retry_after = c.retry_after;
-      }
-    }
-    return out;
+  // An empty `message` names every cause.
+  StrategyOutcome Failure(std::string code, std::string message = {}) const {
+    return FailedOutcome(std::move(code), std::move(message), CausesLocked());
   }
 
   // Ends the request: called with mu_ held, releases it before calling the sink.
@@ -245,6 +252,7 @@ class ParallelCall : public StrategyCall, public std::enable_shared_from_this<Pa
   mutable std::mutex mu_;
   std::vector<Slot> slots_;
   int committed_ = -1;  // the candidate whose tokens the caller sees
+  bool cancelled_ = false;
   bool finished_ = false;
   Clock::time_point earliest_start_{};
 };

@@ -6,8 +6,10 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "services/llm_broker/provider.h"
 
 namespace anima::broker {
@@ -27,6 +29,27 @@ struct StrategyOutcome {
   std::vector<ProviderOutcome> candidates;
 };
 
+// The outcome of a request that got no answer: `code`, one cause per provider tried and the
+// smallest retry hint among them. An empty `message` names every cause instead
+// ("every provider tried failed: a (http_503) b (timeout)").
+inline StrategyOutcome FailedOutcome(std::string code, std::string message,
+                                     std::vector<ProviderError> causes) {
+  StrategyOutcome out;
+  out.code = std::move(code);
+  out.message = std::move(message);
+  if (out.message.empty()) {
+    out.message = "every provider tried failed:";
+    for (const auto& c : causes) absl::StrAppend(&out.message, " ", c.provider, " (", c.code, ")");
+  }
+  for (const auto& c : causes) {
+    if (c.retry_after && (!out.retry_after || *c.retry_after < *out.retry_after)) {
+      out.retry_after = c.retry_after;
+    }
+  }
+  out.causes = std::move(causes);
+  return out;
+}
+
 // Same contract as ProviderSink: deltas in order, then on_done exactly once, never concurrent.
 struct StrategySink {
   std::function<void(std::string_view delta)> on_delta;
@@ -36,8 +59,9 @@ struct StrategySink {
 class StrategyCall {
  public:
   virtual ~StrategyCall() = default;
-  // Thread-safe, idempotent: cancels the provider call in flight (closing its connection) and
-  // ends the request with code "cancelled" unless it had ended already.
+  // Thread-safe, idempotent: cancels the provider calls in flight (closing their connections)
+  // and ends the request with code "cancelled" unless it had ended already. That on_done may come
+  // later, from a provider's thread, once those calls have ended: one may be in the sink now.
   virtual void Cancel() = 0;
 };
 

@@ -235,6 +235,36 @@ TEST_F(FailoverTest, RetryAfterAboveTheCapMovesOnInsteadOfWaiting) {
   EXPECT_TRUE(scheduler_->delays.empty());
 }
 
+TEST_F(FailoverTest, ARefusingProviderIsPassedOverWithoutWaiting) {
+  for (std::string code : {"circuit_open", "concurrency_limit"}) {
+    scheduler_->delays.clear();
+    auto a = std::make_shared<FakeProvider>(
+        "a", std::vector<Step>{{{}, Err(code, true, std::chrono::seconds(5))}, {{}, Ok("late")}},
+        /*max_retries=*/2);
+    auto b = std::make_shared<FakeProvider>("b", std::vector<Step>{{{}, Ok("from b")}});
+    Run({a, b});
+    ASSERT_TRUE(result_.outcome && result_.outcome->result) << code;
+    EXPECT_EQ(result_.outcome->result->provider, "b") << code;
+    EXPECT_EQ(a->starts, 1) << code;
+    EXPECT_TRUE(scheduler_->delays.empty()) << code;
+  }
+}
+
+TEST_F(FailoverTest, TheLastCandidateIsRetriedAfterItsBreakerHint) {
+  auto a = std::make_shared<FakeProvider>("a", std::vector<Step>{{{}, Err("http_500", true)}});
+  auto b = std::make_shared<FakeProvider>(
+      "b",
+      std::vector<Step>{{{}, Err("circuit_open", true, std::chrono::milliseconds(900))},
+                        {{}, Ok("from b")}},
+      /*max_retries=*/1);
+  Run({a, b});
+  ASSERT_TRUE(result_.outcome && result_.outcome->result);
+  EXPECT_EQ(result_.outcome->result->provider, "b");
+  EXPECT_EQ(b->starts, 2);
+  EXPECT_EQ(scheduler_->delays,
+            std::vector<std::chrono::milliseconds>{std::chrono::milliseconds(900)});
+}
+
 TEST_F(FailoverTest, CancelStopsTheProviderCallAndEndsCancelled) {
   auto a = std::make_shared<FakeProvider>("a", std::vector<Step>{{{"x"}, std::nullopt}});
   auto call = Run({a}, /*stream=*/true);

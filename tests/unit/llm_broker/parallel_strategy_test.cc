@@ -22,14 +22,15 @@ ProviderError Err(std::string code, bool retryable = true) {
   return e;
 }
 
-// Every Start() opens a call that stays open until the test ends it (Succeed/Fail/Delta).
+// Every Start() opens a call that stays open until the test ends it (Succeed/Fail/Delta), or
+// with `reject` set ends it inline from Start(), as a provider behind an open breaker does.
 class HeldProvider : public Provider {
  public:
   class Call : public ProviderCall {
    public:
     void Cancel() override {
       cancelled = true;
-      if (sink.on_done) {
+      if (sink.on_done && !cancel_later) {
         ProviderSink taken = std::move(sink);
         sink = ProviderSink();
         taken.on_done(Err("cancelled", false));
@@ -37,6 +38,7 @@ class HeldProvider : public Provider {
     }
     ProviderSink sink;
     bool cancelled = false;
+    bool cancel_later = false;  // like a real call: the test ends it (Fail("cancelled"))
   };
 
   explicit HeldProvider(std::string name) : name_(std::move(name)), model_(name_ + "-model") {}
@@ -47,7 +49,9 @@ class HeldProvider : public Provider {
   std::shared_ptr<ProviderCall> Start(const ChatRequest& request, ProviderSink sink) override {
     last_model = request.model;
     call = std::make_shared<Call>();
+    call->cancel_later = cancel_later;
     call->sink = std::move(sink);
+    if (reject) Fail(*reject);
     return call;
   }
 
@@ -71,6 +75,8 @@ class HeldProvider : public Provider {
 
   std::shared_ptr<Call> call;
   std::string last_model;
+  std::optional<std::string> reject;
+  bool cancel_later = false;
 
  private:
   void End(ProviderOutcome outcome) {
@@ -105,9 +111,13 @@ struct Recorder {
   std::vector<std::string> deltas;
   std::optional<StrategyOutcome> outcome;
   int done_calls = 0;
+  std::function<void()> inside_delta;  // runs while on_delta is still in progress
   StrategySink Sink() {
     StrategySink sink;
-    sink.on_delta = [this](std::string_view d) { deltas.emplace_back(d); };
+    sink.on_delta = [this](std::string_view d) {
+      deltas.emplace_back(d);
+      if (inside_delta) inside_delta();
+    };
     sink.on_done = [this](StrategyOutcome o) {
       ++done_calls;
       outcome = std::move(o);
@@ -173,6 +183,52 @@ TEST_F(ParallelStrategyTest, StreamingRaceCommitsToTheFirstTokenAndItsFailureIsF
   c_->Fail("stream_error");
   ASSERT_TRUE(recorder_.outcome.has_value());
   EXPECT_EQ(recorder_.outcome->code, "provider_error");
+}
+
+TEST_F(ParallelStrategyTest, RaceOutlivesAProviderThatRejectsInlineFromStart) {
+  a_->reject = "circuit_open";
+  Run(ParallelMode::kRace);
+  EXPECT_FALSE(recorder_.outcome.has_value());  // b and c have not answered yet
+  ASSERT_TRUE(b_->started() && c_->started());
+  b_->Succeed("from b");
+  ASSERT_TRUE(recorder_.outcome && recorder_.outcome->result);
+  EXPECT_EQ(recorder_.outcome->result->provider, "b");
+  EXPECT_TRUE(c_->cancelled());
+}
+
+TEST_F(ParallelStrategyTest, RaceWithEveryProviderRejectingInlineIsAProviderError) {
+  a_->reject = b_->reject = c_->reject = "concurrency_limit";
+  Run(ParallelMode::kRace);
+  ASSERT_TRUE(recorder_.outcome.has_value());
+  EXPECT_EQ(recorder_.outcome->code, "provider_error");
+  EXPECT_EQ(recorder_.outcome->causes.size(), 3u);
+  EXPECT_EQ(recorder_.done_calls, 1);
+}
+
+// Cancel() comes from another thread (gRPC's cancel callback) while a token may be in the sink:
+// on_done must wait until the calls in flight have ended, since the sink's owner may go away
+// once on_done has run.
+TEST_F(ParallelStrategyTest, CancelDuringADeltaEndsOnlyAfterTheCallsInFlightEnded) {
+  a_->cancel_later = b_->cancel_later = c_->cancel_later = true;
+  auto call = Run(ParallelMode::kRace, /*stream=*/true);
+  bool done_inside_delta = false;
+  recorder_.inside_delta = [&] {
+    call->Cancel();
+    done_inside_delta = recorder_.outcome.has_value();
+  };
+  a_->Delta("Hel");
+  EXPECT_FALSE(done_inside_delta);
+  recorder_.inside_delta = nullptr;
+  EXPECT_TRUE(a_->cancelled() && b_->cancelled() && c_->cancelled());
+  a_->Delta("lo");  // after Cancel(): not forwarded
+  b_->Fail("cancelled", false);
+  c_->Fail("cancelled", false);
+  EXPECT_FALSE(recorder_.outcome.has_value());  // a is still running
+  a_->Fail("cancelled", false);
+  ASSERT_TRUE(recorder_.outcome.has_value());
+  EXPECT_EQ(recorder_.outcome->code, "cancelled");
+  EXPECT_EQ(recorder_.done_calls, 1);
+  EXPECT_EQ(recorder_.deltas, std::vector<std::string>{"Hel"});
 }
 
 TEST_F(ParallelStrategyTest, HedgeStartsTheNextOnlyAfterTheDelay) {
