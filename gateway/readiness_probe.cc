@@ -1,23 +1,17 @@
 #include "gateway/readiness_probe.h"
 
 #include <algorithm>
-#include <future>
 #include <string>
 #include <vector>
 
 #include "anima/v1/router.grpc.pb.h"
 #include "gateway/admission.h"
-#include "grpcpp/generic/generic_stub.h"
+#include "grpc/health/v1/health.grpc.pb.h"
 #include "spdlog/spdlog.h"
 
 namespace anima::gateway {
 
 namespace {
-// grpc.health.v1 without its generated code (the package does not install it): the request
-// HealthCheckRequest{service: ""} is the empty message, and SERVING is HealthCheckResponse
-// {status: 1}, encoded as field 1 varint 1.
-constexpr char kCheckMethod[] = "/grpc.health.v1.Health/Check";
-constexpr char kServing[] = "\x08\x01";
 constexpr auto kRoutesRefresh = std::chrono::seconds(30);
 constexpr auto kRoutesRetry = std::chrono::seconds(5);
 }  // namespace
@@ -62,23 +56,14 @@ void ReadinessProbe::Run() {
 }
 
 bool ReadinessProbe::CheckOnce() {
-  grpc::GenericStub stub(channel_);
+  auto stub = grpc::health::v1::Health::NewStub(channel_);
   grpc::ClientContext context;
   context.set_deadline(std::chrono::system_clock::now() +
                        std::max(interval_, std::chrono::milliseconds(1000)));
-  grpc::Slice empty_message{std::string()};  // HealthCheckRequest{}
-  grpc::ByteBuffer request(&empty_message, 1);
-  grpc::ByteBuffer response;
-  std::promise<grpc::Status> done;
-  stub.UnaryCall(&context, kCheckMethod, grpc::StubOptions(), &request, &response,
-                 [&done](grpc::Status status) { done.set_value(std::move(status)); });
-  grpc::Status status = done.get_future().get();
-  if (!status.ok()) return false;
-  std::vector<grpc::Slice> slices;
-  if (!response.Dump(&slices).ok()) return false;
-  std::string bytes;
-  for (const auto& s : slices) bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
-  return bytes == std::string(kServing, 2);
+  grpc::health::v1::HealthCheckResponse response;
+  grpc::Status status =
+      stub->Check(&context, grpc::health::v1::HealthCheckRequest(), &response);  // service ""
+  return status.ok() && response.status() == grpc::health::v1::HealthCheckResponse::SERVING;
 }
 
 bool ReadinessProbe::FetchRoutes() {

@@ -106,6 +106,11 @@ void HttpProviderCall::HandleEvents() {
     if (update.completion != StreamUpdate::Completion::kNone) whole_ = true;
     if (update.completion == StreamUpdate::Completion::kEnd) ended_ = true;
     if (!update.delta.empty()) {
+      // A streamed answer is held to the same bound as a whole body.
+      if (text_.size() + update.delta.size() > options_.max_body_bytes) {
+        Fail(Error("invalid_response", "the streamed answer is too large", false));
+        return;
+      }
       text_.append(update.delta);
       if (sink_.on_delta) sink_.on_delta(update.delta);
     }

@@ -162,6 +162,24 @@ TEST_F(OpenAiProviderTest, MidStreamErrorIsAnErrorNotASuccess) {
   EXPECT_TRUE(transport_->exchange->cancelled);  // the connection is dropped
 }
 
+TEST_F(OpenAiProviderTest, AStreamedAnswerOverTheBodyBoundFails) {
+  OpenAiProviderOptions options;
+  options.base_url = "https://api.example.test/v1/";
+  options.models = {"gpt-4o-mini"};
+  options.max_body_bytes = 10;
+  OpenAiProvider small(options, transport_);
+  request_.stream = true;
+  small.Start(request_, rec_.Sink());
+  std::string chunk =
+      R"(data: {"choices":[{"index":0,"delta":{"content":"123456"},"finish_reason":null}]})"
+      "\n\n";
+  transport_->Respond(200, kSse, {chunk, chunk, chunk});
+  ASSERT_EQ(rec_.done_calls, 1);
+  EXPECT_EQ(rec_.deltas, (std::vector<std::string>{"123456"})) << "the second would pass 10";
+  EXPECT_EQ(rec_.error().code, "invalid_response");
+  EXPECT_FALSE(rec_.error().retryable);
+}
+
 TEST_F(OpenAiProviderTest, EndOfBodyWithoutDoneIsIncomplete) {
   request_.stream = true;
   provider_->Start(request_, rec_.Sink());
