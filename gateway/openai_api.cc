@@ -105,6 +105,7 @@ std::variant<ChatCompletionRequest, OpenAiError> OpenAiApi::ParseChatCompletion(
   anima::v1::Envelope& envelope = out.envelope;
   envelope.set_type("chat");
   anima::v1::ChatBody* chat = envelope.mutable_chat();
+  chat->set_stateless(true);  // the client sends the whole conversation every time
 
   if (j.contains("model") && !j["model"].is_null()) {
     if (!j["model"].is_string()) return Invalid("`model` must be a string", "model");

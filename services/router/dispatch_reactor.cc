@@ -94,9 +94,16 @@ void DispatchReactor::PrepareDownstream() {
 }
 
 void DispatchReactor::StartChat() {
-  conversation_id_ = envelope_.chat().conversation_id();
-  if (conversation_id_.empty()) conversation_id_ = NewConversationId();
-  request_ = ToCompletionRequest(envelope_, deps_.memory->History(conversation_id_));
+  const auto& chat = envelope_.chat();
+  conversation_id_ = chat.conversation_id();
+  if (conversation_id_.empty() && !chat.stateless()) conversation_id_ = NewConversationId();
+  // Memory is read only when it is used: not for a stateless request, not when the client sent
+  // its own turns (they replace it), not for a conversation this request just started.
+  google::protobuf::RepeatedPtrField<anima::v1::ChatMessage> remembered;
+  if (!chat.stateless() && chat.history_size() == 0 && !chat.conversation_id().empty()) {
+    remembered = deps_.memory->History(conversation_id_);
+  }
+  request_ = ToCompletionRequest(envelope_, remembered);
   request_.set_request_id(request_id_);
   PrepareDownstream();
   if (!envelope_.chat().stream()) {
@@ -137,8 +144,10 @@ void DispatchReactor::StartChat() {
 }
 
 void DispatchReactor::ChatDone(const anima::v1::CompletionResponse& completion) {
-  deps_.memory->Append(conversation_id_, envelope_.chat().message(), completion.message());
-  deps_.metrics->ConversationsStored(static_cast<double>(deps_.memory->size()));
+  if (!envelope_.chat().stateless()) {
+    deps_.memory->Append(conversation_id_, envelope_.chat().message(), completion.message());
+    deps_.metrics->ConversationsStored(static_cast<double>(deps_.memory->size()));
+  }
   Event event;
   *event.mutable_chat_response() = ToChatResponse(completion, conversation_id_);
   Emit(std::move(event), true);

@@ -107,6 +107,7 @@ TEST_F(OpenAiHttpTest, NonStreamingCompletion) {
   auto e = router_->last_envelope();
   EXPECT_EQ(e.type(), "chat");
   EXPECT_EQ(e.session_id().rfind("h-", 0), 0u) << e.session_id();
+  EXPECT_TRUE(e.chat().stateless()) << "the router must not remember API conversations";
   EXPECT_FALSE(router_->last_request_id().empty());
   const auto& chat = e.chat();
   EXPECT_EQ(chat.provider(), "fake");

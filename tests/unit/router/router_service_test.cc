@@ -167,6 +167,26 @@ TEST_F(RouterServiceTest, ConversationTurnsAreSentAsContext) {
   EXPECT_EQ(msgs[2].content(), "second");
 }
 
+TEST_F(RouterServiceTest, StatelessChatsNeitherReadNorStoreMemory) {
+  Dispatch(Chat("remembered", false, "c-both"));
+  auto stateless = Chat("from the API", false, "c-both");
+  stateless.mutable_chat()->set_stateless(true);
+  auto events = Dispatch(stateless);
+  ASSERT_EQ(broker_.last_request.messages_size(), 1) << "memory was not read";
+  ASSERT_FALSE(events.empty());
+  // A stateless chat without an id gets none (nothing could continue it).
+  auto anonymous = Chat("no id", false);
+  anonymous.mutable_chat()->set_stateless(true);
+  auto answer = Dispatch(anonymous);
+  ASSERT_FALSE(answer.empty());
+  EXPECT_TRUE(answer.back().chat_response().conversation_id().empty());
+  Dispatch(Chat("next", false, "c-both"));
+  const auto& msgs = broker_.last_request.messages();
+  ASSERT_EQ(msgs.size(), 3) << "only the stateful turn was stored";
+  EXPECT_EQ(msgs[0].content(), "remembered");
+  EXPECT_EQ(msgs[2].content(), "next");
+}
+
 TEST_F(RouterServiceTest, BrokerFailureBecomesProviderErrorWithCauses) {
   for (bool stream : {false, true}) {
     auto events = Dispatch(Chat("fail please", stream));
