@@ -225,6 +225,7 @@ const std::vector<std::string>& FrameTranslator::BuiltinTypes() {
                                                   "subscribe",
                                                   "unsubscribe",
                                                   "cancel",
+                                                  "usage_query",
                                                   "ping"};
   return kTypes;
 }
@@ -301,6 +302,10 @@ ParseResult FrameTranslator::Parse(std::string_view text) const {
     out.kind =
         out.type == "subscribe" ? ParsedFrame::Kind::kSubscribe : ParsedFrame::Kind::kUnsubscribe;
     out.topics = ParseTopics(f);
+  } else if (out.type == "usage_query") {
+    out.kind = ParsedFrame::Kind::kUsageQuery;
+    out.principal = f.OptionalString("principal");
+    if (out.principal.size() > 128) f.Fail("principal", "expected at most 128 characters");
   } else if (out.type == "cancel") {
     out.kind = ParsedFrame::Kind::kCancel;
     out.target_id = f.RequiredString("target_id");

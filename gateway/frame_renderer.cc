@@ -1,5 +1,8 @@
 // FrameTranslator's Render functions: router events and gateway answers to the server frames of
 // PROTOCOL.md §3. Keys are written in the order the protocol shows them.
+#include <cmath>
+#include <cstdio>
+#include <ctime>
 #include <map>
 
 #include "gateway/frame_translator.h"
@@ -74,6 +77,7 @@ void AddChatResponse(const anima::v1::ChatResponse& r, Json& j) {
 void AddError(const anima::v1::ErrorEvent& e, Json& j) {
   j["code"] = e.code().empty() ? kInternal : e.code();
   j["message"] = e.message();
+  if (!e.limit().empty()) j["limit"] = e.limit();
   if (e.retry_after_ms() > 0) j["retry_after_ms"] = e.retry_after_ms();
   if (e.causes_size() > 0) {
     Json causes = Json::array();
@@ -249,6 +253,66 @@ std::string FrameTranslator::RenderRateLimited(std::string_view message, std::st
   return Dump(j);
 }
 
+std::string FrameTranslator::RenderQuotaExceeded(const QuotaRefusal& refusal, std::string_view id) {
+  Json j = Head("error", id);
+  j["code"] = kQuotaExceeded;
+  j["message"] = refusal.message;
+  j["limit"] = refusal.limit;
+  j["retry_after_ms"] = std::max<int64_t>(1, refusal.retry_after.count());
+  return Dump(j);
+}
+
+namespace {
+
+std::string Rfc3339(std::chrono::system_clock::time_point t) {
+  auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(t.time_since_epoch()).count();
+  std::time_t secs = static_cast<std::time_t>(ms / 1000);
+  std::tm tm{};
+  gmtime_r(&secs, &tm);
+  char buf[40];
+  size_t n = std::strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%S", &tm);
+  std::snprintf(buf + n, sizeof(buf) - n, ".%03dZ", static_cast<int>(ms % 1000));
+  return buf;
+}
+
+// Counts as integers, dollars as numbers.
+Json Amount(const std::string& limit, double v) {
+  if (limit.rfind("cost_", 0) == 0) return v;
+  return static_cast<int64_t>(std::llround(v));
+}
+
+Json TotalsJson(const UsageTotals& t, std::chrono::system_clock::time_point resets_at) {
+  Json j = Json::object();
+  j["requests"] = t.requests;
+  j["tokens"] = t.tokens;
+  j["cost_usd"] = t.cost_usd;
+  j["resets_at"] = Rfc3339(resets_at);
+  return j;
+}
+
+}  // namespace
+
+std::string FrameTranslator::RenderUsage(const UsageReport& report, std::string_view id) {
+  Json j = Head("usage", id);
+  j["principal"] = report.principal;
+  if (!report.tier.empty()) j["tier"] = report.tier;
+  Json limits = Json::array();
+  for (const UsageEntry& e : report.limits) {
+    Json l = Json::object();
+    l["limit"] = e.limit;
+    l["window"] = e.window;
+    l["max"] = Amount(e.limit, e.limit_value);
+    l["used"] = Amount(e.limit, e.used);
+    l["remaining"] = Amount(e.limit, e.remaining);
+    l["resets_at"] = e.resets_at ? Json(Rfc3339(*e.resets_at)) : Json(nullptr);
+    limits.push_back(std::move(l));
+  }
+  j["limits"] = std::move(limits);
+  j["day"] = TotalsJson(report.day, report.day_resets_at);
+  j["month"] = TotalsJson(report.month, report.month_resets_at);
+  return Dump(j);
+}
+
 std::string FrameTranslator::RenderPong(std::string_view id) { return Dump(Head("pong", id)); }
 
 std::string FrameTranslator::RenderTopics(std::string_view type, std::string_view id,
@@ -258,13 +322,14 @@ std::string FrameTranslator::RenderTopics(std::string_view type, std::string_vie
   return Dump(j);
 }
 
-std::string FrameTranslator::RenderWelcome(std::string_view session_id,
+std::string FrameTranslator::RenderWelcome(std::string_view session_id, std::string_view principal,
                                            const WelcomeLimits& limits) {
   Json j = Json::object();
   j["type"] = "welcome";
   j["session_id"] = session_id;
   j["protocol"] = 1;
   j["server"] = "anima-gateway/0.1.0";
+  j["principal"] = principal;
   Json l = Json::object();
   l["max_message_bytes"] = limits.max_message_bytes;
   l["max_in_flight"] = limits.max_in_flight;

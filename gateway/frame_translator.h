@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "anima/v1/envelope.pb.h"
+#include "gateway/quota.h"
 
 namespace anima::gateway {
 
@@ -25,6 +26,7 @@ inline constexpr char kDeadlineExceeded[] = "deadline_exceeded";
 inline constexpr char kCancelled[] = "cancelled";
 inline constexpr char kNotFound[] = "not_found";
 inline constexpr char kInternal[] = "internal";
+inline constexpr char kQuotaExceeded[] = "quota_exceeded";
 
 // An answer the gateway sends instead of dispatching a frame. `id` is the frame's id, or the
 // gateway-assigned one when the frame had none (or none that could be used).
@@ -43,6 +45,7 @@ struct ParsedFrame {
     kSubscribe,    // `topics`
     kUnsubscribe,  // `topics`
     kCancel,       // `target_id`
+    kUsageQuery,   // `principal` (admins only; empty: the caller)
   };
   Kind kind = Kind::kRouted;
   std::string type;
@@ -53,6 +56,7 @@ struct ParsedFrame {
   anima::v1::Envelope envelope;
   std::vector<std::string> topics;
   std::string target_id;
+  std::string principal;
 };
 
 using ParseResult = std::variant<ParsedFrame, ProtocolError>;
@@ -84,6 +88,10 @@ class FrameTranslator {
                                  std::string_view id);
   static std::string RenderRateLimited(std::string_view message, std::string_view id,
                                        int64_t retry_after_ms);
+  // quota_exceeded with the quota's name and the wait until it frees enough.
+  static std::string RenderQuotaExceeded(const QuotaRefusal& refusal, std::string_view id);
+  // The `usage` frame (and, without type and id, the body of GET /v1/usage).
+  static std::string RenderUsage(const UsageReport& report, std::string_view id);
   static std::string RenderPong(std::string_view id);
   // `type` is "subscribed" or "unsubscribed".
   static std::string RenderTopics(std::string_view type, std::string_view id,
@@ -93,7 +101,9 @@ class FrameTranslator {
     int64_t max_in_flight = 32;
     int64_t messages_per_second = 50;
   };
-  static std::string RenderWelcome(std::string_view session_id, const WelcomeLimits& limits);
+  // `principal`: who the connection acts for (PROTOCOL.md §1).
+  static std::string RenderWelcome(std::string_view session_id, std::string_view principal,
+                                   const WelcomeLimits& limits);
 
   // A fresh gateway-assigned id, "g-<n>", for replies to frames that carry no usable id.
   std::string AssignId() const;

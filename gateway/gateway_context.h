@@ -6,11 +6,14 @@
 #include <memory>
 #include <mutex>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
+#include "gateway/access_policy.h"
 #include "gateway/admission.h"
 #include "gateway/frame_translator.h"
 #include "gateway/gateway_metrics.h"
+#include "gateway/quota.h"
 #include "gateway/readiness_probe.h"
 #include "gateway/router_client.h"
 #include "gateway/settings.h"
@@ -32,25 +35,32 @@ class SessionRegistry {
   std::unordered_map<WsSession*, std::weak_ptr<WsSession>> sessions_;
 };
 
-// A token bucket shared by every connection (new connections per second). Thread-safe.
-class ConnectionRateLimiter {
+// One connection counted against max_connections while it lives; moved from the HttpSession that
+// accepted it to the WsSession it is upgraded to.
+class ConnectionSlot {
  public:
-  explicit ConnectionRateLimiter(int per_second);
-  // True and a token taken, or false with the wait until the next token in `retry_after`.
-  bool Take(std::chrono::milliseconds* retry_after);
+  ConnectionSlot() = default;
+  explicit ConnectionSlot(std::atomic<int64_t>* count) : count_(count) { count_->fetch_add(1); }
+  ConnectionSlot(ConnectionSlot&& other) noexcept : count_(std::exchange(other.count_, nullptr)) {}
+  ConnectionSlot& operator=(ConnectionSlot&& other) noexcept {
+    std::swap(count_, other.count_);
+    return *this;
+  }
+  ~ConnectionSlot() {
+    if (count_) count_->fetch_sub(1);
+  }
 
  private:
-  const double rate_;
-  std::mutex mu_;
-  double tokens_;
-  std::chrono::steady_clock::time_point at_;
+  std::atomic<int64_t>* count_ = nullptr;
 };
 
 // What every session shares. Owned by GatewayServer, which destroys it only after the io threads
 // are joined and every router call has ended, so sessions and handlers may hold plain references.
 struct GatewayContext {
   explicit GatewayContext(GatewaySettings s)
-      : settings(std::move(s)), new_connections(settings.max_new_connections_per_second) {}
+      : settings(std::move(s)),
+        access(settings.auth, settings.access),
+        new_connections(settings.max_new_connections_per_second) {}
 
   const GatewaySettings settings;
   FrameTranslator translator;
@@ -59,7 +69,12 @@ struct GatewayContext {
   ReadinessProbe* readiness = nullptr;
   Admission* admission = nullptr;
   SessionRegistry sessions;
-  ConnectionRateLimiter new_connections;
+  // Both front doors: who a request acts for, and that principal's quotas.
+  AccessPolicy access;
+  QuotaTracker quotas;
+  SharedRateLimiter new_connections;
+  // TCP connections open (ConnectionSlot), WebSocket and HTTP: max_connections bounds it.
+  std::atomic<int64_t> connections{0};
   // WebSocket sessions past their upgrade (load.connections in consciousness_state).
   std::atomic<int64_t> open_connections{0};
   // Requests of every session that have not ended yet (the drain waits for none to be left).

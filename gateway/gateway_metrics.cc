@@ -58,7 +58,50 @@ GatewayMetrics::GatewayMetrics(prometheus::Registry& registry)
       admission_wait_(prometheus::BuildHistogram()
                           .Name("anima_gateway_admission_wait_seconds")
                           .Help("How long normal and low priority requests waited for a slot.")
+                          .Register(registry)),
+      quota_refusals_(prometheus::BuildCounter()
+                          .Name("anima_gateway_quota_refusals_total")
+                          .Help("Requests refused by a principal's quota, by tier and limit.")
+                          .Register(registry)),
+      tokens_charged_(prometheus::BuildCounter()
+                          .Name("anima_gateway_tokens_charged_total")
+                          .Help("Tokens charged to principals' budgets, by tier.")
+                          .Register(registry)),
+      cost_(prometheus::BuildCounter()
+                .Name("anima_gateway_cost_usd_total")
+                .Help("US dollars charged to principals' budgets, by tier.")
+                .Register(registry)),
+      principal_refusals_(prometheus::BuildCounter()
+                              .Name("anima_gateway_principal_quota_refusals_total")
+                              .Help("Requests refused by a quota, by principal (bounded keys "
+                                    "files only).")
+                              .Register(registry)),
+      principal_cost_(prometheus::BuildCounter()
+                          .Name("anima_gateway_principal_cost_usd_total")
+                          .Help("US dollars charged, by principal (bounded keys files only).")
                           .Register(registry)) {}
+
+namespace {
+std::string TierLabel(const std::string& tier) { return tier.empty() ? "none" : tier; }
+}  // namespace
+
+void GatewayMetrics::QuotaRefused(const std::string& principal, const std::string& tier,
+                                  const std::string& limit) {
+  quota_refusals_.Add({{"tier", TierLabel(tier)}, {"limit", limit}}).Increment();
+  if (principal_labels_) {
+    principal_refusals_.Add({{"principal", principal}, {"limit", limit}}).Increment();
+  }
+}
+
+void GatewayMetrics::Spent(const std::string& principal, const std::string& tier, int64_t tokens,
+                           double usd) {
+  if (tokens > 0)
+    tokens_charged_.Add({{"tier", TierLabel(tier)}}).Increment(static_cast<double>(tokens));
+  if (usd > 0) {
+    cost_.Add({{"tier", TierLabel(tier)}}).Increment(usd);
+    if (principal_labels_) principal_cost_.Add({{"principal", principal}}).Increment(usd);
+  }
+}
 
 AdmissionGauges GatewayMetrics::AdmissionGaugesFor(const std::string& type) {
   return {&admission_limit_.Add({{"type", type}}), &admission_waiting_.Add({{"type", type}}),

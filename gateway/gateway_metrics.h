@@ -29,6 +29,13 @@ namespace anima::gateway {
 //   anima_gateway_admission_baseline_seconds{type}  its round trip at concurrency 1
 //   anima_gateway_admission_wait_seconds{priority}  how long normal/low requests waited
 //       (types are routing-table types or "other", so the labels stay bounded)
+//   anima_gateway_quota_refusals_total{tier,limit}  requests refused by a principal's quota
+//   anima_gateway_tokens_charged_total{tier}        tokens charged to principals' budgets
+//   anima_gateway_cost_usd_total{tier}              dollars charged to principals' budgets
+//   anima_gateway_principal_quota_refusals_total{principal,limit}, and
+//   anima_gateway_principal_cost_usd_total{principal}: only when the principals are bounded by
+//       the keys file (EnablePrincipalLabels; docs/metrics.md, "Cardinality").
+// Tiers are the keys file's (a JWT naming another tier is refused), "none" without one.
 // Thread-safe.
 class GatewayMetrics {
  public:
@@ -41,8 +48,14 @@ class GatewayMetrics {
   void RequestDone(std::string_view type, double seconds);
   void ErrorSent(std::string_view code);
   void LimitHit(std::string_view limit);
-  // reason: missing, invalid, expired (a token that expired during its connection).
+  // reason: missing, invalid, expired (a token that expired during its connection), revoked (a
+  // reload removed the connection's key), origin, throttled.
   void AuthFailed(std::string_view reason);
+  void QuotaRefused(const std::string& principal, const std::string& tier,
+                    const std::string& limit);
+  void Spent(const std::string& principal, const std::string& tier, int64_t tokens, double usd);
+  // Turns on the per-principal families; call before traffic.
+  void EnablePrincipalLabels() { principal_labels_ = true; }
   // The gauges of the admission limiter `type` (a routing-table type or "other").
   AdmissionGauges AdmissionGaugesFor(const std::string& type);
   void AdmissionWait(const std::string& priority, double seconds);
@@ -63,6 +76,12 @@ class GatewayMetrics {
   prometheus::Family<prometheus::Gauge>& admission_waiting_;
   prometheus::Family<prometheus::Gauge>& admission_baseline_;
   prometheus::Family<prometheus::Histogram>& admission_wait_;
+  prometheus::Family<prometheus::Counter>& quota_refusals_;
+  prometheus::Family<prometheus::Counter>& tokens_charged_;
+  prometheus::Family<prometheus::Counter>& cost_;
+  prometheus::Family<prometheus::Counter>& principal_refusals_;
+  prometheus::Family<prometheus::Counter>& principal_cost_;
+  bool principal_labels_ = false;
 };
 
 }  // namespace anima::gateway

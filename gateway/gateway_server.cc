@@ -21,6 +21,7 @@ absl::StatusOr<std::unique_ptr<GatewayServer>> GatewayServer::Start(
 
   std::unique_ptr<GatewayServer> server(new GatewayServer());
   server->metrics_ = std::make_unique<GatewayMetrics>(registry);
+  if (settings.metrics_per_principal) server->metrics_->EnablePrincipalLabels();
   server->router_ = std::make_unique<RouterClient>(common::MakeChannel(settings.router, &registry));
   Admission::Options admission;
   admission.enabled = settings.admission;

@@ -26,20 +26,60 @@ constexpr size_t kMaxReadAhead = 64 * 1024;
 
 std::string_view PathOf(std::string_view target) { return target.substr(0, target.find('?')); }
 
+OpenAiError ApiError(int status, std::string type, std::string code, std::string message,
+                     std::string param = "") {
+  OpenAiError e;
+  e.http_status = status;
+  e.type = std::move(type);
+  e.code = std::move(code);
+  e.message = std::move(message);
+  e.param = std::move(param);
+  return e;
+}
+
+std::string AddressOf(const tcp::socket& socket) {
+  beast::error_code ec;
+  auto endpoint = socket.remote_endpoint(ec);
+  return ec ? std::string("?") : endpoint.address().to_string();
+}
+
+// The value of query parameter `name` in `target` (not decoded: principal ids need none).
+std::string QueryParam(std::string_view target, std::string_view name) {
+  auto q = target.find('?');
+  while (q != std::string_view::npos) {
+    std::string_view rest = target.substr(q + 1);
+    if (rest.substr(0, name.size()) == name && rest.size() > name.size() &&
+        rest[name.size()] == '=') {
+      rest.remove_prefix(name.size() + 1);
+      return std::string(rest.substr(0, rest.find('&')));
+    }
+    q = target.find('&', q + 1);
+  }
+  return "";
+}
+
 double SecondsSince(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
 }  // namespace
 
-HttpSession::HttpSession(tcp::socket&& socket, GatewayContext& context)
+HttpSession::HttpSession(tcp::socket&& socket, GatewayContext& context, ConnectionSlot slot,
+                         std::optional<AcceptRefusal> refusal)
     // Each HTTP connection is a session of its own, so the router's round robin across
     // sessions treats API clients one by one rather than as one big client.
-    : context_(context), stream_(std::move(socket)), session_id_("h-" + common::NewRequestId()) {}
+    : context_(context),
+      slot_(std::move(slot)),
+      refusal_(std::move(refusal)),
+      stream_(std::move(socket)),
+      client_address_(AddressOf(stream_.socket())),
+      session_id_(common::NewSecureId("h-")),
+      rate_(context.settings.messages_per_second, std::chrono::seconds(1),
+            std::chrono::steady_clock::now()) {}
 
 HttpSession::~HttpSession() {
   if (chat_) {
     if (chat_->call) chat_->call->Cancel();
-    context_.in_flight.fetch_sub(1);
+    ReleaseChat(/*answered=*/false);
   }
 }
 
@@ -83,49 +123,18 @@ void HttpSession::OnRead(beast::error_code ec, size_t) {
   got_request_ = true;
   const auto& request = parser_->get();
   std::string_view path = PathOf(request.target());
-  if (beast::websocket::is_upgrade(request)) {
-    if (path != "/" && path != "/ws") {
-      Respond(http::status::not_found, "not found\n");
-      return;
-    }
-    if (context_.draining.load()) {
-      Respond(http::status::service_unavailable, "shutting down\n");
-      return;
-    }
-    std::optional<std::chrono::system_clock::time_point> expires;
-    if (context_.settings.auth.enabled()) {
-      std::string token = Authenticator::TokenOf(request[http::field::authorization],
-                                                 std::string_view(request.target()));
-      auto grant = context_.settings.auth.Check(token);
-      if (!grant.ok()) {
-        context_.metrics->AuthFailed(token.empty() ? "missing" : "invalid");
-        Respond(http::status::unauthorized, std::string(grant.status().message()) + "\n", {}, true);
-        return;
-      }
-      expires = grant->expires;
-    }
-    if (context_.sessions.size() >= static_cast<size_t>(context_.settings.max_connections)) {
-      context_.metrics->LimitHit("connections");
-      Respond(http::status::service_unavailable,
-              absl::StrCat("over max_connections (", context_.settings.max_connections, ")\n"),
-              "1");
-      return;
-    }
-    std::chrono::milliseconds wait{0};
-    if (!context_.new_connections.Take(&wait)) {
-      context_.metrics->LimitHit("new_connections_per_second");
-      Respond(http::status::too_many_requests,
-              absl::StrCat("over max_new_connections_per_second (",
-                           context_.settings.max_new_connections_per_second, ")\n"),
-              std::to_string((wait.count() + 999) / 1000));
-      return;
-    }
-    stream_.expires_never();
-    std::make_shared<WsSession>(stream_.release_socket(), context_)
-        ->Run(parser_->release(), expires);
+  bool get = request.method() == http::verb::get || request.method() == http::verb::head;
+  bool probe = get && (path == "/healthz" || path == "/readyz");
+  if (refusal_ && !probe) {
+    // Accepted over a connection limit: answered, and the connection closed.
+    force_close_ = true;
+    Respond(refusal_->status, refusal_->message, refusal_->retry_after);
     return;
   }
-  bool get = request.method() == http::verb::get || request.method() == http::verb::head;
+  if (beast::websocket::is_upgrade(request)) {
+    Upgrade();
+    return;
+  }
   if (path == "/v1/chat/completions") {
     if (request.method() != http::verb::post) {
       OpenAiError e{405,
@@ -140,14 +149,17 @@ void HttpSession::OnRead(beast::error_code ec, size_t) {
     StartChatCompletion();
     return;
   }
-  if (path == "/v1/models") {
+  if (path == "/v1/models" || path == "/v1/usage") {
     if (!get) {
-      OpenAiError e{
-          405, "invalid_request_error", "method_not_allowed", "use GET for /v1/models", "", 0};
-      RespondError(e);
+      RespondError(ApiError(405, "invalid_request_error", "method_not_allowed",
+                            "use GET for " + std::string(path)));
       return;
     }
-    ListModels();
+    if (path == "/v1/models") {
+      ListModels();
+    } else {
+      Usage();
+    }
     return;
   }
   if (path.substr(0, 4) == "/v1/") {
@@ -155,7 +167,8 @@ void HttpSession::OnRead(beast::error_code ec, size_t) {
                   "invalid_request_error",
                   kNotFound,
                   absl::StrCat("unknown API path ", std::string(path),
-                               ": the gateway serves POST /v1/chat/completions"),
+                               ": the gateway serves POST /v1/chat/completions, GET /v1/models "
+                               "and GET /v1/usage"),
                   "",
                   0};
     RespondError(e);
@@ -183,7 +196,12 @@ void HttpSession::Respond(http::status status, std::string body, std::string_vie
   response_->set(http::field::server, "anima-gateway/0.1.0");
   if (!retry_after.empty()) response_->set(http::field::retry_after, retry_after);
   if (bearer_challenge) response_->set(http::field::www_authenticate, "Bearer");
+  for (auto& [name, value] : RateLimitHeaderFields()) response_->set(name, value);
   response_->set(http::field::content_type, content_type);
+  if (retry_after_ms_ > 0) {
+    response_->set("retry-after-ms", std::to_string(retry_after_ms_));
+    retry_after_ms_ = 0;
+  }
   response_->keep_alive(request.keep_alive() && !force_close_);
   response_->body() = std::move(body);
   response_->prepare_payload();
@@ -193,8 +211,26 @@ void HttpSession::Respond(http::status status, std::string body, std::string_vie
                                               response_->keep_alive()));
 }
 
+std::vector<std::pair<std::string, std::string>> HttpSession::RateLimitHeaderFields() {
+  std::vector<std::pair<std::string, std::string>> fields;
+  if (!principal_) return fields;
+  RateLimitHeaders h = context_.quotas.Headers(*principal_);
+  auto add = [&](const char* what, const std::optional<RateLimitHeaders::Trio>& trio) {
+    if (!trio) return;
+    fields.emplace_back(absl::StrCat("x-ratelimit-limit-", what), absl::StrCat(trio->limit));
+    fields.emplace_back(absl::StrCat("x-ratelimit-remaining-", what),
+                        absl::StrCat(trio->remaining));
+    fields.emplace_back(absl::StrCat("x-ratelimit-reset-", what),
+                        OpenAiApi::ResetDuration(trio->reset));
+  };
+  add("requests", h.requests);
+  add("tokens", h.tokens);
+  return fields;
+}
+
 void HttpSession::RespondError(const OpenAiError& error) {
   context_.metrics->ErrorSent(error.code.empty() ? kInternal : error.code);
+  if (error.retry_after_ms > 0) retry_after_ms_ = error.retry_after_ms;
   Respond(static_cast<http::status>(error.http_status), OpenAiApi::RenderError(error),
           error.retry_after_seconds > 0 ? std::to_string(error.retry_after_seconds) : "",
           error.http_status == 401, "application/json");
@@ -240,22 +276,107 @@ void HttpSession::Discard(beast::error_code ec, size_t) {
 
 bool HttpSession::AdmitApiRequest() {
   const auto& request = parser_->get();
+  principal_.reset();
   if (context_.draining.load()) {
-    RespondError(
-        OpenAiError{503, "server_error", kUnavailable, "the gateway is shutting down", "", 0});
+    RespondError(ApiError(503, "server_error", kUnavailable, "the gateway is shutting down"));
     return false;
   }
-  if (context_.settings.auth.enabled()) {
-    std::string token = Authenticator::TokenOf(request[http::field::authorization],
-                                               std::string_view(request.target()));
-    auto grant = context_.settings.auth.Check(token);
-    if (!grant.ok()) {
-      context_.metrics->AuthFailed(token.empty() ? "missing" : "invalid");
-      RespondError(OpenAiApi::Unauthenticated(std::string(grant.status().message())));
-      return false;
+  AccessDecision access =
+      context_.access.Check(AccessRequest{.origin = request[http::field::origin],
+                                          .host = request[http::field::host],
+                                          .authorization = request[http::field::authorization],
+                                          .protocols = {},
+                                          .target = request.target(),
+                                          .websocket = false,
+                                          .client_address = client_address_});
+  if (!access.ok()) {
+    context_.metrics->AuthFailed(access.reason);
+    OpenAiError e = OpenAiApi::Unauthenticated(access.message);
+    if (access.http_status == 403) {
+      e = ApiError(403, "permission_error", "forbidden_origin", access.message);
+    } else if (access.http_status == 429) {
+      e = ApiError(429, "rate_limit_exceeded", "rate_limit_exceeded", access.message);
+      e.retry_after_ms = access.retry_after.count();
+      e.retry_after_seconds = (access.retry_after.count() + 999) / 1000;
+    }
+    RespondError(e);
+    return false;
+  }
+  auto now = std::chrono::steady_clock::now();
+  if (!rate_.TryTake(now)) {
+    context_.metrics->LimitHit("messages_per_second");
+    OpenAiError e =
+        ApiError(429, "rate_limit_exceeded", "rate_limit_exceeded",
+                 absl::StrCat("over messages_per_second (", context_.settings.messages_per_second,
+                              ") on this connection"));
+    e.retry_after_ms = std::max<int64_t>(1, rate_.WaitFor(now).count());
+    e.retry_after_seconds = (e.retry_after_ms + 999) / 1000;
+    RespondError(e);
+    return false;
+  }
+  principal_ = std::move(access.principal);
+  return true;
+}
+
+void HttpSession::Upgrade() {
+  const auto& request = parser_->get();
+  std::string_view path = PathOf(request.target());
+  if (path != "/" && path != "/ws") {
+    Respond(http::status::not_found, "not found\n");
+    return;
+  }
+  if (context_.draining.load()) {
+    Respond(http::status::service_unavailable, "shutting down\n");
+    return;
+  }
+  AccessDecision access =
+      context_.access.Check(AccessRequest{.origin = request[http::field::origin],
+                                          .host = request[http::field::host],
+                                          .authorization = request[http::field::authorization],
+                                          .protocols = request[http::field::sec_websocket_protocol],
+                                          .target = request.target(),
+                                          .websocket = true,
+                                          .client_address = client_address_});
+  if (!access.ok()) {
+    context_.metrics->AuthFailed(access.reason);
+    spdlog::debug("upgrade of {} from {} refused ({}): {}",
+                  Authenticator::RedactTarget(request.target()), client_address_,
+                  access.http_status, access.reason);
+    std::string retry_after;
+    if (access.retry_after.count() > 0) {
+      retry_after = std::to_string((access.retry_after.count() + 999) / 1000);
+    }
+    Respond(static_cast<http::status>(access.http_status), access.message + "\n", retry_after,
+            access.http_status == 401);
+    return;
+  }
+  stream_.expires_never();
+  std::make_shared<WsSession>(stream_.release_socket(), context_, std::move(slot_),
+                              std::move(access))
+      ->Run(parser_->release());
+}
+
+void HttpSession::Usage() {
+  if (!AdmitApiRequest()) return;
+  std::shared_ptr<const Principal> subject = principal_;
+  std::string asked = QueryParam(parser_->get().target(), "principal");
+  if (!asked.empty() && asked != principal_->id) {
+    if (principal_->role != Role::kAdmin) {
+      RespondError(ApiError(403, "permission_error", "forbidden",
+                            "only an admin may ask for another principal's usage", "principal"));
+      return;
+    }
+    Authenticator* auth = context_.access.auth();
+    subject = auth ? auth->keys()->FindById(asked) : nullptr;
+    if (!subject) {
+      RespondError(ApiError(
+          404, "invalid_request_error", kNotFound,
+          absl::StrCat("no principal \"", asked.substr(0, 128), "\" is configured"), "principal"));
+      return;
     }
   }
-  return true;
+  Respond(http::status::ok, FrameTranslator::RenderUsage(context_.quotas.Usage(*subject), ""), {},
+          false, "application/json");
 }
 
 void HttpSession::ListModels() {
@@ -287,6 +408,11 @@ void HttpSession::StartChatCompletion() {
     RespondError(*error);
     return;
   }
+  if (auto refusal = context_.quotas.Admit(*principal_, /*spends=*/true)) {
+    context_.metrics->QuotaRefused(principal_->id, principal_->tier, refusal->limit);
+    RespondError(OpenAiApi::QuotaExceeded(*refusal));
+    return;
+  }
   ChatCompletionRequest& req = std::get<ChatCompletionRequest>(parsed);
   const anima::v1::ChatBody& body = req.envelope.chat();
   std::string requested_model =
@@ -300,12 +426,50 @@ void HttpSession::StartChatCompletion() {
   chat_->stream = req.stream;
   chat_->include_usage = req.include_usage;
   chat_->start = std::chrono::steady_clock::now();
+  chat_->principal = principal_;
   context_.in_flight.fetch_add(1);
   spdlog::debug("req={} http chat completion {} stream={}", req.envelope.request_id(),
                 chat_->renderer.id(), req.stream);
   // A completion may take as long as the router lets it.
   stream_.expires_never();
+  chat_->held = std::move(req.envelope);
+  // The same admission as a WebSocket chat: held while its type is over its adaptive limit
+  // (never when the type is high priority).
+  if (auto hold = context_.admission->HoldFor("chat")) {
+    chat_->admission_key = hold->key;
+    uint64_t seq = chat_->seq;
+    Admission* admission = context_.admission;
+    auto waiter = [weak = weak_from_this(), executor = stream_.get_executor(), admission,
+                   key = hold->key, seq] {
+      auto self = weak.lock();
+      if (!self) {
+        admission->ReleaseUnused(key);
+        return;
+      }
+      net::post(executor, [self = std::move(self), seq, key] { self->OnAdmissionSlot(seq, key); });
+    };
+    if (!admission->Acquire(hold->key, std::move(waiter))) {
+      Probe();  // a client that goes away while held is noticed
+      return;
+    }
+    chat_->admitted = true;
+  }
+  DispatchChat();
+}
 
+void HttpSession::OnAdmissionSlot(uint64_t seq, const std::string& key) {
+  if (!chat_ || chat_->seq != seq || !chat_->held || client_gone_) {
+    context_.admission->ReleaseUnused(key);
+    return;
+  }
+  chat_->admitted = true;
+  DispatchChat();
+}
+
+void HttpSession::DispatchChat() {
+  chat_->dispatched = std::chrono::steady_clock::now();
+  anima::v1::Envelope envelope = std::move(*chat_->held);
+  chat_->held.reset();
   std::weak_ptr<HttpSession> weak = weak_from_this();
   auto executor = stream_.get_executor();
   uint64_t seq = chat_->seq;
@@ -323,8 +487,18 @@ void HttpSession::StartChatCompletion() {
     net::post(executor, [self = std::move(self), seq, status] { self->OnChatDone(seq, status); });
   };
   // Events are posted, so none can run before the call is stored.
-  chat_->call = context_.router->Dispatch(std::move(req.envelope), std::move(callbacks));
+  chat_->call = context_.router->Dispatch(std::move(envelope), IdentityFor(*chat_->principal),
+                                          std::move(callbacks));
   Probe();
+}
+
+void HttpSession::ReleaseChat(bool answered) {
+  context_.metrics->RequestDone("chat", SecondsSince(chat_->start));
+  if (chat_->admitted) {
+    context_.admission->Release(chat_->admission_key, chat_->dispatched, answered);
+  }
+  context_.quotas.Release(*chat_->principal);
+  context_.in_flight.fetch_sub(1);
 }
 
 void HttpSession::Probe() {
@@ -346,9 +520,11 @@ void HttpSession::OnProbe(beast::error_code ec, size_t bytes) {
     if (ec == net::error::operation_aborted) return;
     // The client went away (or sends more than any pipelining needs): stop its completion.
     client_gone_ = true;
-    if (chat_) {
+    if (chat_ && chat_->call) {
       spdlog::debug("http chat completion {}: client gone, cancelling", chat_->renderer.id());
       chat_->call->Cancel();
+    } else if (chat_) {
+      EndChat(/*answered=*/false);  // still held for admission: it never reached the router
     }
     if (!ec) {
       beast::error_code ignored;
@@ -370,6 +546,13 @@ void HttpSession::OnChatEvent(uint64_t seq, anima::v1::Event event) {
     }
   } else if (event.has_chat_response()) {
     const anima::v1::ChatResponse& response = event.chat_response();
+    int64_t tokens = response.has_billed_usage() ? response.billed_usage().total_tokens()
+                                                 : response.usage().total_tokens();
+    if (tokens > 0 || response.cost_usd() > 0) {
+      context_.quotas.Charge(*chat_->principal, tokens, response.cost_usd());
+      context_.metrics->Spent(chat_->principal->id, chat_->principal->tier, tokens,
+                              response.cost_usd());
+    }
     if (chat_->stream) {
       StartEventStream();
       // A router that did not stream still answers as a stream: all of it in one delta.
@@ -384,9 +567,9 @@ void HttpSession::OnChatEvent(uint64_t seq, anima::v1::Event event) {
       Respond(http::status::ok, chat_->renderer.Completion(response), {}, false,
               "application/json");
     }
-    EndChat();
+    EndChat(/*answered=*/true);
   } else if (event.has_error()) {
-    FailChat(OpenAiApi::ErrorFromEvent(event.error()));
+    FailChat(OpenAiApi::ErrorFromEvent(event.error()), /*answered=*/true);
   }
   // Anything else (a module frame) has no place in a chat completion.
 }
@@ -400,12 +583,13 @@ void HttpSession::OnChatDone(uint64_t seq, const grpc::Status& status) {
                  chat_->renderer.id(), common::StatusCodeName(status.error_code()),
                  status.error_message());
   }
-  FailChat(OpenAiApi::ErrorFromStatus(status.error_code(), status.error_message()));
+  FailChat(OpenAiApi::ErrorFromStatus(status.error_code(), status.error_message()),
+           /*answered=*/false);
 }
 
-void HttpSession::FailChat(const OpenAiError& error) {
+void HttpSession::FailChat(const OpenAiError& error, bool answered) {
   if (client_gone_) {
-    EndChat();
+    EndChat(answered);
     beast::error_code ignored;
     stream_.socket().close(ignored);
     return;
@@ -418,12 +602,11 @@ void HttpSession::FailChat(const OpenAiError& error) {
   } else {
     RespondError(error);
   }
-  EndChat();
+  EndChat(answered);
 }
 
-void HttpSession::EndChat() {
-  context_.metrics->RequestDone("chat_completion", SecondsSince(chat_->start));
-  context_.in_flight.fetch_sub(1);
+void HttpSession::EndChat(bool answered) {
+  ReleaseChat(answered);
   chat_.reset();
 }
 
@@ -439,6 +622,8 @@ void HttpSession::StartEventStream() {
       "Content-Type: text/event-stream\r\n"
       "Cache-Control: no-cache\r\n";
   if (sse_chunked_) head += "Transfer-Encoding: chunked\r\n";
+  for (auto& [name, value] : RateLimitHeaderFields())
+    absl::StrAppend(&head, name, ": ", value, "\r\n");
   if (!sse_keep_alive_) head += "Connection: close\r\n";
   head += "\r\n";
   EnqueueRaw(std::move(head));
@@ -548,7 +733,27 @@ void Listener::OnAccept(beast::error_code ec, tcp::socket socket) {
   }
   beast::error_code ignored;
   socket.set_option(tcp::no_delay(true), ignored);
-  std::make_shared<HttpSession>(std::move(socket), context_)->Run();
+  // Both limits apply to every connection, WebSocket or HTTP, before it costs anything more.
+  // A refused connection holds no slot and is answered on its first request.
+  std::optional<AcceptRefusal> refusal;
+  ConnectionSlot slot;
+  std::chrono::milliseconds wait{0};
+  if (context_.connections.load() >= context_.settings.max_connections) {
+    context_.metrics->LimitHit("connections");
+    refusal = AcceptRefusal{
+        http::status::service_unavailable,
+        absl::StrCat("over max_connections (", context_.settings.max_connections, ")\n"), "1"};
+  } else if (!context_.new_connections.Take(&wait)) {
+    context_.metrics->LimitHit("new_connections_per_second");
+    refusal = AcceptRefusal{http::status::too_many_requests,
+                            absl::StrCat("over max_new_connections_per_second (",
+                                         context_.settings.max_new_connections_per_second, ")\n"),
+                            std::to_string((wait.count() + 999) / 1000)};
+  } else {
+    slot = ConnectionSlot(&context_.connections);
+  }
+  std::make_shared<HttpSession>(std::move(socket), context_, std::move(slot), std::move(refusal))
+      ->Run();
   DoAccept();
 }
 

@@ -8,7 +8,11 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
+#include "boost/asio/ip/address.hpp"
 #include "gateway/gateway_server.h"
+#include "gateway/keys_reloader.h"
 #include "services/common/flags.h"
 #include "services/common/metrics.h"
 #include "services/common/process.h"
@@ -25,6 +29,7 @@ int Fail(const std::string& message) {
 
 int Main(int argc, char** argv) {
   anima::common::BlockShutdownSignals();
+  anima::gateway::KeysReloader::BlockReloadSignal();
   anima::gateway::GatewaySettings settings;
   anima::common::ServiceFlags service{
       .bind = settings.bind, .port = settings.port, .metrics_port = 9100};
@@ -80,11 +85,28 @@ int Main(int argc, char** argv) {
   flags.Add("admission-probe-interval-ms", &probe_interval_ms,
             "ANIMA_GATEWAY_ADMISSION_PROBE_INTERVAL_MS",
             "how often each type's baseline round trip is measured again");
-  std::string auth_tokens_file, auth_jwt_secret_file;
-  flags.Add("auth-tokens-file", &auth_tokens_file, "ANIMA_GATEWAY_AUTH_TOKENS_FILE",
-            "static bearer tokens, one a line (auth is off without this and a JWT secret)");
-  flags.Add("auth-jwt-secret-file", &auth_jwt_secret_file, "ANIMA_GATEWAY_AUTH_JWT_SECRET_FILE",
-            "HS256 secret for JWT bearer tokens, which must carry exp");
+  anima::gateway::AuthOptions auth_options;
+  flags.Add("auth-keys-file", &auth_options.keys_file, "ANIMA_GATEWAY_AUTH_KEYS_FILE",
+            "principals, tiers, quotas and the SHA-256 of each key (docs/security.md); reloaded "
+            "on SIGHUP and when it changes");
+  flags.Add("auth-jwt-secret-file", &auth_options.jwt_secret_file,
+            "ANIMA_GATEWAY_AUTH_JWT_SECRET_FILE",
+            "HS256 secret for JWT bearer tokens (sub: the principal; exp required)");
+  flags.Add("auth-jwt-audience", &auth_options.jwt_audience, "ANIMA_GATEWAY_AUTH_JWT_AUDIENCE",
+            "when set, a JWT's aud must contain it");
+  flags.Add("auth-jwt-issuer", &auth_options.jwt_issuer, "ANIMA_GATEWAY_AUTH_JWT_ISSUER",
+            "when set, a JWT's iss must equal it");
+  int jwt_max_lifetime_s = static_cast<int>(auth_options.jwt_max_lifetime.count());
+  flags.Add("auth-jwt-max-lifetime-s", &jwt_max_lifetime_s, "ANIMA_GATEWAY_AUTH_JWT_MAX_LIFETIME_S",
+            "a JWT valid for longer than this (exp - iat, or exp - now) is refused");
+  std::string allowed_origins;
+  flags.Add("allowed-origins", &allowed_origins, "ANIMA_GATEWAY_ALLOWED_ORIGINS",
+            "comma-separated browser origins allowed besides the gateway's own (* for any); "
+            "requests without Origin pass");
+  bool allow_unauthenticated = false;
+  flags.Add("allow-unauthenticated", &allow_unauthenticated, "ANIMA_GATEWAY_ALLOW_UNAUTHENTICATED",
+            "listen on a non-loopback address without auth (anyone who reaches it spends the "
+            "provider keys)");
   flags.Add("tls-port", &tls_port, "ANIMA_GATEWAY_TLS_PORT",
             "also serve wss:// and https:// here (0: any free; -1: no TLS)");
   flags.Add("tls-cert", &tls_cert, "ANIMA_GATEWAY_TLS_CERT", "PEM certificate chain for TLS");
@@ -157,11 +179,48 @@ int Main(int argc, char** argv) {
   if (tls_port >= 0 && (tls_cert.empty() || tls_key.empty())) {
     return Fail("--tls-port: needs --tls-cert and --tls-key");
   }
-  auto auth = anima::gateway::Authenticator::Load(auth_tokens_file, auth_jwt_secret_file);
+  if (jwt_max_lifetime_s < 1) return Fail("--auth-jwt-max-lifetime-s: expected at least 1");
+  auth_options.jwt_max_lifetime = std::chrono::seconds(jwt_max_lifetime_s);
+  auto auth = anima::gateway::Authenticator::Load(auth_options);
   if (!auth.ok()) return Fail(std::string(auth.status().message()));
   settings.auth = std::move(*auth);
+  for (absl::string_view origin : absl::StrSplit(allowed_origins, ',', absl::SkipWhitespace())) {
+    settings.access.allowed_origins.emplace_back(absl::StripAsciiWhitespace(origin));
+  }
+  if (!settings.auth) {
+    boost::system::error_code ec;
+    auto address = boost::asio::ip::make_address(settings.bind, ec);
+    bool loopback = !ec && address.is_loopback();
+    if (!loopback && !allow_unauthenticated) {
+      return Fail("--bind=" + settings.bind +
+                  ": refusing to listen beyond loopback without auth: anyone who reaches the "
+                  "port could spend the provider keys and run code. Give --auth-keys-file or "
+                  "--auth-jwt-secret-file, or --allow-unauthenticated to accept that risk");
+    }
+  }
+  // Per-principal metric labels only while the keys file bounds the principals (JWT subjects
+  // are not bounded).
+  settings.metrics_per_principal = settings.auth &&
+                                   settings.auth->options().jwt_secret_file.empty() &&
+                                   settings.auth->keys()->principal_count() <= 100;
   if (auto s = anima::common::InitService(service, "gateway"); !s.ok()) {
     return Fail(std::string(s.message()));
+  }
+  std::unique_ptr<anima::gateway::KeysReloader> reloader;
+  if (settings.auth) {
+    auto keys = settings.auth->keys();
+    spdlog::info("auth on: {} principals, {} keys{}", keys->principal_count(), keys->key_count(),
+                 settings.auth->options().jwt_secret_file.empty() ? "" : ", HS256 JWTs");
+    if (!auth_options.keys_file.empty()) {
+      reloader = std::make_unique<anima::gateway::KeysReloader>(settings.auth);
+    }
+  } else if (allow_unauthenticated) {
+    spdlog::warn(
+        "AUTH IS OFF on {} (--allow-unauthenticated): anyone who reaches this port acts as the "
+        "principal `local`, spends the provider keys and runs self-coding jobs",
+        settings.bind);
+  } else {
+    spdlog::info("auth off: every client is the principal `local` (loopback only)");
   }
 
   auto metrics = anima::common::StartMetricsServer(service);

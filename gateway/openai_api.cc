@@ -6,6 +6,7 @@
 #include <random>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
@@ -233,6 +234,15 @@ OpenAiError OpenAiApi::ErrorFromEvent(const anima::v1::ErrorEvent& event) {
     e = Make(401, "authentication_error", code, message);
   } else if (code == kNotFound) {
     e = Make(404, "invalid_request_error", code, message);
+  } else if (code == kQuotaExceeded) {
+    QuotaRefusal refusal;
+    refusal.limit = event.limit();
+    refusal.message = message;
+    refusal.retry_after = std::chrono::milliseconds(event.retry_after_ms());
+    refusal.budget = absl::StartsWith(refusal.limit, "cost_") ||
+                     absl::EndsWith(refusal.limit, "_per_day") ||
+                     absl::EndsWith(refusal.limit, "_per_month");
+    e = QuotaExceeded(refusal);
   } else if (code == kRateLimited || code == "overloaded" || code == kTooManyInFlight) {
     e = Make(429, "rate_limit_error", code, message);
     e.retry_after_seconds =
@@ -278,6 +288,32 @@ OpenAiError OpenAiApi::BodyTooLarge(size_t limit) {
 
 OpenAiError OpenAiApi::Unauthenticated(std::string_view message) {
   return Make(401, "authentication_error", kUnauthenticated, std::string(message));
+}
+
+OpenAiError OpenAiApi::QuotaExceeded(const QuotaRefusal& refusal) {
+  const char* kind = refusal.budget ? "insufficient_quota" : "rate_limit_exceeded";
+  OpenAiError e = Make(429, kind, kind, refusal.message);
+  e.param = refusal.limit;
+  int64_t ms = std::max<int64_t>(1, refusal.retry_after.count());
+  e.retry_after_ms = ms;
+  e.retry_after_seconds = (ms + 999) / 1000;
+  return e;
+}
+
+std::string OpenAiApi::ResetDuration(std::chrono::milliseconds d) {
+  int64_t ms = std::max<int64_t>(0, d.count());
+  if (ms < 1000) return absl::StrCat(ms, "ms");
+  if (ms < 60000) {
+    std::string s = absl::StrFormat("%.3f", ms / 1000.0);
+    while (s.back() == '0') s.pop_back();
+    if (s.back() == '.') s.pop_back();
+    return s + "s";
+  }
+  int64_t minutes = ms / 60000;
+  std::string seconds = absl::StrFormat("%.3f", (ms % 60000) / 1000.0);
+  while (seconds.back() == '0') seconds.pop_back();
+  if (seconds.back() == '.') seconds.pop_back();
+  return absl::StrCat(minutes, "m", seconds, "s");
 }
 
 std::string OpenAiApi::RenderModelList(

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "anima/v1/envelope.pb.h"
+#include "gateway/quota.h"
 #include "grpcpp/support/status_code_enum.h"
 
 namespace anima::gateway {
@@ -21,6 +22,7 @@ struct OpenAiError {
   std::string message;
   std::string param;                // the request field at fault, or empty
   int64_t retry_after_seconds = 0;  // > 0: sent as Retry-After
+  int64_t retry_after_ms = 0;       // > 0: also sent as retry-after-ms (OpenAI's SDKs read it)
 };
 
 // A parsed POST /v1/chat/completions body.
@@ -47,6 +49,11 @@ class OpenAiApi {
   static OpenAiError ErrorFromStatus(grpc::StatusCode code, std::string_view message);
   static OpenAiError BodyTooLarge(size_t limit);
   static OpenAiError Unauthenticated(std::string_view message);
+  // 429 as OpenAI answers it: type and code `insufficient_quota` for a budget,
+  // `rate_limit_exceeded` for a rate; the quota's name in `param`.
+  static OpenAiError QuotaExceeded(const QuotaRefusal& refusal);
+  // An x-ratelimit-reset-* value as OpenAI writes it: "120ms", "1.5s", "6m0s".
+  static std::string ResetDuration(std::chrono::milliseconds d);
 
   // GET /v1/models from "provider/model" ids.
   static std::string RenderModelList(

@@ -16,9 +16,10 @@ class RouterClient::Reactor final : public grpc::ClientReadReactor<anima::v1::Ev
   Reactor(RouterClient* client, anima::v1::Envelope envelope, DispatchCallbacks callbacks)
       : client_(client), envelope_(std::move(envelope)), callbacks_(std::move(callbacks)) {}
 
-  void Start() {
+  void Start(const common::Identity& identity) {
     self_ = shared_from_this();
     context_.AddMetadata(common::kRequestIdKey, envelope_.request_id());
+    common::AttachIdentity(identity, &context_);
     if (envelope_.timeout_ms() > 0) {
       context_.set_deadline(std::chrono::system_clock::now() +
                             std::chrono::milliseconds(envelope_.timeout_ms()));
@@ -65,10 +66,11 @@ RouterClient::RouterClient(std::shared_ptr<grpc::ChannelInterface> channel)
 RouterClient::~RouterClient() { CancelAllAndWait(); }
 
 std::shared_ptr<DispatchCall> RouterClient::Dispatch(anima::v1::Envelope envelope,
+                                                     const common::Identity& identity,
                                                      DispatchCallbacks callbacks) {
   auto call = std::make_shared<Reactor>(this, std::move(envelope), std::move(callbacks));
   Register(call);
-  call->Start();
+  call->Start(identity);
   return call;
 }
 

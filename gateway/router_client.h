@@ -8,6 +8,7 @@
 
 #include "anima/v1/router.grpc.pb.h"
 #include "grpcpp/grpcpp.h"
+#include "services/common/identity.h"
 
 namespace anima::gateway {
 
@@ -35,9 +36,12 @@ class RouterClient {
   // Cancels every live call and waits for their on_done.
   ~RouterClient();
 
-  // Starts one call for `envelope`: metadata x-request-id = envelope.request_id(), deadline from
+  // Starts one call for `envelope` on behalf of `identity`: metadata x-request-id =
+  // envelope.request_id() and the identity keys (services/common/identity.h), deadline from
   // envelope.timeout_ms() when it is set.
-  std::shared_ptr<DispatchCall> Dispatch(anima::v1::Envelope envelope, DispatchCallbacks callbacks);
+  std::shared_ptr<DispatchCall> Dispatch(anima::v1::Envelope envelope,
+                                         const common::Identity& identity,
+                                         DispatchCallbacks callbacks);
 
   // Router.ListModels with a 5 s deadline; `done` runs once, on a gRPC thread, and must not
   // block. Counted among the live calls: CancelAllAndWait cancels and waits for it too.

@@ -5,13 +5,15 @@
 #include <string>
 #include <vector>
 
+#include "gateway/access_policy.h"
 #include "gateway/admission.h"
 #include "gateway/auth.h"
 
 namespace anima::gateway {
 
 // Everything the gateway's listeners and sessions are configured with; filled from flags by
-// main.cc. Limits are per connection.
+// main.cc. Limits are per connection unless they say otherwise; the principal's quotas come from
+// the keys file (gateway/principals.h).
 struct GatewaySettings {
   std::string bind = "127.0.0.1";
   int port = 3002;  // 0 picks a free port
@@ -24,10 +26,11 @@ struct GatewaySettings {
   // Token bucket per connection: refills at this rate, holds at most this many tokens (a burst
   // of one second). A frame without a token is answered `rate_limited` with retry_after_ms.
   int messages_per_second = 50;
-  // WebSocket connections open at once (upgrades in progress included); more: HTTP 503.
+  // Connections open at once, WebSocket and HTTP (idle keep-alive ones included); a connection
+  // accepted over it is answered HTTP 503 (but /healthz and /readyz) and closed.
   int max_connections = 10000;
-  // New WebSocket upgrades per second over the whole gateway (token bucket, burst of one
-  // second); more: HTTP 429 with Retry-After.
+  // New connections per second over the whole gateway, WebSocket and HTTP (token bucket, burst
+  // of one second); a connection over it is answered HTTP 429 with Retry-After and closed.
   int max_new_connections_per_second = 500;
   // From TCP accept to a complete HTTP request (the upgrade or an API call), and for the
   // WebSocket handshake itself.
@@ -46,8 +49,14 @@ struct GatewaySettings {
   // On shutdown, after /readyz fails and the listener closes: how long requests in flight get to
   // finish before every connection is closed with 1001.
   std::chrono::milliseconds drain_timeout{10000};
-  // Off unless it holds tokens or a JWT secret: then every WebSocket upgrade needs a valid token.
-  Authenticator auth;
+  // Null: auth is off, every client is the principal `local` (and main refuses a non-loopback
+  // bind unless --allow-unauthenticated). Otherwise every upgrade and API request needs a key
+  // or a JWT.
+  std::shared_ptr<Authenticator> auth;
+  // Browser origins, failed-auth throttling (gateway/access_policy.h).
+  AccessPolicy::Options access;
+  // anima_gateway_principal_* metrics (set when the keys file bounds the principals).
+  bool metrics_per_principal = false;
   // Normal and low priority work held to an adaptive concurrency limit per type before it goes
   // to the router (gateway/admission.h); off: every frame is dispatched as it arrives.
   bool admission = true;

@@ -2,13 +2,15 @@
 
 #include <algorithm>
 #include <cmath>
-#include <random>
 #include <variant>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "services/common/grpc_metrics.h"
+#include "services/common/identity.h"
 #include "services/common/process.h"
 #include "spdlog/spdlog.h"
 
@@ -20,11 +22,6 @@ namespace websocket = beast::websocket;
 
 namespace {
 
-std::string NewSessionId() {
-  thread_local std::mt19937_64 rng{std::random_device{}()};
-  return absl::StrFormat("s-%016x", rng());
-}
-
 constexpr size_t kIdleBufferBytes = 8192;
 
 double SecondsSince(std::chrono::steady_clock::time_point start) {
@@ -33,15 +30,21 @@ double SecondsSince(std::chrono::steady_clock::time_point start) {
 
 }  // namespace
 
-WsSession::WsSession(net::ip::tcp::socket&& socket, GatewayContext& context)
+WsSession::WsSession(net::ip::tcp::socket&& socket, GatewayContext& context, ConnectionSlot slot,
+                     AccessDecision access)
     : context_(context),
+      slot_(std::move(slot)),
+      principal_(std::move(access.principal)),
+      key_hash_(std::move(access.key_hash)),
+      auth_generation_(context.access.auth() ? context.access.auth()->generation() : 0),
       ws_(std::move(socket)),
-      session_id_(NewSessionId()),
+      session_id_(common::NewSecureId("s-")),
       slow_timer_(ws_.get_executor()),
       auth_timer_(ws_.get_executor()),
-      held_timer_(ws_.get_executor()),
-      tokens_(context.settings.messages_per_second),
-      tokens_at_(std::chrono::steady_clock::now()) {}
+      token_expires_(access.expires),
+      rate_(context.settings.messages_per_second, std::chrono::seconds(1),
+            std::chrono::steady_clock::now()),
+      held_timer_(ws_.get_executor()) {}
 
 WsSession::~WsSession() {
   CancelAllCalls();
@@ -53,10 +56,14 @@ WsSession::~WsSession() {
   spdlog::debug("session {} ended", session_id_);
 }
 
-void WsSession::Run(beast::http::request<beast::http::string_body> request,
-                    std::optional<std::chrono::system_clock::time_point> token_expires) {
-  token_expires_ = token_expires;
+void WsSession::Run(beast::http::request<beast::http::string_body> request) {
   context_.sessions.Add(shared_from_this());
+  // A browser that sends its token as the subprotocol anima.bearer.<token> also offers anima.v1,
+  // which is selected; the token itself is never echoed back.
+  std::string_view offered = request[beast::http::field::sec_websocket_protocol];
+  for (auto protocol : absl::StrSplit(absl::string_view(offered.data(), offered.size()), ',')) {
+    if (absl::StripAsciiWhitespace(protocol) == "anima.v1") selects_subprotocol_ = true;
+  }
   websocket::stream_base::timeout timeouts;
   timeouts.handshake_timeout = context_.settings.handshake_timeout;
   // Beast pings after half of idle_timeout without a frame from the client and closes the
@@ -64,9 +71,11 @@ void WsSession::Run(beast::http::request<beast::http::string_body> request,
   timeouts.idle_timeout = context_.settings.idle_timeout;
   timeouts.keep_alive_pings = true;
   ws_.set_option(timeouts);
-  ws_.set_option(websocket::stream_base::decorator([](websocket::response_type& res) {
-    res.set(beast::http::field::server, "anima-gateway/0.1.0");
-  }));
+  ws_.set_option(websocket::stream_base::decorator(
+      [select = selects_subprotocol_](websocket::response_type& res) {
+        res.set(beast::http::field::server, "anima-gateway/0.1.0");
+        if (select) res.set(beast::http::field::sec_websocket_protocol, "anima.v1");
+      }));
   // Beast's own limit would fail the connection before the `too_large` frame could be sent, so
   // OnRead enforces max_message_bytes and Beast's is off.
   ws_.read_message_max(0);
@@ -107,7 +116,7 @@ void WsSession::OnAccept(beast::error_code ec) {
   limits.max_message_bytes = static_cast<int64_t>(context_.settings.max_message_bytes);
   limits.max_in_flight = context_.settings.max_in_flight;
   limits.messages_per_second = context_.settings.messages_per_second;
-  Send("welcome", FrameTranslator::RenderWelcome(session_id_, limits));
+  Send("welcome", FrameTranslator::RenderWelcome(session_id_, principal_->id, limits));
   if (token_expires_) {
     auth_timer_.expires_after(*token_expires_ - std::chrono::system_clock::now());
     auth_timer_.async_wait([self = shared_from_this()](beast::error_code ec) {
@@ -175,19 +184,16 @@ void WsSession::OnRead(beast::error_code ec, size_t) {
 void WsSession::HandleText(std::string_view text) {
   auto start = std::chrono::steady_clock::now();
   ParseResult result = context_.translator.Parse(text);
-  if (!TakeToken()) {
+  if (!rate_.TryTake(start)) {
     auto* frame = std::get_if<ParsedFrame>(&result);
     const std::string& id = frame ? frame->id : std::get<ProtocolError>(result).id;
     context_.metrics->LimitHit("messages_per_second");
     context_.metrics->FrameReceived(frame ? frame->type : "other", kRateLimited);
     context_.metrics->ErrorSent(kRateLimited);
-    // The wait until the bucket holds one token again.
-    double rate = context_.settings.messages_per_second;
-    int64_t retry_ms = static_cast<int64_t>(std::ceil((1.0 - tokens_) * 1000.0 / rate));
     Send("error", FrameTranslator::RenderRateLimited(
                       absl::StrCat("over messages_per_second (",
                                    context_.settings.messages_per_second, ") on this connection"),
-                      id, std::max<int64_t>(1, retry_ms)));
+                      id, std::max<int64_t>(1, rate_.WaitFor(start).count())));
     return;
   }
   if (auto* error = std::get_if<ProtocolError>(&result)) {
@@ -215,6 +221,9 @@ void WsSession::HandleText(std::string_view text) {
     case ParsedFrame::Kind::kCancel:
       HandleCancel(frame);
       return;
+    case ParsedFrame::Kind::kUsageQuery:
+      HandleUsageQuery(frame);
+      return;
     case ParsedFrame::Kind::kRouted:
       StartRequest(std::move(frame), start);
       return;
@@ -238,6 +247,16 @@ void WsSession::StartRequest(ParsedFrame frame, std::chrono::steady_clock::time_
               frame.id);
     return;
   }
+  std::shared_ptr<const Principal> principal = CurrentPrincipal(frame.id);
+  if (!principal) return;  // revoked: the connection is closing
+  bool spends = frame.type == "chat" || frame.type == "self_coding_request";
+  if (auto refusal = context_.quotas.Admit(*principal, spends)) {
+    context_.metrics->QuotaRefused(principal->id, principal->tier, refusal->limit);
+    context_.metrics->FrameReceived(frame.type, kQuotaExceeded);
+    context_.metrics->ErrorSent(kQuotaExceeded);
+    Send("error", FrameTranslator::RenderQuotaExceeded(*refusal, frame.id));
+    return;
+  }
   context_.metrics->FrameReceived(frame.type, "ok");
   anima::v1::Envelope& envelope = frame.envelope;
   envelope.set_request_id(common::NewRequestId());
@@ -252,6 +271,7 @@ void WsSession::StartRequest(ParsedFrame frame, std::chrono::steady_clock::time_
   entry.type = frame.type;
   entry.request_id = envelope.request_id();
   entry.start = start;
+  entry.principal = std::move(principal);
   auto hold = context_.admission->HoldFor(frame.type);
   if (!hold) {
     Dispatch(frame.id, entry, std::move(envelope));
@@ -289,7 +309,8 @@ void WsSession::Dispatch(const std::string& id, InFlight& entry, anima::v1::Enve
               [self = std::move(self), seq, id, status] { self->OnCallDone(seq, id, status); });
   };
   // Events are posted, so none can run before the call is stored below.
-  entry.call = context_.router->Dispatch(std::move(envelope), std::move(callbacks));
+  entry.call = context_.router->Dispatch(std::move(envelope), IdentityFor(*entry.principal),
+                                         std::move(callbacks));
 }
 
 void WsSession::AcquireSlot(const std::string& key) {
@@ -414,8 +435,63 @@ void WsSession::OnCallEvent(uint64_t seq, const std::string& id, anima::v1::Even
     context_.metrics->ErrorSent(
         event.has_error() && !event.error().code().empty() ? event.error().code() : kInternal);
   }
+  if (frame.terminal) ChargeUsage(it->second, event);
   Send(frame.type, std::move(frame.text));
   if (frame.terminal) Finish(it, /*answered=*/true);
+}
+
+void WsSession::ChargeUsage(const InFlight& entry, const anima::v1::Event& event) {
+  int64_t tokens = 0;
+  double cost = 0;
+  if (event.has_chat_response()) {
+    const auto& r = event.chat_response();
+    tokens = r.has_billed_usage() ? r.billed_usage().total_tokens() : r.usage().total_tokens();
+    cost = r.cost_usd();
+  } else if (event.has_self_coding_result() && entry.type == "self_coding_request") {
+    // Only the submitting request's own result: a watch of the same job charges nothing again.
+    tokens = event.self_coding_result().usage().total_tokens();
+  }
+  if (tokens <= 0 && cost <= 0) return;
+  context_.quotas.Charge(*entry.principal, tokens, cost);
+  context_.metrics->Spent(entry.principal->id, entry.principal->tier, tokens, cost);
+}
+
+const std::shared_ptr<const Principal>& WsSession::CurrentPrincipal(std::string_view id) {
+  Authenticator* auth = context_.access.auth();
+  if (auth && principal_ && auth->generation() != auth_generation_) {
+    auth_generation_ = auth->generation();
+    principal_ = auth->Refresh(*principal_, key_hash_);
+    if (!principal_) {
+      context_.metrics->AuthFailed("revoked");
+      SendError(kUnauthenticated, "the key was revoked", id);
+      CloseAfterFlush(websocket::close_code::policy_error);
+    }
+  }
+  return principal_;
+}
+
+void WsSession::HandleUsageQuery(const ParsedFrame& frame) {
+  std::shared_ptr<const Principal> caller = CurrentPrincipal(frame.id);
+  if (!caller) return;
+  std::shared_ptr<const Principal> subject = caller;
+  if (!frame.principal.empty() && frame.principal != caller->id) {
+    if (caller->role != Role::kAdmin) {
+      context_.metrics->FrameReceived(frame.type, kInvalidMessage);
+      SendError(kInvalidMessage, "principal: only an admin may ask for another principal's usage",
+                frame.id);
+      return;
+    }
+    Authenticator* auth = context_.access.auth();
+    subject = auth ? auth->keys()->FindById(frame.principal) : nullptr;
+    if (!subject) {
+      context_.metrics->FrameReceived(frame.type, kNotFound);
+      SendError(kNotFound, absl::StrCat("no principal \"", frame.principal, "\" is configured"),
+                frame.id);
+      return;
+    }
+  }
+  context_.metrics->FrameReceived(frame.type, "ok");
+  Send("usage", FrameTranslator::RenderUsage(context_.quotas.Usage(*subject), frame.id));
 }
 
 void WsSession::OnCallDone(uint64_t seq, const std::string& id, const grpc::Status& status) {
@@ -456,6 +532,7 @@ void WsSession::Finish(InFlightMap::iterator it, bool answered) {
   context_.metrics->RequestDone(entry.type, SecondsSince(entry.start));
   // A held request leaves a stale entry in held_, skipped when its slot comes.
   if (entry.admitted) context_.admission->Release(entry.admission_key, entry.dispatched, answered);
+  context_.quotas.Release(*entry.principal);
   in_flight_.erase(it);
   context_.in_flight.fetch_sub(1);
 }
@@ -464,6 +541,7 @@ void WsSession::CancelAllCalls() {
   for (auto& [id, entry] : in_flight_) {
     if (entry.call) entry.call->Cancel();
     if (entry.admitted) context_.admission->Release(entry.admission_key, entry.dispatched, false);
+    context_.quotas.Release(*entry.principal);
   }
   held_.clear();  // waiters still queued find nothing held and give their slots back
   context_.in_flight.fetch_sub(static_cast<int64_t>(in_flight_.size()));
@@ -473,17 +551,6 @@ void WsSession::CancelAllCalls() {
 void WsSession::SendError(std::string_view code, std::string_view message, std::string_view id) {
   context_.metrics->ErrorSent(code);
   Send("error", FrameTranslator::RenderError(code, message, id));
-}
-
-bool WsSession::TakeToken() {
-  double rate = context_.settings.messages_per_second;
-  auto now = std::chrono::steady_clock::now();
-  tokens_ =
-      std::min(rate, tokens_ + std::chrono::duration<double>(now - tokens_at_).count() * rate);
-  tokens_at_ = now;
-  if (tokens_ < 1.0) return false;
-  tokens_ -= 1.0;
-  return true;
 }
 
 void WsSession::Send(const std::string& type, std::string text) {

@@ -31,14 +31,15 @@ namespace anima::gateway {
 // starts from the completion of the previous one. A close is queued behind the frames before it.
 class WsSession : public std::enable_shared_from_this<WsSession> {
  public:
-  WsSession(boost::asio::ip::tcp::socket&& socket, GatewayContext& context);
+  // `access`: who the connection acts for, as the front door decided (AccessPolicy); when its
+  // token expires the client is told `unauthenticated` and closed with 1008. `slot` counts the
+  // connection against max_connections while the session lives.
+  WsSession(boost::asio::ip::tcp::socket&& socket, GatewayContext& context, ConnectionSlot slot,
+            AccessDecision access);
   ~WsSession();
 
   // Completes the upgrade of `request`, whose connection this session now owns.
-  // `token_expires`: when the connection's auth token expires (it is then told `unauthenticated`
-  // and closed with 1008); nullopt when auth is off or the token does not expire.
-  void Run(boost::beast::http::request<boost::beast::http::string_body> request,
-           std::optional<std::chrono::system_clock::time_point> token_expires = std::nullopt);
+  void Run(boost::beast::http::request<boost::beast::http::string_body> request);
 
   // Thread-safe: closes with `code` once the frames queued so far are written.
   void Close(boost::beast::websocket::close_code code);
@@ -62,6 +63,8 @@ class WsSession : public std::enable_shared_from_this<WsSession> {
     std::string admission_priority;
     std::optional<anima::v1::Envelope> held;
     std::chrono::steady_clock::time_point dispatched;
+    // The principal whose quotas count this request (released when it ends).
+    std::shared_ptr<const Principal> principal;
   };
   using InFlightMap = std::unordered_map<std::string, InFlight>;
 
@@ -80,6 +83,12 @@ class WsSession : public std::enable_shared_from_this<WsSession> {
   void ArmHeldTimer(std::chrono::steady_clock::time_point deadline);
   void ExpireHeld();
   void HandleCancel(const ParsedFrame& frame);
+  void HandleUsageQuery(const ParsedFrame& frame);
+  // The principal this connection acts for now: re-resolved after a keys reload; null (and the
+  // connection closing with 1008, `id` told why) when its key was revoked.
+  const std::shared_ptr<const Principal>& CurrentPrincipal(std::string_view id);
+  // Charges the principal of `entry` for what a terminal event reports it cost.
+  void ChargeUsage(const InFlight& entry, const anima::v1::Event& event);
   void OnCallEvent(uint64_t seq, const std::string& id, anima::v1::Event event);
   void OnCallDone(uint64_t seq, const std::string& id, const grpc::Status& status);
   // The request ends (its answer, or the error that ends it, is sent). `answered`: the router
@@ -87,7 +96,6 @@ class WsSession : public std::enable_shared_from_this<WsSession> {
   void Finish(InFlightMap::iterator it, bool answered);
   void CancelAllCalls();
 
-  bool TakeToken();
   void Send(const std::string& type, std::string text);
   void Enqueue(std::shared_ptr<const std::string> text, bool state);
   void OnSlowReaderTimer(boost::beast::error_code ec);
@@ -100,6 +108,11 @@ class WsSession : public std::enable_shared_from_this<WsSession> {
   void OnClose(boost::beast::error_code ec);
 
   GatewayContext& context_;
+  ConnectionSlot slot_;
+  std::shared_ptr<const Principal> principal_;
+  std::string key_hash_;  // of the key it authenticated with; empty for a JWT or no auth
+  uint64_t auth_generation_ = 0;
+  bool selects_subprotocol_ = false;  // the client offered anima.v1
   // Over the bare socket: the WebSocket's own timeouts cover handshake and idle, so
   // beast::tcp_stream's timers would only cost memory on every idle connection.
   boost::beast::websocket::stream<boost::asio::ip::tcp::socket> ws_;
@@ -120,9 +133,7 @@ class WsSession : public std::enable_shared_from_this<WsSession> {
   bool slow_closed_ = false;
   boost::asio::steady_timer auth_timer_;
   std::optional<std::chrono::system_clock::time_point> token_expires_;
-  // Token bucket of messages_per_second.
-  double tokens_ = 0;
-  std::chrono::steady_clock::time_point tokens_at_;
+  TokenBucket rate_;  // messages_per_second
   std::optional<boost::beast::websocket::close_code> close_after_flush_;
   bool subscribed_ = true;  // to consciousness_state broadcasts
   InFlightMap in_flight_;

@@ -44,6 +44,11 @@ std::vector<anima::v1::Event> AnswerFor(const anima::v1::Envelope& e) {
     r->mutable_usage()->set_completion_tokens(2);
     r->mutable_usage()->set_total_tokens(5);
     r->set_latency_ms(1);
+    if (m.rfind("cost:", 0) == 0) {  // cost:<tokens>:<usd>: what every candidate together cost
+      auto colon = m.find(':', 5);
+      r->mutable_billed_usage()->set_total_tokens(std::stoll(m.substr(5, colon - 5)));
+      r->set_cost_usd(std::stod(m.substr(colon + 1)));
+    }
   } else if (e.has_consciousness_query()) {
     auto* s = out.emplace_back().mutable_consciousness_state();
     s->set_ts("2026-11-25T10:00:00.000Z");
@@ -216,6 +221,11 @@ std::string FakeRouter::last_request_id() {
   return last_request_id_;
 }
 
+common::Identity FakeRouter::last_identity() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return last_identity_;
+}
+
 anima::v1::Envelope FakeRouter::last_envelope() {
   std::lock_guard<std::mutex> lock(mu_);
   return last_envelope_;
@@ -230,6 +240,7 @@ grpc::ServerWriteReactor<anima::v1::Event>* FakeRouter::Dispatch(
     last_request_id_ = it == context->client_metadata().end()
                            ? ""
                            : std::string(it->second.data(), it->second.size());
+    last_identity_ = common::IdentityOf(*context);
     last_envelope_ = *request;
     dispatched_ids_.push_back(request->client_id());
   }

@@ -8,6 +8,7 @@
 
 #include "anima/v1/router.grpc.pb.h"
 #include "grpcpp/grpcpp.h"
+#include "services/common/identity.h"
 
 namespace anima::gateway::testing {
 
@@ -19,6 +20,7 @@ namespace anima::gateway::testing {
 //   self_coding_request: accepted, one progress, a succeeded result.
 //   chat "error:<code>": an error event with that code (after chat_delta "Hel" when stream);
 //     overloaded and rate_limited carry retry_after_ms 1500, provider_error one cause.
+//   chat "cost:<tokens>:<usd>": the usual answer, with billed_usage.total_tokens and cost_usd.
 //   chat "slow:<ms>": the usual answer, <ms> milliseconds late; "big:<n>": a chat_response whose
 //     message is <n> bytes of 'x'.
 //   weather and low_work (raw_json): one module frame {"type":"<type>_result","echo":<frame>};
@@ -46,6 +48,8 @@ class FakeRouter final : public anima::v1::Router::CallbackService {
   std::vector<std::string> dispatched_ids();
   std::string last_request_id();
   anima::v1::Envelope last_envelope();
+  // The identity metadata (x-anima-principal, ...) of the last Dispatch.
+  common::Identity last_identity();
 
   grpc::ServerWriteReactor<anima::v1::Event>* Dispatch(grpc::CallbackServerContext* context,
                                                        const anima::v1::Envelope* request) override;
@@ -72,6 +76,7 @@ class FakeRouter final : public anima::v1::Router::CallbackService {
   std::mutex mu_;
   std::string last_request_id_;
   anima::v1::Envelope last_envelope_;
+  common::Identity last_identity_;
   std::vector<std::string> dispatched_ids_;
   friend class FakeDispatch;
 };

@@ -11,6 +11,7 @@
 #include <fstream>
 #include <map>
 #include <string>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "gateway/auth.h"
@@ -611,6 +612,9 @@ TEST_F(GatewayTest, ConnectionStormIsCappedAtMaxConnections) {
 
 TEST_F(GatewayTest, NewConnectionsPerSecondAreLimited) {
   StartGateway({"--max-new-connections-per-second=5"});
+  // The readiness polls of StartGateway were connections too (every connection counts, HTTP
+  // and WebSocket): the bucket is full again after a second.
+  std::this_thread::sleep_for(1200ms);
   int accepted = 0;
   for (int i = 0; i < 20; ++i) {
     WsClient ws;
@@ -665,11 +669,13 @@ TEST_F(GatewayTest, IdleTimeoutPingsAndClosesSilentClients) {
 TEST_F(GatewayTest, AuthTokensOnTheUpgradeAndExpiryMidConnection) {
   char dir[] = "/tmp/anima-gateway-auth.XXXXXX";
   ASSERT_NE(mkdtemp(dir), nullptr);
-  std::string tokens = std::string(dir) + "/tokens", secret_file = std::string(dir) + "/secret";
+  std::string tokens = std::string(dir) + "/keys.json", secret_file = std::string(dir) + "/secret";
   const std::string secret = "a-test-secret-of-some-length";
-  std::ofstream(tokens) << "# test clients\nstatic-token\n";
+  std::ofstream(tokens)
+      << R"({"principals": {"app": {}}, "keys": [{"principal": "app", "sha256": ")"
+      << KeyRing::Sha256Hex("static-token") << R"("}]})";
   std::ofstream(secret_file) << secret << "\n";
-  StartGateway({"--auth-tokens-file=" + tokens, "--auth-jwt-secret-file=" + secret_file});
+  StartGateway({"--auth-keys-file=" + tokens, "--auth-jwt-secret-file=" + secret_file});
   int port = gateway_->port("http");
 
   // No token, a wrong token: 401 and no WebSocket.
@@ -744,7 +750,7 @@ TEST_F(GatewayTest, APortInUseIsAnErrorNotACrash) {
 TEST_F(GatewayTest, BadAuthFilesExitTwo) {
   auto gateway =
       Process::Start(anima::testing::BinDir() + "/anima-gateway",
-                     {"--port=0", "--metrics-port=0", "--auth-tokens-file=/nonexistent/tokens"});
+                     {"--port=0", "--metrics-port=0", "--auth-keys-file=/nonexistent/keys.json"});
   EXPECT_EQ(gateway, nullptr);
 }
 

@@ -18,6 +18,7 @@
 #include "boost/asio.hpp"
 #include "boost/beast/core.hpp"
 #include "boost/beast/http.hpp"
+#include "gateway/principals.h"
 #include "gtest/gtest.h"
 #include "tests/integration/gateway/fake_router.h"
 #include "tests/integration/gateway/gateway_over_fake_router.h"
@@ -340,9 +341,11 @@ TEST_F(OpenAiHttpTest, ClientDisconnectCancelsTheRouterCall) {
 TEST_F(OpenAiHttpTest, AuthAppliesToTheApi) {
   char dir[] = "/tmp/anima-gateway-oai.XXXXXX";
   ASSERT_NE(mkdtemp(dir), nullptr);
-  std::string tokens = std::string(dir) + "/tokens";
-  std::ofstream(tokens) << "sk-test\n";
-  StartGateway({"--auth-tokens-file=" + tokens});
+  std::string tokens = std::string(dir) + "/keys.json";
+  std::ofstream(tokens)
+      << R"({"principals": {"app": {}}, "keys": [{"principal": "app", "sha256": ")"
+      << KeyRing::Sha256Hex("sk-test") << R"("}]})";
+  StartGateway({"--auth-keys-file=" + tokens});
   auto r = Post(Chat("hi").dump());
   ExpectError(r, 401, "authentication_error", "unauthenticated");
   EXPECT_EQ(r.headers["www-authenticate"], "Bearer");

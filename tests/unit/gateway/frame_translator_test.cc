@@ -562,10 +562,53 @@ TEST(RenderTest, GatewayFrames) {
             R"({"type":"error","id":"g-1","code":"invalid_json","message":"bad"})");
   EXPECT_EQ(FrameTranslator::RenderTopics("subscribed", "s1", {"consciousness_state"}),
             R"({"type":"subscribed","id":"s1","topics":["consciousness_state"]})");
-  EXPECT_EQ(FrameTranslator::RenderWelcome("s-abc", {}),
+  EXPECT_EQ(FrameTranslator::RenderWelcome("s-abc", "local", {}),
             R"({"type":"welcome","session_id":"s-abc","protocol":1,)"
-            R"("server":"anima-gateway/0.1.0","limits":{"max_message_bytes":65536,)"
-            R"("max_in_flight":32,"messages_per_second":50}})");
+            R"("server":"anima-gateway/0.1.0","principal":"local","limits":{)"
+            R"("max_message_bytes":65536,"max_in_flight":32,"messages_per_second":50}})");
+}
+
+TEST(FrameTranslatorTest, UsageQueryAndQuotaFrames) {
+  FrameTranslator t;
+  auto own = std::get<ParsedFrame>(t.Parse(R"({"type":"usage_query","id":"u1"})"));
+  EXPECT_EQ(own.kind, ParsedFrame::Kind::kUsageQuery);
+  EXPECT_EQ(own.principal, "");
+  auto other = std::get<ParsedFrame>(t.Parse(R"({"type":"usage_query","principal":"acme"})"));
+  EXPECT_EQ(other.principal, "acme");
+  auto bad = std::get<ProtocolError>(t.Parse(R"({"type":"usage_query","id":"u","principal":7})"));
+  EXPECT_EQ(bad.code, "invalid_message");
+  EXPECT_NE(bad.message.find("principal"), std::string::npos);
+  auto huge = std::get<ProtocolError>(
+      t.Parse(R"({"type":"usage_query","principal":")" + std::string(500, 'a') + R"("})"));
+  EXPECT_EQ(huge.code, "invalid_message");
+
+  QuotaRefusal refusal{"tokens_per_day", std::chrono::milliseconds(1234), true, "used up"};
+  EXPECT_EQ(FrameTranslator::RenderQuotaExceeded(refusal, "c1"),
+            R"({"type":"error","id":"c1","code":"quota_exceeded","message":"used up",)"
+            R"("limit":"tokens_per_day","retry_after_ms":1234})");
+
+  UsageReport report;
+  report.principal = "acme";
+  report.tier = "pro";
+  report.limits.push_back(UsageEntry{"requests_per_minute", "minute", 60, 2, 58,
+                                     std::chrono::system_clock::from_time_t(1796256000)});
+  report.limits.push_back(UsageEntry{"cost_per_month", "month", 5, 0.25, 4.75, std::nullopt});
+  report.day = {3, 120, 0.25};
+  report.month = {3, 120, 0.25};
+  report.day_resets_at = std::chrono::system_clock::from_time_t(1796256000);
+  report.month_resets_at = std::chrono::system_clock::from_time_t(1798761600);
+  auto usage = nlohmann::json::parse(FrameTranslator::RenderUsage(report, "u1"));
+  EXPECT_EQ(usage["type"], "usage");
+  EXPECT_EQ(usage["id"], "u1");
+  EXPECT_EQ(usage["principal"], "acme");
+  EXPECT_EQ(usage["limits"][0]["limit"], "requests_per_minute");
+  EXPECT_EQ(usage["limits"][0]["used"], 2);
+  EXPECT_EQ(usage["limits"][0]["remaining"], 58);
+  EXPECT_EQ(usage["limits"][0]["resets_at"], "2026-12-03T00:00:00.000Z");
+  EXPECT_DOUBLE_EQ(usage["limits"][1]["remaining"].get<double>(), 4.75);
+  EXPECT_TRUE(usage["limits"][1]["resets_at"].is_null());
+  EXPECT_EQ(usage["day"]["tokens"], 120);
+  EXPECT_EQ(usage["month"]["resets_at"], "2027-01-01T00:00:00.000Z");
 }
 
 }  // namespace

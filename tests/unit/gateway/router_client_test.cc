@@ -72,7 +72,7 @@ TEST(RouterClientTest, StreamsEventsInOrderThenOk) {
   ASSERT_NE(router, nullptr);
   RouterClient client(common::MakeChannel("127.0.0.1:" + std::to_string(router->port()), nullptr));
   Recorder rec;
-  client.Dispatch(Chat("hi", /*stream=*/true), rec.Callbacks());
+  client.Dispatch(Chat("hi", /*stream=*/true), common::Identity{}, rec.Callbacks());
   ASSERT_TRUE(rec.WaitDone());
   EXPECT_TRUE(rec.status().ok()) << rec.status().error_message();
   auto events = rec.events();
@@ -97,7 +97,7 @@ TEST(RouterClientTest, RouterDownIsUnavailable) {
   int port = ntohs(addr.sin_port);
   RouterClient client(common::MakeChannel("127.0.0.1:" + std::to_string(port), nullptr));
   Recorder rec;
-  client.Dispatch(Chat("hi"), rec.Callbacks());
+  client.Dispatch(Chat("hi"), common::Identity{}, rec.Callbacks());
   ASSERT_TRUE(rec.WaitDone());
   EXPECT_EQ(rec.status().error_code(), grpc::StatusCode::UNAVAILABLE);
   EXPECT_TRUE(rec.events().empty());
@@ -116,7 +116,7 @@ TEST(RouterClientTest, TimeoutIsDeadlineExceeded) {
   Recorder rec;
   auto envelope = Chat("hang");
   envelope.set_timeout_ms(50);
-  client.Dispatch(envelope, rec.Callbacks());
+  client.Dispatch(envelope, common::Identity{}, rec.Callbacks());
   ASSERT_TRUE(rec.WaitDone());
   EXPECT_EQ(rec.status().error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
 }
@@ -126,7 +126,7 @@ TEST(RouterClientTest, CancelEndsTheCallAndReachesTheRouter) {
   ASSERT_NE(router, nullptr);
   RouterClient client(common::MakeChannel("127.0.0.1:" + std::to_string(router->port()), nullptr));
   Recorder rec;
-  auto call = client.Dispatch(Chat("hang"), rec.Callbacks());
+  auto call = client.Dispatch(Chat("hang"), common::Identity{}, rec.Callbacks());
   // Wait until the router has the call, so the cancel has something to reach.
   auto deadline = std::chrono::steady_clock::now() + 10s;
   while (router->dispatched() == 0 && std::chrono::steady_clock::now() < deadline) {
@@ -148,8 +148,8 @@ TEST(RouterClientTest, CancelAllAndWaitEndsEveryCall) {
   ASSERT_NE(router, nullptr);
   RouterClient client(common::MakeChannel("127.0.0.1:" + std::to_string(router->port()), nullptr));
   Recorder a, b;
-  client.Dispatch(Chat("hang"), a.Callbacks());
-  client.Dispatch(Chat("hang"), b.Callbacks());
+  client.Dispatch(Chat("hang"), common::Identity{}, a.Callbacks());
+  client.Dispatch(Chat("hang"), common::Identity{}, b.Callbacks());
   client.CancelAllAndWait();
   EXPECT_TRUE(a.WaitDone(0ms));
   EXPECT_TRUE(b.WaitDone(0ms));
@@ -160,7 +160,7 @@ TEST(RouterClientTest, ErrorStatusWithoutEvents) {
   ASSERT_NE(router, nullptr);
   RouterClient client(common::MakeChannel("127.0.0.1:" + std::to_string(router->port()), nullptr));
   Recorder rec;
-  client.Dispatch(Chat("fail:INTERNAL"), rec.Callbacks());
+  client.Dispatch(Chat("fail:INTERNAL"), common::Identity{}, rec.Callbacks());
   ASSERT_TRUE(rec.WaitDone());
   EXPECT_EQ(rec.status().error_code(), grpc::StatusCode::INTERNAL);
 }
