@@ -155,6 +155,16 @@ absl::StatusOr<std::shared_ptr<StrategyCall>> Broker::Start(ChatRequest request,
       if (done) done(std::move(outcome));
     };
   }
+  // Every call the strategy makes for this request, losers and retries included, is metered; a
+  // cache hit above made none and costs nothing.
+  auto meter = std::make_shared<BillMeter>();
+  for (auto& candidate : candidates) {
+    candidate = std::make_shared<MeteredProvider>(std::move(candidate), meter);
+  }
+  sink.on_done = [done = std::move(sink.on_done), meter](StrategyOutcome outcome) {
+    outcome.billed = meter->Total();
+    if (done) done(std::move(outcome));
+  };
   return it->second->Start(request, std::move(candidates), std::move(sink));
 }
 

@@ -60,7 +60,8 @@ class Broker {
   void EnableCache(std::shared_ptr<ResponseCache> cache, std::function<void(bool hit)> on_lookup);
 
   // INVALID_ARGUMENT when the request is invalid or nothing can serve it (no sink call then);
-  // otherwise the outcome arrives through `sink`. `model` may be "provider/model".
+  // otherwise the outcome arrives through `sink`, with `billed` summing every provider call of
+  // the request that reported usage. `model` may be "provider/model".
   absl::StatusOr<std::shared_ptr<StrategyCall>> Start(ChatRequest request, StrategySink sink);
 
   const std::vector<std::shared_ptr<Provider>>& providers() const { return providers_; }

@@ -2,9 +2,10 @@
 
 #include <algorithm>
 #include <optional>
-
 #include <vector>
+
 #include "absl/strings/str_cat.h"
+#include "services/llm_broker/billing.h"
 
 namespace anima::broker {
 namespace {
@@ -100,6 +101,12 @@ InstrumentedProvider::InstrumentedProvider(std::shared_ptr<Provider> inner,
   }
 }
 
+std::optional<ModelPrice> InstrumentedProvider::PriceOf(const std::string& model) const {
+  auto it = guards_.prices.find(model);
+  if (it == guards_.prices.end()) return std::nullopt;
+  return it->second;
+}
+
 std::shared_ptr<ProviderCall> InstrumentedProvider::Start(const ChatRequest& request,
                                                           ProviderSink sink) {
   auto reject = [&](std::string code, std::string message,
@@ -131,7 +138,7 @@ std::shared_ptr<ProviderCall> InstrumentedProvider::Start(const ChatRequest& req
   wrapped.on_delta = std::move(sink.on_delta);
   wrapped.on_done = [done = std::move(sink.on_done), stats = stats_, metrics = metrics_,
                      provider = inner_->name(), model = request.model, started,
-                     breaker = guards_.breaker, prices = guards_.prices,
+                     breaker = guards_.breaker, price = PriceOf(request.model),
                      in_flight = guards_.max_concurrency > 0 ? in_flight_ : nullptr](
                         ProviderOutcome outcome) mutable {
     if (in_flight != nullptr) --*in_flight;
@@ -140,18 +147,12 @@ std::shared_ptr<ProviderCall> InstrumentedProvider::Start(const ChatRequest& req
     if (auto* result = std::get_if<ChatResult>(&outcome)) {
       stats->End(true, true, latency, "");
       if (breaker != nullptr) breaker->Record(true);
+      if (result->usage && price) result->cost_usd = CostOf(*result->usage, *price);
       if (metrics != nullptr) {
         metrics->ProviderRequest(provider, model, "ok", seconds);
         if (result->usage) {
           metrics->Tokens(provider, model, *result->usage);
-          if (auto price = prices.find(model); price != prices.end()) {
-            metrics->Cost(
-                provider, model,
-                (static_cast<double>(result->usage->prompt_tokens) * price->second.input_per_mtok +
-                 static_cast<double>(result->usage->completion_tokens) *
-                     price->second.output_per_mtok) /
-                    1e6);
-          }
+          if (price) metrics->Cost(provider, model, result->cost_usd);
         }
       }
     } else {

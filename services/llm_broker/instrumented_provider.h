@@ -5,6 +5,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 
 #include "services/llm_broker/broker_metrics.h"
@@ -55,7 +56,8 @@ class ProviderStats {
 struct ProviderGuards {
   std::shared_ptr<CircuitBreaker> breaker;  // null: none
   int max_concurrency = 0;                  // calls in flight at once; 0: unlimited
-  // Not a guard: prices by model for the cost metric (a model without a price costs nothing).
+  // Not a guard: prices by model for the cost metric and ChatResult::cost_usd (a model without a
+  // price costs nothing).
   std::map<std::string, ModelPrice> prices;
 };
 
@@ -83,6 +85,8 @@ class InstrumentedProvider : public Provider {
   CircuitBreaker* breaker() const { return guards_.breaker.get(); }
 
  private:
+  std::optional<ModelPrice> PriceOf(const std::string& model) const;
+
   std::shared_ptr<Provider> inner_;
   std::shared_ptr<BrokerMetrics> metrics_;  // may be null
   std::shared_ptr<ProviderStats> stats_;

@@ -67,17 +67,19 @@ void FillCandidates(const std::vector<ProviderOutcome>& candidates, v1::Completi
   }
 }
 
-void FillResponse(const ChatResult& result, Clock::duration elapsed, v1::CompletionResponse* out) {
+// The answer, and what every provider call of the request cost (`billed`).
+void FillResponse(const StrategyOutcome& outcome, Clock::duration elapsed,
+                  v1::CompletionResponse* out) {
+  const ChatResult& result = *outcome.result;
   out->set_message(result.text);
   out->set_provider(result.provider);
   out->set_model(result.model);
   out->set_finish_reason(result.finish_reason);
-  if (result.usage) {
-    out->mutable_usage()->set_prompt_tokens(result.usage->prompt_tokens);
-    out->mutable_usage()->set_completion_tokens(result.usage->completion_tokens);
-    out->mutable_usage()->set_total_tokens(result.usage->total_tokens);
-  }
+  FillUsage(result.usage, out->mutable_usage());
   out->set_latency_ms(std::chrono::duration_cast<std::chrono::milliseconds>(elapsed).count());
+  FillCandidates(outcome.candidates, out);
+  out->set_cost_usd(outcome.billed.cost_usd);
+  FillUsage(outcome.billed.usage, out->mutable_billed_usage());
 }
 
 grpc::Status InvalidStatus(const absl::Status& status) {
@@ -148,8 +150,7 @@ class CompleteReactor : public grpc::ServerUnaryReactor {
     auto elapsed = Clock::now() - started_;
     RecordEnd(service_, request_, outcome, elapsed);
     if (outcome.result) {
-      FillResponse(*outcome.result, elapsed, response_);
-      FillCandidates(outcome.candidates, response_);
+      FillResponse(outcome, elapsed, response_);
       Finish(grpc::Status::OK);
     } else {
       Finish(FailureStatus(outcome));
@@ -231,8 +232,7 @@ class StreamReactor : public grpc::ServerWriteReactor<v1::CompletionChunk> {
     std::unique_lock lock(mu_);
     if (outcome.result) {
       auto* done = pending_.emplace_back().mutable_done();
-      FillResponse(*outcome.result, elapsed, done);
-      FillCandidates(outcome.candidates, done);
+      FillResponse(outcome, elapsed, done);
       final_status_ = grpc::Status::OK;
     } else {
       final_status_ = FailureStatus(outcome);

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "services/llm_broker/billing.h"
 #include "services/llm_broker/provider.h"
 
 namespace anima::broker {
@@ -27,6 +28,10 @@ struct StrategyOutcome {
   Clock::duration provider_time{0};
   // Every candidate (fanout returns them all; other strategies leave it empty).
   std::vector<ProviderOutcome> candidates;
+  // Every provider call of the request that reported usage before this outcome (Broker fills
+  // it; strategies leave it alone). A call still running then, such as a cancelled race loser,
+  // is not in it.
+  Bill billed;
 };
 
 // The outcome of a request that got no answer: `code`, one cause per provider tried and the

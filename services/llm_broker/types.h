@@ -45,6 +45,9 @@ struct ChatResult {
   std::string finish_reason;
   std::optional<Usage> usage;
   std::chrono::milliseconds latency{0};
+  // What this call cost at the configured price of `model` as requested (InstrumentedProvider
+  // sets it); 0 without usage or without a price.
+  double cost_usd = 0;
 };
 
 // A normalised provider failure. `code` is short and bounded: http_<status>, connect, tls,

@@ -33,6 +33,8 @@ anima::v1::ChatResponse ToChatResponse(const anima::v1::CompletionResponse& comp
   *res.mutable_usage() = completion.usage();
   res.set_latency_ms(completion.latency_ms());
   *res.mutable_candidates() = completion.candidates();
+  res.set_cost_usd(completion.cost_usd());
+  *res.mutable_billed_usage() = completion.billed_usage();
   return res;
 }
 

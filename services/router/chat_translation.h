@@ -14,7 +14,8 @@ anima::v1::CompletionRequest ToCompletionRequest(
     const anima::v1::Envelope& envelope,
     const google::protobuf::RepeatedPtrField<anima::v1::ChatMessage>& history);
 
-// The chat_response for a finished completion.
+// The chat_response for a finished completion, with what the broker billed for it (cost_usd,
+// billed_usage) for the gateway to charge.
 anima::v1::ChatResponse ToChatResponse(const anima::v1::CompletionResponse& completion,
                                        const std::string& conversation_id);
 

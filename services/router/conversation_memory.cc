@@ -1,63 +1,123 @@
 #include "services/router/conversation_memory.h"
 
+#include <string>
+
 namespace anima::router {
+
+namespace {
+
+// What the containers allocate around the text, roughly: the map node with its key and bucket,
+// the LRU list node, and per turn the vector slot and the string's heap header.
+constexpr size_t kConversationOverhead = 160;
+constexpr size_t kTurnOverhead = 48;
+
+// Length-prefixed, so no principal and id can be read as another pair.
+std::string StorageKey(const ConversationKey& key) {
+  std::string out = std::to_string(key.principal.size());
+  out.reserve(out.size() + 1 + key.principal.size() + key.id.size());
+  out += ':';
+  out += key.principal;
+  out += key.id;
+  return out;
+}
+
+}  // namespace
 
 ConversationMemory::ConversationMemory(Limits limits, Clock clock)
     : limits_(limits), clock_(std::move(clock)) {}
 
-void ConversationMemory::EvictExpiredLocked(std::chrono::steady_clock::time_point now) {
+std::string ConversationMemory::Cap(std::string_view text) const {
+  if (text.size() <= limits_.max_message_bytes) return std::string(text);
+  size_t keep = limits_.max_message_bytes > kTruncatedMarker.size()
+                    ? limits_.max_message_bytes - kTruncatedMarker.size()
+                    : 0;
+  // Never cut inside a UTF-8 sequence: back up to the start of the character.
+  while (keep > 0 && (static_cast<unsigned char>(text[keep]) & 0xC0) == 0x80) --keep;
+  std::string out(text.substr(0, keep));
+  if (limits_.max_message_bytes >= kTruncatedMarker.size()) out.append(kTruncatedMarker);
+  return out;
+}
+
+void ConversationMemory::EvictLocked(std::chrono::steady_clock::time_point now) {
+  // The LRU order is also the order of last_used: the expired are all at the back.
   while (!lru_.empty()) {
-    auto it = conversations_.find(lru_.back());
+    auto it = conversations_.find(*lru_.back());
     if (now - it->second.last_used <= limits_.max_age &&
-        conversations_.size() <= limits_.max_conversations) {
+        conversations_.size() <= limits_.max_conversations && bytes_ <= limits_.max_bytes) {
       break;
     }
-    conversations_.erase(it);
+    bytes_ -= it->second.bytes;
     lru_.pop_back();
+    conversations_.erase(it);
   }
 }
 
 google::protobuf::RepeatedPtrField<anima::v1::ChatMessage> ConversationMemory::History(
-    const std::string& id) {
+    const ConversationKey& key) {
   google::protobuf::RepeatedPtrField<anima::v1::ChatMessage> out;
-  if (id.empty()) return out;
+  if (key.id.empty()) return out;
+  std::string storage_key = StorageKey(key);
   std::lock_guard lock(mu_);
-  EvictExpiredLocked(clock_());
-  auto it = conversations_.find(id);
+  EvictLocked(clock_());
+  auto it = conversations_.find(storage_key);
   if (it == conversations_.end()) return out;
-  for (const auto& [user, assistant] : it->second.turns) {
-    auto* u = out.Add();
-    u->set_role("user");
-    u->set_content(user);
-    auto* a = out.Add();
-    a->set_role("assistant");
-    a->set_content(assistant);
+  for (const Turn& turn : it->second.turns) {
+    std::string_view text = turn.text;
+    auto* user = out.Add();
+    user->set_role("user");
+    user->set_content(std::string(text.substr(0, turn.user_size)));
+    auto* assistant = out.Add();
+    assistant->set_role("assistant");
+    assistant->set_content(std::string(text.substr(turn.user_size)));
   }
   return out;
 }
 
-void ConversationMemory::Append(const std::string& id, const std::string& user,
-                                const std::string& assistant) {
-  if (id.empty() || limits_.max_turns == 0 || limits_.max_conversations == 0) return;
+void ConversationMemory::Append(const ConversationKey& key, std::string_view user,
+                                std::string_view assistant) {
+  if (key.id.empty() || limits_.max_turns == 0 || limits_.max_conversations == 0) return;
+  Turn turn{Cap(user), 0};
+  turn.user_size = static_cast<uint32_t>(turn.text.size());
+  turn.text += Cap(assistant);
+  turn.text.shrink_to_fit();
+  size_t turn_bytes = turn.text.size() + kTurnOverhead;
+  std::string storage_key = StorageKey(key);
+
   std::lock_guard lock(mu_);
   auto now = clock_();
-  auto [it, inserted] = conversations_.try_emplace(id);
+  auto [it, inserted] = conversations_.try_emplace(std::move(storage_key));
   Conversation& c = it->second;
   if (inserted) {
-    lru_.push_front(id);
+    lru_.push_front(&it->first);
+    c.bytes = it->first.size() + kConversationOverhead;
+    bytes_ += c.bytes;
   } else {
     lru_.splice(lru_.begin(), lru_, c.lru_position);
   }
   c.lru_position = lru_.begin();
   c.last_used = now;
-  c.turns.emplace_back(user, assistant);
-  while (c.turns.size() > limits_.max_turns) c.turns.pop_front();
-  EvictExpiredLocked(now);
+  c.turns.push_back(std::move(turn));
+  c.bytes += turn_bytes;
+  bytes_ += turn_bytes;
+  if (c.turns.size() > limits_.max_turns) {
+    size_t dropped = 0;
+    size_t excess = c.turns.size() - limits_.max_turns;
+    for (size_t i = 0; i < excess; ++i) dropped += c.turns[i].text.size() + kTurnOverhead;
+    c.turns.erase(c.turns.begin(), c.turns.begin() + static_cast<std::ptrdiff_t>(excess));
+    c.bytes -= dropped;
+    bytes_ -= dropped;
+  }
+  EvictLocked(now);
 }
 
 size_t ConversationMemory::size() {
   std::lock_guard lock(mu_);
   return conversations_.size();
+}
+
+size_t ConversationMemory::bytes() {
+  std::lock_guard lock(mu_);
+  return bytes_;
 }
 
 }  // namespace anima::router

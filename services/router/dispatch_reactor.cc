@@ -1,7 +1,5 @@
 #include "services/router/dispatch_reactor.h"
 
-#include <random>
-
 #include "absl/strings/str_format.h"
 #include "services/common/grpc_server.h"
 #include "services/router/chat_translation.h"
@@ -16,11 +14,6 @@ namespace {
 using anima::v1::Event;
 using Clock = std::chrono::steady_clock;
 
-std::string NewConversationId() {
-  thread_local std::mt19937_64 rng{std::random_device{}()};
-  return absl::StrFormat("conv-%012x", rng() & 0xffffffffffffULL);
-}
-
 }  // namespace
 
 DispatchReactor::DispatchReactor(DispatchDeps deps, grpc::CallbackServerContext* context,
@@ -29,11 +22,17 @@ DispatchReactor::DispatchReactor(DispatchDeps deps, grpc::CallbackServerContext*
       context_(context),
       envelope_(*envelope),
       priority_(deps.config->PriorityOf(envelope->type())),
-      arrived_(Clock::now()) {
+      arrived_(Clock::now()),
+      identity_(common::IdentityOf(*context)),
+      // Every type a module serves counts as "module": the label stays bounded by the built-in
+      // types, whatever the routing table holds.
+      type_label_(deps.config->ModuleFor(envelope->type()) != nullptr
+                      ? "module"
+                      : TypeLabel(envelope->type())) {
   request_id_ = common::RequestIdOf(*context_);
   if (request_id_ == "-") request_id_ = envelope_.request_id();
   deps_.counters->in_flight++;
-  deps_.metrics->Started(envelope_.type());
+  deps_.metrics->Started(type_label_);
 }
 
 void DispatchReactor::Admit() {
@@ -89,6 +88,7 @@ void DispatchReactor::PrepareDownstream() {
   }
   downstream_.set_deadline(std::min(deadline, context_->deadline()));
   downstream_.AddMetadata(common::kRequestIdKey, request_id_);
+  common::AttachIdentity(identity_, &downstream_);
   // A cancellation that arrived already (OnCancel) is applied by gRPC when the call starts.
   refs_++;
 }
@@ -96,12 +96,14 @@ void DispatchReactor::PrepareDownstream() {
 void DispatchReactor::StartChat() {
   const auto& chat = envelope_.chat();
   conversation_id_ = chat.conversation_id();
-  if (conversation_id_.empty() && !chat.stateless()) conversation_id_ = NewConversationId();
+  if (conversation_id_.empty() && !chat.stateless()) {
+    conversation_id_ = common::NewSecureId("conv-");
+  }
   // Memory is read only when it is used: not for a stateless request, not when the client sent
   // its own turns (they replace it), not for a conversation this request just started.
   google::protobuf::RepeatedPtrField<anima::v1::ChatMessage> remembered;
   if (!chat.stateless() && chat.history_size() == 0 && !chat.conversation_id().empty()) {
-    remembered = deps_.memory->History(conversation_id_);
+    remembered = deps_.memory->History({identity_.principal, conversation_id_});
   }
   request_ = ToCompletionRequest(envelope_, remembered);
   request_.set_request_id(request_id_);
@@ -145,7 +147,8 @@ void DispatchReactor::StartChat() {
 
 void DispatchReactor::ChatDone(const anima::v1::CompletionResponse& completion) {
   if (!envelope_.chat().stateless()) {
-    deps_.memory->Append(conversation_id_, envelope_.chat().message(), completion.message());
+    deps_.memory->Append({identity_.principal, conversation_id_}, envelope_.chat().message(),
+                         completion.message());
     deps_.metrics->ConversationsStored(static_cast<double>(deps_.memory->size()));
   }
   Event event;
@@ -334,7 +337,7 @@ void DispatchReactor::OnDone() {
   deps_.counters->in_flight--;
   deps_.counters->handled++;
   if (outcome != "ok") deps_.counters->failed++;
-  deps_.metrics->Finished(envelope_.type(), outcome, seconds);
+  deps_.metrics->Finished(type_label_, outcome, seconds);
   spdlog::debug("req={} type={} outcome={} ms={:.1f}", request_id_, envelope_.type(), outcome,
                 seconds * 1000);
   Release();

@@ -12,6 +12,7 @@
 #include "anima/v1/module.grpc.pb.h"
 #include "anima/v1/router.grpc.pb.h"
 #include "anima/v1/self_coding.grpc.pb.h"
+#include "services/common/identity.h"
 #include "services/router/conversation_memory.h"
 #include "services/router/priority_scheduler.h"
 #include "services/router/router_config.h"
@@ -34,7 +35,9 @@ struct DispatchDeps {
 };
 
 // One Router.Dispatch call: admitted by the scheduler (started, queued or rejected with
-// `overloaded`), then routed to the module that handles its type, whose events it relays.
+// `overloaded`), then routed to the module that handles its type, whose events it relays. The
+// caller's identity (services/common/identity.h) goes with every downstream call it makes, and
+// its conversation memory is the caller's principal's.
 //
 // Lifetime: one reference for gRPC (dropped in OnDone) and one for each downstream call in
 // progress; the reactor deletes itself when the last goes. Threading: Emit() may be called from
@@ -56,7 +59,7 @@ class DispatchReactor final : public grpc::ServerWriteReactor<anima::v1::Event> 
   void StartModule();
   void ChatDone(const anima::v1::CompletionResponse& completion);
   // Sets the downstream deadline (the type's, lowered by timeout_ms and by the caller's own
-  // deadline) and request id, and takes the reference the downstream call holds.
+  // deadline), request id and identity, and takes the reference the downstream call holds.
   void PrepareDownstream();
 
   void Emit(anima::v1::Event event, bool terminal);
@@ -71,6 +74,8 @@ class DispatchReactor final : public grpc::ServerWriteReactor<anima::v1::Event> 
   anima::v1::Envelope envelope_;
   Priority priority_;
   std::chrono::steady_clock::time_point arrived_;
+  common::Identity identity_;
+  std::string type_label_;  // for metrics
   std::string request_id_;
   std::string conversation_id_;
 

@@ -18,6 +18,7 @@ anima::v1::ErrorEvent ErrorFromStatus(const grpc::Status& status, const std::str
     anima::v1::ErrorEvent error = MakeError(failure.code(), failure.message());
     error.set_retry_after_ms(failure.retry_after_ms());
     *error.mutable_causes() = failure.causes();
+    error.set_limit(failure.limit());
     return error;
   }
   switch (status.error_code()) {

@@ -26,6 +26,8 @@ struct Options {
   int memory_turns = 10;
   int memory_conversations = 10000;
   int64_t memory_max_age_s = 3600;
+  int64_t memory_max_bytes = int64_t{64} << 20;
+  int64_t memory_max_message_bytes = 16384;
 };
 
 int Run(int argc, char** argv) {
@@ -53,6 +55,11 @@ int Run(int argc, char** argv) {
             "conversations remembered at most");
   flags.Add("memory-max-age-s", &o.memory_max_age_s, "ANIMA_ROUTER_MEMORY_MAX_AGE_S",
             "a conversation idle this long is forgotten");
+  flags.Add("memory-max-bytes", &o.memory_max_bytes, "ANIMA_ROUTER_MEMORY_MAX_BYTES",
+            "bytes all remembered conversations may take; the least recently used go first");
+  flags.Add("memory-max-message-bytes", &o.memory_max_message_bytes,
+            "ANIMA_ROUTER_MEMORY_MAX_MESSAGE_BYTES",
+            "a remembered user message or answer longer than this is cut (64 to 1048576)");
   if (auto s = flags.Parse(argc, argv); !s.ok()) {
     std::cerr << "anima-router: " << s.message() << "\n";
     return 2;
@@ -62,9 +69,14 @@ int Run(int argc, char** argv) {
     return 0;
   }
   if (o.poll_interval_ms < 100 || o.state_interval_ms < 100 || o.chat_deadline_ms < 0 ||
-      o.memory_turns < 0 || o.memory_conversations < 0 || o.memory_max_age_s < 1) {
+      o.memory_turns < 0 || o.memory_conversations < 0 || o.memory_max_age_s < 1 ||
+      o.memory_max_bytes < 0) {
     std::cerr << "anima-router: --poll-interval-ms and --state-interval-ms must be >= 100, the "
                  "deadline and memory limits positive\n";
+    return 2;
+  }
+  if (o.memory_max_message_bytes < 64 || o.memory_max_message_bytes > (1 << 20)) {
+    std::cerr << "anima-router: --memory-max-message-bytes must be between 64 and 1048576\n";
     return 2;
   }
   if (auto s = anima::common::InitService(o.service, "router"); !s.ok()) {
@@ -115,6 +127,8 @@ int Run(int argc, char** argv) {
   options.memory.max_turns = static_cast<size_t>(o.memory_turns);
   options.memory.max_conversations = static_cast<size_t>(o.memory_conversations);
   options.memory.max_age = std::chrono::seconds(o.memory_max_age_s);
+  options.memory.max_bytes = static_cast<size_t>(o.memory_max_bytes);
+  options.memory.max_message_bytes = static_cast<size_t>(o.memory_max_message_bytes);
   anima::router::RouterService service(downstreams, &config, &poller, &counters,
                                        (*metrics)->registry(), options);
   poller.SetScheduler(&service.scheduler(), config.scheduler);

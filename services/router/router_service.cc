@@ -2,6 +2,7 @@
 
 #include <set>
 
+#include "services/common/identity.h"
 #include "services/router/dispatch_reactor.h"
 #include "services/router/watch_reactor.h"
 
@@ -67,6 +68,7 @@ grpc::ServerUnaryReactor* RouterService::ListModels(grpc::CallbackServerContext*
   if (id != context->client_metadata().end()) {
     call->context.AddMetadata("x-request-id", std::string(id->second.data(), id->second.size()));
   }
+  common::AttachIdentity(common::IdentityOf(*context), &call->context);
   auto* reactor = context->DefaultReactor();
   // `response` stays valid until Finish, so the broker's answer is written into it directly.
   broker_->async()->ListModels(

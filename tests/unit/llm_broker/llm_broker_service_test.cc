@@ -16,6 +16,7 @@
 #include "services/llm_broker/http_client.h"
 #include "services/llm_broker/instrumented_provider.h"
 #include "services/llm_broker/openai_provider.h"
+#include "services/llm_broker/parallel_strategy.h"
 #include "tests/unit/llm_broker/openai_fixtures.h"
 #include "tests/unit/llm_broker/test_http_server.h"
 
@@ -47,7 +48,9 @@ bool OpenAiOk(const TestRequest& r, TestConnection& c) {
 
 class BrokerServer {
  public:
-  explicit BrokerServer(const std::vector<std::pair<std::string, std::string>>& providers) {
+  // Every provider gets `prices`; the strategies are failover (the default) and fanout.
+  explicit BrokerServer(const std::vector<std::pair<std::string, std::string>>& providers,
+                        std::map<std::string, ModelPrice> prices = {}) {
     HttpClientOptions options;
     client_ = *HttpClient::Create(options);
     metrics_ = std::make_shared<BrokerMetrics>(registry_);
@@ -58,8 +61,10 @@ class BrokerServer {
       o.base_url = url;
       o.api_key = "sk-test";
       o.max_retries = 0;
+      ProviderGuards guards;
+      guards.prices = prices;
       auto p = std::make_shared<InstrumentedProvider>(std::make_shared<OpenAiProvider>(o, client_),
-                                                      metrics_);
+                                                      metrics_, guards);
       instrumented_.push_back(p);
       list.push_back(p);
     }
@@ -68,7 +73,9 @@ class BrokerServer {
     auto broker = std::make_shared<Broker>(
         list,
         std::map<std::string, std::shared_ptr<Strategy>>{
-            {"failover", std::make_shared<FailoverStrategy>(client_->scheduler(), policy)}},
+            {"failover", std::make_shared<FailoverStrategy>(client_->scheduler(), policy)},
+            {"fanout",
+             std::make_shared<ParallelStrategy>(ParallelMode::kFanout, client_->scheduler())}},
         "failover");
     service_ = std::make_unique<LlmBrokerService>(broker, metrics_);
     introspection_ = std::make_unique<BrokerIntrospectionService>(service_.get(), instrumented_);
@@ -169,6 +176,48 @@ TEST(LlmBrokerServiceTest, StreamCompleteEndToEnd) {
   auto again = Stream(broker.stub(), Hello());
   EXPECT_TRUE(again.status.ok());
   EXPECT_EQ(upstream.connections(), 1);
+}
+
+TEST(LlmBrokerServiceTest, ResponsesCarryTheCostOfEveryProviderCall) {
+  TestHttpServer upstream(OpenAiOk);
+  // gpt-4o-mini, the providers' default model, at $0.15 in / $0.60 out per million tokens.
+  BrokerServer broker({{"openai", upstream.url("/v1")}, {"second", upstream.url("/v1")}},
+                      {{"gpt-4o-mini", {0.15, 0.6}}});
+  constexpr double kWholeCost = (19 * 0.15 + 10 * 0.6) / 1e6;  // kOkResponse: 19 in, 10 out
+  constexpr double kStreamCost = (10 * 0.15 + 5 * 0.6) / 1e6;  // kRecordedStream: 10 in, 5 out
+
+  grpc::ClientContext context;
+  v1::CompletionResponse response;
+  ASSERT_TRUE(broker.stub().Complete(&context, Hello(), &response).ok());
+  EXPECT_DOUBLE_EQ(response.cost_usd(), kWholeCost);
+  EXPECT_EQ(response.billed_usage().prompt_tokens(), 19);
+  EXPECT_EQ(response.billed_usage().total_tokens(), 29);
+
+  auto streamed = Stream(broker.stub(), Hello());
+  ASSERT_TRUE(streamed.status.ok()) << streamed.status.error_message();
+  ASSERT_TRUE(streamed.done.has_value());
+  EXPECT_DOUBLE_EQ(streamed.done->cost_usd(), kStreamCost);
+  EXPECT_EQ(streamed.done->billed_usage().total_tokens(), 15);
+
+  // Fanout: both providers answered and both are billed; the answer's usage is one of them.
+  auto fanout = Hello();
+  fanout.set_strategy("fanout");
+  grpc::ClientContext fanout_context;
+  v1::CompletionResponse both;
+  ASSERT_TRUE(broker.stub().Complete(&fanout_context, fanout, &both).ok());
+  ASSERT_EQ(both.candidates_size(), 2);
+  EXPECT_EQ(both.usage().total_tokens(), 29);
+  EXPECT_EQ(both.billed_usage().total_tokens(), 58);
+  EXPECT_DOUBLE_EQ(both.cost_usd(), 2 * kWholeCost);
+
+  // A model without a price costs nothing, but its tokens are still billed.
+  auto unpriced = Hello();
+  unpriced.set_model("gpt-4o");
+  grpc::ClientContext unpriced_context;
+  v1::CompletionResponse free;
+  ASSERT_TRUE(broker.stub().Complete(&unpriced_context, unpriced, &free).ok());
+  EXPECT_EQ(free.cost_usd(), 0);
+  EXPECT_EQ(free.billed_usage().total_tokens(), 29);
 }
 
 TEST(LlmBrokerServiceTest, Provider500FailsOverToTheSecondProvider) {

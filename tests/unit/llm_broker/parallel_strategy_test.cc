@@ -10,6 +10,7 @@
 
 #include "gtest/gtest.h"
 #include "services/llm_broker/broker.h"
+#include "services/llm_broker/instrumented_provider.h"
 
 namespace anima::broker {
 namespace {
@@ -404,6 +405,84 @@ TEST(ResponseCacheTest, KeysCoverWhatShapesTheAnswerAndTheOldestIsEvicted) {
   EXPECT_FALSE(cache.Get("k1").has_value());
   EXPECT_TRUE(cache.Get("k2").has_value());
   EXPECT_TRUE(cache.Get("k3").has_value());
+}
+
+// HeldProviders behind the InstrumentedProvider that prices their calls, as main.cc builds them.
+struct PricedProviders {
+  std::shared_ptr<HeldProvider> a = std::make_shared<HeldProvider>("a");
+  std::shared_ptr<HeldProvider> b = std::make_shared<HeldProvider>("b");
+  std::shared_ptr<HeldProvider> c = std::make_shared<HeldProvider>("c");
+  std::vector<std::shared_ptr<Provider>> All() {
+    // a: $1 in / $2 out per million tokens; b ten times that; c has no price.
+    return {Priced(a, {{"a-model", {1, 2}}}), Priced(b, {{"b-model", {10, 20}}}), Priced(c, {})};
+  }
+  static std::shared_ptr<Provider> Priced(std::shared_ptr<Provider> inner,
+                                          std::map<std::string, ModelPrice> prices) {
+    ProviderGuards guards;
+    guards.prices = std::move(prices);
+    return std::make_shared<InstrumentedProvider>(std::move(inner), nullptr, guards);
+  }
+};
+
+// Every HeldProvider answer uses 3 prompt and 4 completion tokens.
+constexpr double kCostOfA = (3 * 1 + 4 * 2) / 1e6;
+constexpr double kCostOfB = (3 * 10 + 4 * 20) / 1e6;
+
+std::map<std::string, std::shared_ptr<Strategy>> ParallelStrategies(
+    std::shared_ptr<Scheduler> scheduler) {
+  return {{"race", std::make_shared<ParallelStrategy>(ParallelMode::kRace, scheduler)},
+          {"fanout", std::make_shared<ParallelStrategy>(ParallelMode::kFanout, scheduler)}};
+}
+
+TEST(BrokerBillingTest, FanoutBillsEveryCandidateThatAnswered) {
+  PricedProviders p;
+  Broker broker(p.All(), ParallelStrategies(std::make_shared<ManualScheduler>()), "fanout");
+  Recorder recorder;
+  ChatRequest request;
+  request.messages = {{"user", "hi"}};
+  ASSERT_TRUE(broker.Start(request, recorder.Sink()).ok());
+  p.a->Succeed("from a");
+  p.b->Fail("http_503");   // no usage, nothing billed
+  p.c->Succeed("from c");  // usage without a price: tokens billed, no cost
+  ASSERT_TRUE(recorder.outcome && recorder.outcome->result);
+  EXPECT_EQ(recorder.outcome->result->text, "from a");
+  EXPECT_DOUBLE_EQ(recorder.outcome->result->cost_usd, kCostOfA);
+  const Bill& billed = recorder.outcome->billed;
+  EXPECT_EQ(billed.usage.prompt_tokens, 6);
+  EXPECT_EQ(billed.usage.completion_tokens, 8);
+  EXPECT_EQ(billed.usage.total_tokens, 14);
+  EXPECT_DOUBLE_EQ(billed.cost_usd, kCostOfA);
+}
+
+TEST(BrokerBillingTest, ARaceLoserThatAnsweredIsBilledTooAndCachedAnswersAreFree) {
+  PricedProviders p;
+  p.b->cancel_later = true;  // b's answer arrives before its cancellation takes effect
+  Broker broker(p.All(), ParallelStrategies(std::make_shared<ManualScheduler>()), "race");
+  broker.EnableCache(std::make_shared<ResponseCache>(10, std::chrono::minutes(1)), nullptr);
+  Recorder recorder;
+  ChatRequest request;
+  request.messages = {{"user", "hi"}};
+  request.stream = true;
+  request.temperature = 0;
+  ASSERT_TRUE(broker.Start(request, recorder.Sink()).ok());
+  p.a->Delta("from ");  // a wins
+  EXPECT_TRUE(p.b->cancelled());
+  p.b->Succeed("too late");
+  EXPECT_TRUE(p.c->cancelled());
+  p.a->Succeed("from a");
+  ASSERT_TRUE(recorder.outcome && recorder.outcome->result);
+  EXPECT_EQ(recorder.outcome->result->provider, "a");
+  EXPECT_EQ(recorder.outcome->billed.usage.total_tokens, 14);
+  EXPECT_DOUBLE_EQ(recorder.outcome->billed.cost_usd, kCostOfA + kCostOfB);
+
+  // The same deterministic request again: answered from the cache, no provider call, no bill.
+  p.a->call.reset();
+  Recorder cached;
+  ASSERT_TRUE(broker.Start(request, cached.Sink()).ok());
+  EXPECT_FALSE(p.a->started());
+  ASSERT_TRUE(cached.outcome && cached.outcome->result);
+  EXPECT_EQ(cached.outcome->billed.usage.total_tokens, 0);
+  EXPECT_DOUBLE_EQ(cached.outcome->billed.cost_usd, 0);
 }
 
 }  // namespace

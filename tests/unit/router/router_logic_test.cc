@@ -72,21 +72,58 @@ TEST(ErrorMappingTest, GrpcCodesMapToProtocolCodes) {
             "internal");
 }
 
+TEST(ErrorMappingTest, QuotaRefusalsCarryTheirLimitAndRetryHint) {
+  anima::v1::BrokerFailure failure;
+  failure.set_code("quota_exceeded");
+  failure.set_message("5 jobs submitted today");
+  failure.set_limit("jobs_per_day");
+  failure.set_retry_after_ms(3600000);
+  auto error = ErrorFromStatus(
+      grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, "quota", failure.SerializeAsString()),
+      "self-coding");
+  EXPECT_EQ(error.code(), "quota_exceeded");
+  EXPECT_EQ(error.limit(), "jobs_per_day");
+  EXPECT_EQ(error.retry_after_ms(), 3600000);
+  EXPECT_EQ(error.message(), "5 jobs submitted today");
+  // RESOURCE_EXHAUSTED without a BrokerFailure is a full queue, not a quota.
+  auto bare = ErrorFromStatus(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, "full"), "b");
+  EXPECT_EQ(bare.code(), "overloaded");
+  EXPECT_TRUE(bare.limit().empty());
+}
+
+using Limits = ConversationMemory::Limits;
+
 TEST(ConversationMemoryTest, KeepsTheLastTurnsInOrder) {
-  ConversationMemory memory(
-      {.max_turns = 2, .max_conversations = 10, .max_age = std::chrono::seconds(60)});
-  memory.Append("c", "q1", "a1");
-  memory.Append("c", "q2", "a2");
-  memory.Append("c", "q3", "a3");
-  auto history = memory.History("c");
+  ConversationMemory memory({.max_turns = 2, .max_conversations = 10});
+  memory.Append({"p", "c"}, "q1", "a1");
+  memory.Append({"p", "c"}, "q2", "a2");
+  memory.Append({"p", "c"}, "q3", "a3");
+  auto history = memory.History({"p", "c"});
   ASSERT_EQ(history.size(), 4);
   EXPECT_EQ(history[0].role(), "user");
   EXPECT_EQ(history[0].content(), "q2");
   EXPECT_EQ(history[1].role(), "assistant");
   EXPECT_EQ(history[1].content(), "a2");
   EXPECT_EQ(history[3].content(), "a3");
-  EXPECT_TRUE(memory.History("other").empty());
-  EXPECT_TRUE(memory.History("").empty());
+  EXPECT_TRUE(memory.History({"p", "other"}).empty());
+  EXPECT_TRUE(memory.History({"p", ""}).empty());
+}
+
+TEST(ConversationMemoryTest, TheSameIdOfTwoPrincipalsIsTwoConversations) {
+  ConversationMemory memory(Limits{});
+  memory.Append({"alice", "conv-1"}, "alice asks", "to alice");
+  EXPECT_TRUE(memory.History({"bob", "conv-1"}).empty());
+  memory.Append({"bob", "conv-1"}, "bob asks", "to bob");
+  auto alice = memory.History({"alice", "conv-1"});
+  auto bob = memory.History({"bob", "conv-1"});
+  ASSERT_EQ(alice.size(), 2);
+  ASSERT_EQ(bob.size(), 2);
+  EXPECT_EQ(alice[0].content(), "alice asks");
+  EXPECT_EQ(bob[0].content(), "bob asks");
+  EXPECT_EQ(memory.size(), 2u);
+  // No principal/id pair can be spelled as another one.
+  memory.Append({"ab", "c"}, "x", "y");
+  EXPECT_TRUE(memory.History({"a", "bc"}).empty());
 }
 
 TEST(ConversationMemoryTest, ForgetsTheLeastRecentlyUsedAndTheOld) {
@@ -94,18 +131,93 @@ TEST(ConversationMemoryTest, ForgetsTheLeastRecentlyUsedAndTheOld) {
   ConversationMemory memory(
       {.max_turns = 5, .max_conversations = 2, .max_age = std::chrono::seconds(60)},
       [&now] { return now; });
-  memory.Append("a", "q", "r");
-  memory.Append("b", "q", "r");
-  memory.History("a");  // reading does not refresh: only a new turn does
-  memory.Append("a", "q2", "r2");
-  memory.Append("c", "q", "r");  // evicts b, the least recently used
+  memory.Append({"p", "a"}, "q", "r");
+  memory.Append({"p", "b"}, "q", "r");
+  memory.History({"p", "a"});  // reading does not refresh: only a new turn does
+  memory.Append({"p", "a"}, "q2", "r2");
+  memory.Append({"p", "c"}, "q", "r");  // evicts b, the least recently used
   EXPECT_EQ(memory.size(), 2u);
-  EXPECT_TRUE(memory.History("b").empty());
-  EXPECT_EQ(memory.History("a").size(), 4);
+  EXPECT_TRUE(memory.History({"p", "b"}).empty());
+  EXPECT_EQ(memory.History({"p", "a"}).size(), 4);
 
   now += std::chrono::seconds(61);
-  EXPECT_TRUE(memory.History("a").empty());
+  EXPECT_TRUE(memory.History({"p", "a"}).empty());
   EXPECT_EQ(memory.size(), 0u);
+  EXPECT_EQ(memory.bytes(), 0u);
+}
+
+TEST(ConversationMemoryTest, LongMessagesAreCutWithAMarker) {
+  ConversationMemory memory({.max_message_bytes = 100});
+  std::string huge(1 << 20, 'x');
+  memory.Append({"p", "c"}, huge, huge);
+  auto history = memory.History({"p", "c"});
+  ASSERT_EQ(history.size(), 2);
+  for (const auto& message : history) {
+    EXPECT_EQ(message.content().size(), 100u);
+    EXPECT_TRUE(message.content().ends_with(ConversationMemory::kTruncatedMarker));
+    EXPECT_EQ(message.content().rfind(std::string(10, 'x'), 0), 0u);
+  }
+  EXPECT_LT(memory.bytes(), 1000u);
+
+  // The cut never splits a character: "é" is two bytes, and 100 - 12 bytes of marker leave an
+  // even number of bytes only after whole characters.
+  std::string accents;
+  while (accents.size() < 200) accents += "\xc3\xa9";
+  memory.Append({"p", "utf8"}, "x" + accents, "short");
+  auto cut = memory.History({"p", "utf8"})[0].content();
+  std::string kept = cut.substr(0, cut.size() - ConversationMemory::kTruncatedMarker.size());
+  ASSERT_FALSE(kept.empty());
+  EXPECT_EQ(kept.size() % 2, 1u) << "x, then whole two-byte characters";
+  EXPECT_EQ(memory.History({"p", "utf8"})[1].content(), "short") << "short messages stay whole";
+}
+
+TEST(ConversationMemoryTest, TheByteBudgetForgetsWholeConversationsLeastRecentlyUsedFirst) {
+  // Small turns: a thousand one-turn conversations fit in well under 2 KB each.
+  ConversationMemory roomy({.max_conversations = 100000, .max_bytes = 2000 * 1000});
+  for (int i = 0; i < 1000; ++i) {
+    roomy.Append({"principal", "conv-" + std::to_string(i)}, "what is two and two?", "four");
+  }
+  EXPECT_EQ(roomy.size(), 1000u);
+
+  ConversationMemory memory({.max_turns = 10, .max_bytes = 4000, .max_message_bytes = 500});
+  std::string text(400, 'y');
+  memory.Append({"p", "old"}, text, text);
+  memory.Append({"p", "old"}, text, text);
+  memory.Append({"p", "newer"}, text, text);
+  EXPECT_EQ(memory.size(), 2u);
+  size_t before = memory.bytes();
+  // Each further turn costs ~850 bytes: the budget is reached and "old" goes, both its turns.
+  memory.Append({"p", "newer"}, text, text);
+  memory.Append({"p", "newer"}, text, text);
+  memory.Append({"p", "newest"}, text, text);
+  EXPECT_LE(memory.bytes(), 4000u);
+  EXPECT_GT(memory.bytes(), before);
+  EXPECT_TRUE(memory.History({"p", "old"}).empty());
+  EXPECT_EQ(memory.History({"p", "newer"}).size(), 6);
+  EXPECT_EQ(memory.History({"p", "newest"}).size(), 2);
+
+  // A budget of nothing remembers nothing, and stays within it.
+  ConversationMemory none({.max_bytes = 0});
+  none.Append({"p", "c"}, "q", "a");
+  EXPECT_TRUE(none.History({"p", "c"}).empty());
+  EXPECT_EQ(none.bytes(), 0u);
+}
+
+TEST(ChatTranslationTest, ResponseCarriesWhatTheBrokerBilled) {
+  anima::v1::CompletionResponse completion;
+  completion.set_message("hi");
+  completion.mutable_usage()->set_total_tokens(7);
+  completion.set_cost_usd(0.0042);
+  completion.mutable_billed_usage()->set_prompt_tokens(10);
+  completion.mutable_billed_usage()->set_completion_tokens(11);
+  completion.mutable_billed_usage()->set_total_tokens(21);
+  auto response = ToChatResponse(completion, "conv-9");
+  EXPECT_EQ(response.conversation_id(), "conv-9");
+  EXPECT_EQ(response.usage().total_tokens(), 7);
+  EXPECT_DOUBLE_EQ(response.cost_usd(), 0.0042);
+  EXPECT_EQ(response.billed_usage().prompt_tokens(), 10);
+  EXPECT_EQ(response.billed_usage().completion_tokens(), 11);
+  EXPECT_EQ(response.billed_usage().total_tokens(), 21);
 }
 
 TEST(ChatTranslationTest, RequestCarriesHistoryThenTheNewMessage) {

@@ -1,11 +1,16 @@
-// The router in process, through a real gRPC client, against a fake broker on a real port.
+// The router in process, through a real gRPC client, against fake downstream services on real
+// ports.
 #include <map>
+#include <mutex>
 #include <thread>
 
 #include "anima/v1/llm_broker.grpc.pb.h"
+#include "anima/v1/module.grpc.pb.h"
 #include "anima/v1/router.grpc.pb.h"
+#include "anima/v1/self_coding.grpc.pb.h"
 #include "gtest/gtest.h"
 #include "services/common/grpc_server.h"
+#include "services/common/identity.h"
 #include "services/router/router_service.h"
 #include "services/router/state_poller.h"
 
@@ -14,12 +19,32 @@ namespace {
 
 using anima::v1::Event;
 
+// The identity each downstream RPC arrived with, by RPC name ("Complete", "Run", ...).
+class IdentityLog {
+ public:
+  void Record(const std::string& rpc, const grpc::ServerContext& context) {
+    std::lock_guard lock(mu_);
+    seen_[rpc] = common::IdentityOf(context);
+  }
+  std::optional<common::Identity> Of(const std::string& rpc) {
+    std::lock_guard lock(mu_);
+    auto it = seen_.find(rpc);
+    if (it == seen_.end()) return std::nullopt;
+    return it->second;
+  }
+
+ private:
+  std::mutex mu_;
+  std::map<std::string, common::Identity> seen_;
+};
+
 // Replies with the last user message reversed, as deltas of 2 characters; messages starting
 // with "fail" fail like the broker does when every provider failed.
 class FakeBroker final : public anima::v1::LlmBroker::Service {
  public:
   grpc::Status Complete(grpc::ServerContext* ctx, const anima::v1::CompletionRequest* req,
                         anima::v1::CompletionResponse* res) override {
+    identities.Record("Complete", *ctx);
     last_request = *req;
     if (req->messages().rbegin()->content().rfind("fail", 0) == 0) return Failure();
     *res = Reply(*req);
@@ -27,6 +52,7 @@ class FakeBroker final : public anima::v1::LlmBroker::Service {
   }
   grpc::Status StreamComplete(grpc::ServerContext* ctx, const anima::v1::CompletionRequest* req,
                               grpc::ServerWriter<anima::v1::CompletionChunk>* writer) override {
+    identities.Record("StreamComplete", *ctx);
     last_request = *req;
     if (req->messages().rbegin()->content().rfind("fail", 0) == 0) return Failure();
     auto reply = Reply(*req);
@@ -41,8 +67,9 @@ class FakeBroker final : public anima::v1::LlmBroker::Service {
     return grpc::Status::OK;
   }
 
-  grpc::Status ListModels(grpc::ServerContext*, const anima::v1::ListModelsRequest*,
+  grpc::Status ListModels(grpc::ServerContext* ctx, const anima::v1::ListModelsRequest*,
                           anima::v1::ListModelsResponse* res) override {
+    identities.Record("ListModels", *ctx);
     auto* m = res->add_models();
     m->set_id("fake/fake-1");
     m->set_provider("fake");
@@ -51,6 +78,7 @@ class FakeBroker final : public anima::v1::LlmBroker::Service {
   }
 
   anima::v1::CompletionRequest last_request;
+  IdentityLog identities;
 
  private:
   static anima::v1::CompletionResponse Reply(const anima::v1::CompletionRequest& req) {
@@ -64,6 +92,11 @@ class FakeBroker final : public anima::v1::LlmBroker::Service {
     res.mutable_usage()->set_prompt_tokens(3);
     res.mutable_usage()->set_completion_tokens(2);
     res.mutable_usage()->set_total_tokens(5);
+    // As if a losing candidate had answered too: billed for both.
+    res.set_cost_usd(0.25);
+    res.mutable_billed_usage()->set_prompt_tokens(6);
+    res.mutable_billed_usage()->set_completion_tokens(4);
+    res.mutable_billed_usage()->set_total_tokens(10);
     return res;
   }
   static grpc::Status Failure() {
@@ -83,12 +116,13 @@ class RouterServiceTest : public ::testing::Test {
     StartRouter(broker_address_);
   }
 
-  void StartRouter(const std::string& broker_address) {
+  // `others`: the self-coding and module channels, if any.
+  void StartRouter(const std::string& broker_address, Downstreams others = {}) {
     auto channel = common::MakeChannel(broker_address, nullptr);
     poller_ =
         std::make_unique<StatePoller>(std::vector<Backend>{{"llm-broker", broker_address, channel}},
                                       std::chrono::milliseconds(100000), &counters_);
-    Downstreams downstreams;
+    Downstreams downstreams = std::move(others);
     downstreams.broker = channel;
     service_ = std::make_unique<RouterService>(downstreams, &config_, poller_.get(), &counters_,
                                                registry_, RouterOptions{});
@@ -99,8 +133,11 @@ class RouterServiceTest : public ::testing::Test {
         common::MakeChannel("127.0.0.1:" + std::to_string(router_server_->port()), nullptr));
   }
 
-  std::vector<Event> Dispatch(const anima::v1::Envelope& env) {
+  // `identity`: sent as the gateway sends it; none: the router sees the local principal.
+  std::vector<Event> Dispatch(const anima::v1::Envelope& env,
+                              const std::optional<common::Identity>& identity = std::nullopt) {
     grpc::ClientContext ctx;
+    if (identity) common::AttachIdentity(*identity, &ctx);
     auto reader = stub_->Dispatch(&ctx, env);
     std::vector<Event> events;
     Event e;
@@ -142,6 +179,18 @@ TEST_F(RouterServiceTest, ChatWithoutStreamGivesOneResponse) {
   EXPECT_EQ(broker_.last_request.request_id(), "r-test");
 }
 
+TEST_F(RouterServiceTest, ChatResponsesCarryWhatTheBrokerBilled) {
+  for (bool stream : {false, true}) {
+    auto events = Dispatch(Chat("hello", stream, "conv-bill"));
+    ASSERT_FALSE(events.empty());
+    ASSERT_TRUE(events.back().has_chat_response()) << stream;
+    const auto& response = events.back().chat_response();
+    EXPECT_DOUBLE_EQ(response.cost_usd(), 0.25);
+    EXPECT_EQ(response.billed_usage().total_tokens(), 10);
+    EXPECT_EQ(response.usage().total_tokens(), 5) << "the answer's own usage is unchanged";
+  }
+}
+
 TEST_F(RouterServiceTest, ChatStreamGivesDeltasThenResponse) {
   auto events = Dispatch(Chat("abcdef", true));
   ASSERT_EQ(events.size(), 4u);
@@ -152,8 +201,54 @@ TEST_F(RouterServiceTest, ChatStreamGivesDeltasThenResponse) {
   }
   EXPECT_EQ(joined, "fedcba");
   ASSERT_TRUE(events[3].has_chat_response());
-  // No conversation id given: the router made one, so the client can continue it.
-  EXPECT_EQ(events[3].chat_response().conversation_id().rfind("conv-", 0), 0u);
+  // No conversation id given: the router made one, so the client can continue it; 128 random
+  // bits, so another client cannot guess it.
+  const std::string& id = events[3].chat_response().conversation_id();
+  ASSERT_EQ(id.size(), 5u + 32u) << id;
+  EXPECT_EQ(id.rfind("conv-", 0), 0u);
+  EXPECT_EQ(id.find_first_not_of("0123456789abcdef", 5), std::string::npos) << id;
+  auto again = Dispatch(Chat("abcdef", true));
+  ASSERT_FALSE(again.empty());
+  EXPECT_NE(again.back().chat_response().conversation_id(), id);
+}
+
+TEST_F(RouterServiceTest, PrincipalsSharingAConversationIdNeverSeeEachOthersTurns) {
+  common::Identity alice{.principal = "alice"};
+  common::Identity bob{.principal = "bob"};
+  Dispatch(Chat("alice secret", false, "conv-shared"), alice);
+  Dispatch(Chat("bob asks", false, "conv-shared"), bob);
+  ASSERT_EQ(broker_.last_request.messages_size(), 1) << "bob's conversation is new and empty";
+  EXPECT_EQ(broker_.last_request.messages(0).content(), "bob asks");
+
+  Dispatch(Chat("alice again", true, "conv-shared"), alice);
+  const auto& msgs = broker_.last_request.messages();
+  ASSERT_EQ(msgs.size(), 3) << "alice sees her own turn and not bob's";
+  EXPECT_EQ(msgs[0].content(), "alice secret");
+  EXPECT_EQ(msgs[2].content(), "alice again");
+
+  // Without an identity the caller is the local principal: a third conversation.
+  Dispatch(Chat("anonymous", false, "conv-shared"));
+  EXPECT_EQ(broker_.last_request.messages_size(), 1);
+}
+
+TEST_F(RouterServiceTest, TheCallersIdentityGoesToTheBroker) {
+  common::Identity carol{.principal = "carol", .admin = true, .job_limits = {2, 20}};
+  Dispatch(Chat("hello", false, "c-1"), carol);
+  Dispatch(Chat("hello", true, "c-1"), carol);
+  for (const char* rpc : {"Complete", "StreamComplete"}) {
+    auto seen = broker_.identities.Of(rpc);
+    ASSERT_TRUE(seen.has_value()) << rpc;
+    EXPECT_EQ(seen->principal, "carol") << rpc;
+    EXPECT_TRUE(seen->admin) << rpc;
+    EXPECT_EQ(seen->job_limits, (common::JobLimits{2, 20})) << rpc;
+  }
+  grpc::ClientContext ctx;
+  common::AttachIdentity(common::Identity{.principal = "dave"}, &ctx);
+  anima::v1::ListModelsResponse res;
+  ASSERT_TRUE(stub_->ListModels(&ctx, anima::v1::ListModelsRequest(), &res).ok());
+  ASSERT_TRUE(broker_.identities.Of("ListModels").has_value());
+  EXPECT_EQ(broker_.identities.Of("ListModels")->principal, "dave");
+  EXPECT_FALSE(broker_.identities.Of("ListModels")->admin);
 }
 
 TEST_F(RouterServiceTest, ConversationTurnsAreSentAsContext) {
@@ -315,6 +410,175 @@ TEST_F(RouterServiceTest, WatchStateStreamsSnapshots) {
   while (reader->Read(&state)) {
   }
   EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::CANCELLED);
+}
+
+// Answers every job at once; the task "over quota" is refused as self-coding refuses a principal
+// over its job quota.
+class FakeSelfCoding final : public anima::v1::SelfCoding::Service {
+ public:
+  grpc::Status Run(grpc::ServerContext* ctx, const anima::v1::SubmitRequest* req,
+                   grpc::ServerWriter<anima::v1::JobEvent>* writer) override {
+    identities.Record("Run", *ctx);
+    if (req->task() == "over quota") {
+      anima::v1::BrokerFailure failure;
+      failure.set_code("quota_exceeded");
+      failure.set_message("2 jobs are already in flight");
+      failure.set_limit("jobs_in_flight");
+      failure.set_retry_after_ms(1500);
+      return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, "quota",
+                          failure.SerializeAsString());
+    }
+    anima::v1::JobEvent accepted;
+    accepted.mutable_accepted()->set_job_id("job-1");
+    writer->Write(accepted);
+    writer->Write(Result("succeeded"));
+    return grpc::Status::OK;
+  }
+  grpc::Status Watch(grpc::ServerContext* ctx, const anima::v1::WatchRequest*,
+                     grpc::ServerWriter<anima::v1::JobEvent>* writer) override {
+    identities.Record("Watch", *ctx);
+    writer->Write(Result("succeeded"));
+    return grpc::Status::OK;
+  }
+  grpc::Status Cancel(grpc::ServerContext* ctx, const anima::v1::CancelRequest*,
+                      anima::v1::CancelResponse* res) override {
+    identities.Record("Cancel", *ctx);
+    *res->mutable_result() = Result("cancelled").result();
+    return grpc::Status::OK;
+  }
+
+  IdentityLog identities;
+
+ private:
+  static anima::v1::JobEvent Result(const std::string& status) {
+    anima::v1::JobEvent event;
+    event.mutable_result()->set_job_id("job-1");
+    event.mutable_result()->set_status(status);
+    return event;
+  }
+};
+
+// An external module that answers every request with one final event.
+class FakeModule final : public anima::v1::Module::Service {
+ public:
+  grpc::Status Handle(grpc::ServerContext* ctx, const anima::v1::ModuleRequest* req,
+                      grpc::ServerWriter<anima::v1::ModuleEvent>* writer) override {
+    identities.Record("Handle", *ctx);
+    anima::v1::ModuleEvent event;
+    event.set_payload_json(R"({"type":"echoed"})");
+    event.set_final(true);
+    writer->Write(event);
+    return grpc::Status::OK;
+  }
+
+  IdentityLog identities;
+};
+
+// The router with self-coding and an external module ("echo", serving the type "echo") deployed.
+class RouterDownstreamsTest : public RouterServiceTest {
+ protected:
+  void SetUp() override {
+    broker_server_ = *common::GrpcServer::Start("127.0.0.1:0", {&broker_}, registry_);
+    broker_address_ = "127.0.0.1:" + std::to_string(broker_server_->port());
+    self_coding_server_ = *common::GrpcServer::Start("127.0.0.1:0", {&self_coding_}, registry_);
+    module_server_ = *common::GrpcServer::Start("127.0.0.1:0", {&module_}, registry_);
+    std::string module_address = "127.0.0.1:" + std::to_string(module_server_->port());
+    config_.modules.push_back(ModuleRoute{"echo", module_address, {"echo"}});
+    Downstreams others;
+    others.self_coding =
+        common::MakeChannel("127.0.0.1:" + std::to_string(self_coding_server_->port()), nullptr);
+    others.modules["echo"] = common::MakeChannel(module_address, nullptr);
+    StartRouter(broker_address_, std::move(others));
+  }
+
+  static void ExpectIdentity(IdentityLog& log, const std::string& rpc,
+                             const common::Identity& expected) {
+    auto seen = log.Of(rpc);
+    ASSERT_TRUE(seen.has_value()) << rpc << " was not called";
+    EXPECT_EQ(seen->principal, expected.principal) << rpc;
+    EXPECT_EQ(seen->admin, expected.admin) << rpc;
+    EXPECT_EQ(seen->job_limits, expected.job_limits) << rpc;
+  }
+
+  FakeSelfCoding self_coding_;
+  FakeModule module_;
+  std::unique_ptr<common::GrpcServer> self_coding_server_;
+  std::unique_ptr<common::GrpcServer> module_server_;
+};
+
+TEST_F(RouterDownstreamsTest, TheCallersIdentityGoesToSelfCodingAndModules) {
+  common::Identity erin{.principal = "erin@example.com", .job_limits = {1, 5}};
+  anima::v1::Envelope run;
+  run.set_type("self_coding_request");
+  run.mutable_self_coding()->set_task("write fizzbuzz");
+  auto events = Dispatch(run, erin);
+  ASSERT_EQ(events.size(), 2u);
+  EXPECT_EQ(events[1].self_coding_result().status(), "succeeded");
+
+  anima::v1::Envelope watch;
+  watch.set_type("self_coding_watch");
+  watch.mutable_self_coding_watch()->set_job_id("job-1");
+  events = Dispatch(watch, erin);
+  ASSERT_EQ(events.size(), 1u);
+  EXPECT_TRUE(events[0].has_self_coding_result());
+
+  anima::v1::Envelope cancel;
+  cancel.set_type("self_coding_cancel");
+  cancel.mutable_self_coding_cancel()->set_job_id("job-1");
+  events = Dispatch(cancel, erin);
+  ASSERT_EQ(events.size(), 1u);
+  EXPECT_EQ(events[0].self_coding_result().status(), "cancelled");
+
+  anima::v1::Envelope echo;
+  echo.set_type("echo");
+  echo.set_raw_json(R"({"type":"echo"})");
+  events = Dispatch(echo, erin);
+  ASSERT_EQ(events.size(), 1u);
+  EXPECT_EQ(events[0].raw_json(), R"({"type":"echoed"})");
+
+  for (const char* rpc : {"Run", "Watch", "Cancel"})
+    ExpectIdentity(self_coding_.identities, rpc, erin);
+  ExpectIdentity(module_.identities, "Handle", erin);
+
+  // A request without identity metadata acts for the local principal, not for the last caller.
+  Dispatch(watch);
+  ExpectIdentity(self_coding_.identities, "Watch", common::Identity{});
+}
+
+TEST_F(RouterDownstreamsTest, AJobQuotaRefusalReachesTheClientWithItsLimit) {
+  anima::v1::Envelope run;
+  run.set_type("self_coding_request");
+  run.mutable_self_coding()->set_task("over quota");
+  auto events = Dispatch(run, common::Identity{.principal = "frank"});
+  ASSERT_EQ(events.size(), 1u);
+  ASSERT_TRUE(events[0].has_error());
+  EXPECT_EQ(events[0].error().code(), "quota_exceeded");
+  EXPECT_EQ(events[0].error().limit(), "jobs_in_flight");
+  EXPECT_EQ(events[0].error().retry_after_ms(), 1500);
+}
+
+TEST_F(RouterDownstreamsTest, ModuleTrafficIsCountedUnderTheModuleType) {
+  anima::v1::Envelope echo;
+  echo.set_type("echo");
+  echo.set_raw_json(R"({"type":"echo"})");
+  ASSERT_EQ(Dispatch(echo).size(), 1u);
+  auto counted = [this] {
+    double n = 0;
+    for (const auto& family : registry_.Collect()) {
+      if (family.name != "anima_router_requests_total") continue;
+      for (const auto& metric : family.metric) {
+        for (const auto& label : metric.label) {
+          if (label.name == "type" && label.value == "module") n += metric.counter.value;
+        }
+      }
+    }
+    return n;
+  };
+  // The call is counted when the router's side of it is done, which may follow the client's.
+  for (int i = 0; i < 5000 && counted() == 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  EXPECT_EQ(counted(), 1);
 }
 
 }  // namespace
