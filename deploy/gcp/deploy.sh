@@ -9,6 +9,9 @@
 #
 # Keys: OPENAI_API_KEY, VENICE_API_KEY, GEMINI_API_KEY from the environment; those set replace
 # the stored ones, and with none set the Secret is left as it is. Keys are never printed.
+# Clients: the gateway runs with auth on. The first run creates its keys file (the Secret
+# anima-gateway-auth) with one admin key, kept in the Secret anima-admin-key and never printed;
+# later runs leave both alone (edit the keys file with tools/anima keys, docs/security.md).
 # --dry-run prints every command it would run and runs none (nothing is created or read).
 # Needs gcloud (authenticated) and kubectl; run from anywhere.
 set -euo pipefail
@@ -28,7 +31,7 @@ KEYS=(OPENAI_API_KEY VENICE_API_KEY GEMINI_API_KEY)
 OVERLAY_REGISTRY="europe-west1-docker.pkg.dev/anima-project/anima"
 
 usage() {
-  sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+  sed -n '2,18p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 
 log() { printf '\033[1mdeploy:\033[0m %s\n' "$*" >&2; }
@@ -179,6 +182,55 @@ if ((${#present[@]})); then
   fi
 else
   log "no provider key in the environment: the Secret is left as it is"
+fi
+
+# The gateway's keys file: created once, with a first admin key, then left to the operator.
+has_auth_keys() {
+  if ((DRY_RUN)); then
+    run kubectl get secret anima-gateway-auth --namespace="$NAMESPACE" -o 'jsonpath={.data.keys\.json}'
+    return 1
+  fi
+  [[ -n "$(kubectl get secret anima-gateway-auth --namespace="$NAMESPACE" \
+    -o 'jsonpath={.data.keys\.json}' 2>/dev/null)" ]]
+}
+if has_auth_keys; then
+  log "the gateway's keys file exists (Secret anima-gateway-auth): left as it is"
+else
+  log "creating the gateway's keys file with a first admin key (Secret anima-gateway-auth)"
+  if ((DRY_RUN)); then
+    run kubectl create secret generic anima-gateway-auth --namespace="$NAMESPACE" \
+      --from-file=keys.json="<temporary keys file: principal admin, the key's SHA-256>" \
+      --dry-run=client -o yaml
+    run kubectl apply --server-side --field-manager=anima-auth -f -
+    run kubectl create secret generic anima-admin-key --namespace="$NAMESPACE" \
+      --from-file=key="<temporary file with the new admin key>" --dry-run=client -o yaml
+    run kubectl apply --server-side --field-manager=anima-auth -f -
+  else
+    umask 077
+    admin_key="anima-$(openssl rand -hex 24)"
+    printf '%s' "$admin_key" >"$WORK/admin.key"
+    admin_hash="$(sha256sum "$WORK/admin.key" | cut -d' ' -f1)"
+    cat >"$WORK/keys.json" <<JSON
+{
+  "default_tier": "default",
+  "tiers": {
+    "default": {"requests_per_second": 20, "requests_per_minute": 600, "requests_in_flight": 32,
+                "tokens_per_minute": 200000, "tokens_per_day": 5000000, "cost_per_day": 20,
+                "cost_per_month": 200, "jobs_in_flight": 2, "jobs_per_day": 100}
+  },
+  "principals": {"admin": {"role": "admin"}},
+  "keys": [{"principal": "admin", "sha256": "$admin_hash", "name": "first admin key (deploy.sh)"}]
+}
+JSON
+    kubectl create secret generic anima-gateway-auth --namespace="$NAMESPACE" \
+      --from-file=keys.json="$WORK/keys.json" --dry-run=client -o yaml |
+      kubectl apply --server-side --field-manager=anima-auth -f -
+    kubectl create secret generic anima-admin-key --namespace="$NAMESPACE" \
+      --from-file=key="$WORK/admin.key" --dry-run=client -o yaml |
+      kubectl apply --server-side --field-manager=anima-auth -f -
+    unset admin_key
+  fi
+  log "the first admin key: kubectl get secret anima-admin-key --namespace=$NAMESPACE -o jsonpath='{.data.key}' | base64 -d"
 fi
 
 log "waiting for the rollout"

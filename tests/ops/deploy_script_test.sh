@@ -47,9 +47,17 @@ if [[ "\$1" == create ]]; then
   for a in "\$@"; do
     # The names of the keys, and the key file's mode; never the values.
     [[ "\$a" == --from-env-file=* ]] && cut -d= -f1 "\${a#*=}" && stat -c 'mode %a' "\${a#*=}"
+    # A file becomes the Secret's data, as kubectl renders it.
+    if [[ "\$a" == --from-file=* ]]; then
+      spec="\${a#--from-file=}"
+      printf -- '---\nmetadata: {name: %s}\ndata: {%s: %s}\n' "\$4" "\${spec%%=*}" "\$(base64 -w0 "\${spec#*=}")"
+      stat -c 'mode %a' "\${spec#*=}" | sed 's/^/# /'
+    fi
   done
 fi
 [[ "\$1" == apply && " \$* " == *" -f - "* ]] && cat >>"\$FAKE_STDIN"
+# A keys file exists only where FAKE_EXISTING says so.
+[[ "\$1" == get && " \$* " == *" secret anima-gateway-auth "* && "\${FAKE_EXISTING:-}" == *gateway-auth* ]] && echo e30=
 exit 0
 SH
 chmod +x "$WORK/bin/gcloud" "$WORK/bin/kubectl"
@@ -66,6 +74,7 @@ for expected in "gcloud services enable" "gcloud artifacts repositories create a
   "_REGISTRY=us-central1-docker.pkg.dev/anima-test-1/anima" \
   "kubectl apply --server-side --field-manager=anima-deploy" \
   "kubectl create secret generic anima-provider-keys" "OPENAI_API_KEY GEMINI_API_KEY" \
+  "kubectl create secret generic anima-gateway-auth" "kubectl create secret generic anima-admin-key" \
   "kubectl rollout status statefulset/anima-self-coding" 'value: ["chat.example.org"]' \
   "newName: us-central1-docker.pkg.dev/anima-test-1/anima/anima-gateway, newTag: \"t123\""; do
   grep -qF -- "$expected" <<<"$out" || fail "--dry-run does not print: $expected"
@@ -85,6 +94,23 @@ done
 grep -q sk-test-very-secret <<<"$out" && fail "a run printed a key"
 grep -q "OPENAI_API_KEY" "$FAKE_STDIN" || fail "the Secret applied does not carry OPENAI_API_KEY"
 grep -q "mode 600" "$FAKE_STDIN" || fail "the key file is readable by others"
+# The gateway's keys file: created with an admin key whose SHA-256 it holds; the key itself is
+# only in anima-admin-key, never in the output.
+admin_key="$(python3 -c 'import sys, yaml, base64
+for d in yaml.safe_load_all(sys.stdin):
+    if isinstance(d, dict) and d.get("metadata", {}).get("name") == "anima-admin-key":
+        print(base64.b64decode(d["data"]["key"]).decode())' <"$FAKE_STDIN")"
+[[ "$admin_key" == anima-* ]] || fail "no admin key was stored in anima-admin-key"
+keys_json="$(python3 -c 'import sys, yaml, base64
+for d in yaml.safe_load_all(sys.stdin):
+    if isinstance(d, dict) and d.get("metadata", {}).get("name") == "anima-gateway-auth":
+        print(base64.b64decode(d["data"]["keys.json"]).decode())' <"$FAKE_STDIN")"
+admin_hash="$(printf '%s' "$admin_key" | sha256sum | cut -d' ' -f1)"
+grep -q "$admin_hash" <<<"$keys_json" || fail "the keys file does not hold the admin key's SHA-256"
+grep -qF "$admin_key" <<<"$keys_json" && fail "the keys file holds the admin key itself"
+[[ -n "$admin_key" ]] && grep -qF "$admin_key" <<<"$out" && fail "a run printed the admin key"
+grep -q "anima-admin-key" <<<"$out" || fail "a first run does not say where the admin key is"
+grep -q "^# mode 600" "$FAKE_STDIN" || fail "the admin key file is readable by others"
 [[ -z "$(ls -A "$WORK/tmpdir")" ]] || fail "the key file outlived the run"
 if [[ -n "$REAL_KUBECTL" ]]; then
   grep -q "image: europe-west1-docker.pkg.dev/anima-test-1/anima/anima-router:t123" "$FAKE_RENDER" ||
@@ -96,9 +122,9 @@ echo "ok: a first run creates the repository, the cluster, the images, the Secre
 
 # 3. Again, with everything in place: nothing is created or rebuilt; no keys: Secret untouched.
 : >"$FAKE_LOG"
-PATH="$WORK/bin:$PATH" FAKE_EXISTING="anima images" OPENAI_API_KEY="" VENICE_API_KEY="" GEMINI_API_KEY="" \
+PATH="$WORK/bin:$PATH" FAKE_EXISTING="anima images gateway-auth" OPENAI_API_KEY="" VENICE_API_KEY="" GEMINI_API_KEY="" \
   "$SCRIPT" --project=anima-test-1 --tag=t123 >/dev/null 2>&1 || fail "second run failed"
-grep -E " create |create-auto|builds submit|anima-keys" "$FAKE_LOG" && fail "second run created or rebuilt something"
+grep -E " create |create-auto|builds submit|anima-keys|anima-auth" "$FAKE_LOG" && fail "second run created or rebuilt something"
 grep -q "apply --server-side --field-manager=anima-deploy" "$FAKE_LOG" || fail "second run did not apply"
 echo "ok: a second run reuses the repository, cluster and images and leaves the Secret alone"
 

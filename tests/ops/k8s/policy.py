@@ -10,7 +10,9 @@ seccomp, no service account token; requests and memory limits; liveness and read
 (gRPC for gRPC services); a PodDisruptionBudget for every multi-replica workload; every dns:///
 target names a headless Service with that port; every Secret and ConfigMap a pod uses exists;
 the gateway's grace period covers preStop + drain, and the load balancer's draining covers the
-drain; a default-deny NetworkPolicy; on GKE every metrics port has a PodMonitoring."""
+drain; a gateway listening beyond loopback has auth on (a keys file from a Secret, or a JWT
+secret) and never --allow-unauthenticated; a default-deny NetworkPolicy; on GKE every metrics
+port has a PodMonitoring."""
 import copy
 import json
 import re
@@ -124,7 +126,15 @@ def check(objs, overlay=None):
                 ref = e.get("valueFrom", {}).get("secretKeyRef")
                 if ref and ref["name"] not in by_kind.get("Secret", {}):
                     err(o, f"{where}: env {e['name']}: no Secret {ref['name']}")
-            if "--drain-timeout-ms" in " ".join(c.get("args", [])):
+            args = " ".join(c.get("args", []))
+            if "--allow-unauthenticated" in args:
+                err(o, f"{where}: --allow-unauthenticated: anyone who reaches it spends the keys")
+            is_gateway = "anima-gateway" in image
+            if is_gateway and arg_value(c, "bind") not in (None, "127.0.0.1", "::1"):
+                if not (arg_value(c, "auth-keys-file") or arg_value(c, "auth-jwt-secret-file")):
+                    err(o, f"{where}: listens on {arg_value(c, 'bind')} without auth "
+                           "(--auth-keys-file or --auth-jwt-secret-file)")
+            if "--drain-timeout-ms" in args:
                 drain = int(arg_value(c, "drain-timeout-ms")) / 1000
                 grace = spec.get("terminationGracePeriodSeconds", 30)
                 pre = prestop_seconds(c)
@@ -149,11 +159,17 @@ def check(objs, overlay=None):
             cm = v.get("configMap", {}).get("name")
             if cm and cm not in by_kind.get("ConfigMap", {}):
                 err(o, f"volume {v['name']}: no ConfigMap {cm}")
+            secret = v.get("secret", {}).get("secretName")
+            if secret and secret not in by_kind.get("Secret", {}):
+                err(o, f"volume {v['name']}: no Secret {secret}")
         if o["kind"] == "StatefulSet":
             claims = {t["metadata"]["name"] for t in o["spec"].get("volumeClaimTemplates", [])}
             mounts = {m["name"]: m["mountPath"] for c in spec["containers"] for m in c.get("volumeMounts", [])}
             data_dir = next((arg_value(c, "data-dir") for c in spec["containers"] if arg_value(c, "data-dir")), None)
-            if not claims or data_dir is None or data_dir not in [mounts.get(n) for n in claims]:
+            on_claim = data_dir is not None and any(
+                mounts.get(n) and (data_dir + "/").startswith(mounts[n].rstrip("/") + "/")
+                for n in claims)
+            if not claims or not on_claim:
                 err(o, "the --data-dir is not on a volumeClaimTemplate")
     return errors
 
@@ -185,6 +201,10 @@ def self_test(objs):
         "no data volume": lambda b: first(b, "StatefulSet")["spec"].pop("volumeClaimTemplates"),
         "short lb timeout": lambda b: first(b, "BackendConfig")["spec"].update(timeoutSec=30),
         "http probe on grpc": lambda b: container(b, "anima-router").update(readinessProbe={"httpGet": {"path": "/", "port": 50051}}),
+        "public without auth": lambda b: container(b).update(
+            args=[a for a in container(b)["args"] if not a.startswith("--auth-")]),
+        "allow unauthenticated": lambda b: container(b)["args"].append("--allow-unauthenticated"),
+        "no auth secret": lambda b: b.remove(first(b, "Secret", "anima-gateway-auth")),
     }
     failed = []
     for what, f in cases.items():
