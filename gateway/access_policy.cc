@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include <cctype>
+#include <vector>
 
 namespace anima::gateway {
 
@@ -19,6 +20,26 @@ bool EqualsIgnoreCase(std::string_view a, std::string_view b) {
 
 AccessPolicy::AccessPolicy(std::shared_ptr<Authenticator> auth, Options options, Clock clock)
     : auth_(std::move(auth)), options_(std::move(options)), clock_(std::move(clock)) {}
+
+std::string AccessPolicy::ClientAddress(std::string_view peer,
+                                        std::string_view forwarded_for) const {
+  if (options_.forwarded_hops <= 0 || forwarded_for.empty()) return std::string(peer);
+  std::vector<std::string_view> entries;
+  size_t start = 0;
+  while (start <= forwarded_for.size()) {
+    size_t comma = forwarded_for.find(',', start);
+    if (comma == std::string_view::npos) comma = forwarded_for.size();
+    std::string_view entry = forwarded_for.substr(start, comma - start);
+    while (!entry.empty() && entry.front() == ' ') entry.remove_prefix(1);
+    while (!entry.empty() && entry.back() == ' ') entry.remove_suffix(1);
+    entries.push_back(entry);
+    start = comma + 1;
+  }
+  size_t hops = static_cast<size_t>(options_.forwarded_hops);
+  if (entries.size() < hops || entries[entries.size() - hops].empty()) return std::string(peer);
+  // Bounded: a forged header cannot make the throttle's keys arbitrarily long.
+  return std::string(entries[entries.size() - hops].substr(0, 64));
+}
 
 bool AccessPolicy::OriginAllowed(std::string_view origin, std::string_view host) const {
   if (origin.empty()) return true;  // not a browser

@@ -56,6 +56,10 @@ class AccessPolicy {
     int auth_failure_burst = 20;
     double auth_failures_per_second = 1.0;
     size_t max_tracked_addresses = 65536;
+    // Behind a proxy every peer is the proxy: the client's address is then taken from
+    // X-Forwarded-For, this many entries from its right (the entries the proxies appended;
+    // Google's L7 load balancer appends "<client>, <load balancer>": 2). 0: the peer address.
+    int forwarded_hops = 0;
   };
   using Clock = std::function<std::chrono::steady_clock::time_point()>;
 
@@ -64,6 +68,10 @@ class AccessPolicy {
                Clock clock = std::chrono::steady_clock::now);
 
   AccessDecision Check(const AccessRequest& request);
+
+  // The address failed auth is throttled by: `peer`, or with forwarded_hops the entry of
+  // `forwarded_for` that many from the right (the peer when the header has fewer entries).
+  std::string ClientAddress(std::string_view peer, std::string_view forwarded_for) const;
 
   bool auth_enabled() const { return auth_ != nullptr; }
   Authenticator* auth() const { return auth_.get(); }

@@ -103,6 +103,10 @@ int Main(int argc, char** argv) {
   flags.Add("allowed-origins", &allowed_origins, "ANIMA_GATEWAY_ALLOWED_ORIGINS",
             "comma-separated browser origins allowed besides the gateway's own (* for any); "
             "requests without Origin pass");
+  flags.Add("client-address-xff-hops", &settings.access.forwarded_hops,
+            "ANIMA_GATEWAY_CLIENT_ADDRESS_XFF_HOPS",
+            "behind proxies: the client address is the X-Forwarded-For entry this many from the "
+            "right (Google's L7 load balancer: 2); 0: the peer address");
   bool allow_unauthenticated = false;
   flags.Add("allow-unauthenticated", &allow_unauthenticated, "ANIMA_GATEWAY_ALLOW_UNAUTHENTICATED",
             "listen on a non-loopback address without auth (anyone who reaches it spends the "
@@ -180,6 +184,9 @@ int Main(int argc, char** argv) {
     return Fail("--tls-port: needs --tls-cert and --tls-key");
   }
   if (jwt_max_lifetime_s < 1) return Fail("--auth-jwt-max-lifetime-s: expected at least 1");
+  if (settings.access.forwarded_hops < 0 || settings.access.forwarded_hops > 16) {
+    return Fail("--client-address-xff-hops: expected 0 to 16");
+  }
   auth_options.jwt_max_lifetime = std::chrono::seconds(jwt_max_lifetime_s);
   auto auth = anima::gateway::Authenticator::Load(auth_options);
   if (!auth.ok()) return Fail(std::string(auth.status().message()));

@@ -215,6 +215,16 @@ TEST(AccessPolicyTest, OriginsAndFailedAuthThrottle) {
   EXPECT_TRUE(policy.Check(AccessRequest{.target = "/?token=good", .websocket = true}).ok());
   EXPECT_EQ(policy.Check(AccessRequest{.target = "/v1/models?token=good"}).http_status, 401);
 
+  // Behind Google's load balancer: "<client>, <load balancer>", whatever the client prepended.
+  AccessPolicy::Options proxied;
+  proxied.forwarded_hops = 2;
+  AccessPolicy behind(auth, proxied);
+  EXPECT_EQ(behind.ClientAddress("10.0.0.9", "1.2.3.4, 130.211.0.1"), "1.2.3.4");
+  EXPECT_EQ(behind.ClientAddress("10.0.0.9", "6.6.6.6, 1.2.3.4, 130.211.0.1"), "1.2.3.4");
+  EXPECT_EQ(behind.ClientAddress("10.0.0.9", "130.211.0.1"), "10.0.0.9");
+  EXPECT_EQ(behind.ClientAddress("10.0.0.9", ""), "10.0.0.9");
+  EXPECT_EQ(policy.ClientAddress("10.0.0.9", "1.2.3.4, 5.6.7.8"), "10.0.0.9");  // hops 0
+
   AccessPolicy open(nullptr, {});
   d = open.Check(AccessRequest{});
   ASSERT_TRUE(d.ok());
