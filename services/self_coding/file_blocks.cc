@@ -4,6 +4,8 @@
 #include <cctype>
 #include <optional>
 
+#include "services/self_coding/workspace.h"
+
 namespace anima::selfcoding {
 namespace {
 
@@ -228,21 +230,7 @@ std::string FileBlockParser::Normalize(std::string_view path) {
   return std::string(s);
 }
 
-bool FileBlockParser::IsSafePath(std::string_view path) {
-  if (path.empty() || path.size() > 255 || path.front() == '/') return false;
-  size_t start = 0;
-  while (true) {
-    size_t end = path.find('/', start);
-    std::string_view part = path.substr(start, end == std::string_view::npos ? end : end - start);
-    if (part.empty() || part == "." || part == "..") return false;
-    for (char c : part) {
-      if (static_cast<unsigned char>(c) < 0x20 || c == '\\' || c == 0x7f || c == ':') return false;
-    }
-    if (end == std::string_view::npos) break;
-    start = end + 1;
-  }
-  return true;
-}
+bool FileBlockParser::IsSafePath(std::string_view path) { return UnsafePathReason(path).empty(); }
 
 ParsedFiles FileBlockParser::Parse(std::string_view text) const {
   ParsedFiles out;
@@ -290,8 +278,9 @@ ParsedFiles FileBlockParser::Parse(std::string_view text) const {
       continue;
     }
     block.path = Normalize(path);
-    if (!IsSafePath(block.path)) {
-      out.warnings.push_back("rejected unsafe path \"" + block.path.substr(0, 100) + "\"");
+    if (std::string reason = UnsafePathReason(block.path); !reason.empty()) {
+      out.warnings.push_back("rejected unsafe path \"" + block.path.substr(0, 100) +
+                             "\": " + reason);
       continue;
     }
     auto existing = std::find_if(out.files.begin(), out.files.end(),

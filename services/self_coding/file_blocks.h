@@ -27,14 +27,15 @@ struct ParsedFiles {
 //
 // Fences are ``` or ~~~ (three or more, closed by the same character at least as long; an
 // unclosed fence runs to the end). Paths must be relative and stay inside the workspace: absolute
-// paths, "..", backslashes and control characters are rejected with a warning. Plain, stateless
-// and safe on any input (it is fuzzed).
+// paths, "..", backslashes, control characters and components starting with '-' or '@' are
+// rejected with a warning that says why. Plain, stateless and safe on any input (it is fuzzed).
 class FileBlockParser {
  public:
   ParsedFiles Parse(std::string_view text) const;
 
-  // A relative path without "..", empty parts, backslashes or control characters, at most 255
-  // bytes; "./" prefixes are allowed by Normalize().
+  // A relative path without "..", empty parts, backslashes, control characters or a component
+  // starting with '-' or '@', at most 255 bytes (UnsafePathReason() says why not); "./" prefixes
+  // are allowed by Normalize().
   static bool IsSafePath(std::string_view path);
   // Strips "./" prefixes and surrounding quotes or backticks; does not validate.
   static std::string Normalize(std::string_view path);

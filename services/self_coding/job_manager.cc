@@ -1,10 +1,11 @@
 #include "services/self_coding/job_manager.h"
 
+#include <algorithm>
 #include <filesystem>
-#include <random>
 
+#include "absl/strings/cord.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_format.h"
+#include "anima/v1/llm_broker.pb.h"
 #include "services/common/process.h"
 #include "services/self_coding/file_blocks.h"
 #include "services/self_coding/prompts.h"
@@ -23,10 +24,27 @@ constexpr int kPruneEvery = 20;
 // A progress frame stays far below the gateway's 64 KiB frame limit.
 constexpr size_t kMaxMessageBytes = 4096;
 
-int64_t NowUnixMs() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(
-             std::chrono::system_clock::now().time_since_epoch())
-      .count();
+// What another principal's job and an unknown id both get, word for word.
+absl::Status UnknownJob(const std::string& job_id) {
+  return absl::NotFoundError("unknown job " + job_id);
+}
+
+// The store's NotFound, in the words of UnknownJob.
+absl::Status FromStore(const absl::Status& status, const std::string& job_id) {
+  return status.code() == absl::StatusCode::kNotFound ? UnknownJob(job_id) : status;
+}
+
+// A refused Submit: ResourceExhausted carrying the BrokerFailure the client is to see.
+absl::Status Refusal(const std::string& code, const std::string& limit, const std::string& message,
+                     int64_t retry_after_ms) {
+  anima::v1::BrokerFailure failure;
+  failure.set_code(code);
+  failure.set_message(message);
+  failure.set_limit(limit);
+  failure.set_retry_after_ms(retry_after_ms);
+  absl::Status status = absl::ResourceExhaustedError(message);
+  status.SetPayload(kFailurePayloadUrl, absl::Cord(failure.SerializeAsString()));
+  return status;
 }
 
 absl::Status Validate(anima::v1::SubmitRequest& spec) {
@@ -109,7 +127,10 @@ JobManager::JobManager(JobStore* store, JobPipeline* pipeline, Sandbox* sandbox,
       pipeline_(pipeline),
       sandbox_(sandbox),
       options_(std::move(options)),
-      metrics_(metrics) {
+      metrics_(metrics),
+      max_queued_per_principal_(options_.max_queued_per_principal > 0
+                                    ? options_.max_queued_per_principal
+                                    : std::max(1, (options_.queue_size + 1) / 2)) {
   totals_.queue_capacity = options_.queue_size;
   totals_.workers = options_.workers;
 }
@@ -121,17 +142,20 @@ absl::Status JobManager::Start() {
   {
     std::lock_guard lock(mu_);
     if (started_) return absl::OkStatus();
-    auto running = store_->List({.limit = 0, .status = kRunning, .oldest_first = true});
+    auto running =
+        store_->List({.limit = 0, .status = kRunning, .oldest_first = true, .principal = ""});
     if (!running.ok()) return running.status();
     for (const auto& record : *running) {
       auto job = std::make_shared<LiveJob>();
       job->job_id = record.job_id;
+      job->principal = record.principal;
       job->spec = record.spec;
       job->status = kRunning;
       job->attempts = record.attempts;
       job->last_seq = record.last_seq;
       job->last_percent = 0;
       live_[job->job_id] = job;
+      in_flight_[job->principal]++;
       anima::v1::SelfCodingResult result;
       result.set_job_id(record.job_id);
       result.set_status(kFailed);
@@ -142,15 +166,16 @@ absl::Status JobManager::Start() {
       spdlog::warn("job {} was running when the service stopped: failed (interrupted)",
                    record.job_id);
     }
-    auto queued = store_->List({.limit = 0, .status = kQueued, .oldest_first = true});
+    auto queued =
+        store_->List({.limit = 0, .status = kQueued, .oldest_first = true, .principal = ""});
     if (!queued.ok()) return queued.status();
     for (const auto& record : *queued) {
       auto job = std::make_shared<LiveJob>();
       job->job_id = record.job_id;
+      job->principal = record.principal;
       job->spec = record.spec;
       job->last_seq = record.last_seq;
-      live_[job->job_id] = job;
-      queue_.push_back(job);
+      EnqueueLocked(std::move(job));
     }
     if (!queued->empty()) spdlog::info("{} queued jobs recovered", queued->size());
     started_ = true;
@@ -170,7 +195,7 @@ void JobManager::Stop() {
     stopping_ = true;
     // Everything live and not waiting in the queue is on a worker: stop it.
     for (auto& [id, job] : live_) {
-      if (std::find(queue_.begin(), queue_.end(), job) == queue_.end()) job->token.Cancel();
+      if (!queue_.Contains(job->principal, job)) job->token.Cancel();
     }
   }
   work_cv_.notify_all();
@@ -178,40 +203,93 @@ void JobManager::Stop() {
   workers_.clear();
 }
 
-std::string JobManager::NewJobId() {
-  static thread_local std::mt19937_64 rng{std::random_device{}()};
-  return absl::StrFormat("job-%011x%06x", NowUnixMs(), (rng() ^ ++id_counter_) & 0xffffff);
+int64_t JobManager::NowUnixMs() const {
+  if (options_.now_unix_ms) return options_.now_unix_ms();
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
 }
 
-absl::StatusOr<std::string> JobManager::Submit(anima::v1::SubmitRequest spec) {
+void JobManager::EnqueueLocked(std::shared_ptr<LiveJob> job) {
+  live_[job->job_id] = job;
+  in_flight_[job->principal]++;
+  std::string principal = job->principal;
+  queue_.Push(principal, std::move(job));
+}
+
+absl::Status JobManager::AdmitLocked(const common::Identity& who, int64_t now_unix_ms) {
+  const common::JobLimits& limits = who.job_limits;
+  if (limits.in_flight > 0) {
+    auto it = in_flight_.find(who.principal);
+    int64_t in_flight = it == in_flight_.end() ? 0 : it->second;
+    if (in_flight >= limits.in_flight) {
+      if (metrics_ != nullptr) metrics_->QuotaRefused("jobs_in_flight");
+      return Refusal("quota_exceeded", "jobs_in_flight",
+                     absl::StrCat("you have ", in_flight,
+                                  " self-coding jobs queued or running, the most your quota "
+                                  "allows; submit again when one has ended"),
+                     kRetryWhenBusy.count());
+    }
+  }
+  if (limits.per_day > 0) {
+    auto created = store_->CreatedOn(who.principal, UtcDayOf(now_unix_ms));
+    if (!created.ok()) return created.status();
+    if (*created >= limits.per_day) {
+      if (metrics_ != nullptr) metrics_->QuotaRefused("jobs_per_day");
+      return Refusal("quota_exceeded", "jobs_per_day",
+                     absl::StrCat("you have submitted ", *created,
+                                  " self-coding jobs today (UTC), the most your quota allows"),
+                     kDayMs - now_unix_ms % kDayMs);
+    }
+  }
+  size_t queued = queue_.size(who.principal);
+  if (queued >= static_cast<size_t>(max_queued_per_principal_)) {
+    return Refusal("overloaded", "",
+                   absl::StrCat("you have ", queued,
+                                " self-coding jobs waiting, the most one principal may hold in "
+                                "this queue of ",
+                                options_.queue_size),
+                   kRetryWhenBusy.count());
+  }
+  if (queue_.size() >= static_cast<size_t>(options_.queue_size)) {
+    return Refusal(
+        "overloaded", "",
+        absl::StrCat("the self-coding queue is full (", options_.queue_size, " jobs waiting)"),
+        kRetryWhenBusy.count());
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::string> JobManager::Submit(const common::Identity& who,
+                                               anima::v1::SubmitRequest spec) {
   if (auto s = Validate(spec); !s.ok()) return s;
   // Unavailable (the client sees `unavailable`): this service cannot run jobs, the request is fine.
   if (auto s = sandbox_->Available(); !s.ok()) return absl::UnavailableError(s.message());
   std::vector<std::function<void()>> wake;
-  std::string job_id;
+  std::string job_id = common::NewSecureId("job-");
   {
     std::lock_guard lock(mu_);
     if (stopping_) return absl::UnavailableError("the self-coding service is shutting down");
-    if (static_cast<int>(queue_.size()) >= options_.queue_size) {
-      return absl::ResourceExhaustedError(
-          absl::StrCat("the self-coding queue is full (", options_.queue_size, " jobs waiting)"));
-    }
+    int64_t now = NowUnixMs();
+    if (auto s = AdmitLocked(who, now); !s.ok()) return s;
     JobRecord record;
-    record.job_id = job_id = NewJobId();
+    record.job_id = job_id;
+    record.principal = who.principal;
     record.status = kQueued;
     record.spec = spec;
     record.created_at = record.updated_at = common::Rfc3339Now();
-    record.created_unix_ms = NowUnixMs();
+    record.created_unix_ms = now;
     if (auto s = store_->Create(record); !s.ok()) return s;
     auto job = std::make_shared<LiveJob>();
     job->job_id = job_id;
+    job->principal = who.principal;
     job->spec = std::move(spec);
-    std::string message = queue_.empty() && running_ < options_.workers
-                              ? "queued"
-                              : absl::StrCat("queued behind ", queue_.size() + running_, " jobs");
+    std::string message =
+        queue_.empty() && running_ < options_.workers
+            ? "queued"
+            : absl::StrCat("queued (", queue_.size(), " jobs waiting, ", running_, " running)");
     if (auto s = EmitLocked(*job, kStageQueued, 0, 0, message, {}, &wake); !s.ok()) return s;
-    live_[job_id] = job;
-    queue_.push_back(job);
+    EnqueueLocked(std::move(job));
     totals_.submitted++;
     totals_.last_active = common::Rfc3339Now();
     UpdateGauges();
@@ -255,6 +333,9 @@ std::vector<std::function<void()>> JobManager::FinishLocked(const std::shared_pt
     spdlog::error("job {}: cannot store its result: {}", job->job_id, std::string(s.message()));
   }
   live_.erase(job->job_id);
+  if (auto it = in_flight_.find(job->principal); it != in_flight_.end() && --it->second == 0) {
+    in_flight_.erase(it);
+  }
   job->status = result.status();
   for (auto& done : job->on_end) {
     wake.push_back([done = std::move(done), result] { done(result); });
@@ -276,8 +357,7 @@ void JobManager::WorkerLoop() {
       std::unique_lock lock(mu_);
       work_cv_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
       if (stopping_) return;
-      job = queue_.front();
-      queue_.pop_front();
+      job = *queue_.Pop();
       running_++;
       UpdateGauges();
     }
@@ -319,18 +399,29 @@ void JobManager::RunJob(const std::shared_ptr<LiveJob>& job) {
   for (auto& w : wake) w();
 }
 
-absl::StatusOr<WatchBatch> JobManager::Next(const std::string& job_id, int64_t after_seq,
-                                            std::function<void()> on_more) {
+absl::StatusOr<WatchBatch> JobManager::Next(const common::Identity& who, const std::string& job_id,
+                                            int64_t after_seq, std::function<void()> on_more) {
+  bool live = false;
   {
     std::lock_guard lock(mu_);
     auto it = live_.find(job_id);
     if (it != live_.end()) {
+      if (!Visible(who, it->second->principal)) return UnknownJob(job_id);
       if (it->second->last_seq <= after_seq) {
         it->second->watchers.push_back(std::move(on_more));
         return WatchBatch{};
       }
       // Stored already (events are stored before last_seq moves); read below, unlocked.
+      live = true;
     }
+  }
+  // A job that is not live has ended, and its owner never changes: one read settles both.
+  std::optional<JobRecord> ended;
+  if (!live) {
+    auto record = store_->Get(job_id);
+    if (!record.ok()) return FromStore(record.status(), job_id);
+    if (!Visible(who, record->principal)) return UnknownJob(job_id);
+    ended = std::move(*record);
   }
   WatchBatch batch;
   auto events = store_->Events(job_id, after_seq, kWatchBatch);
@@ -339,29 +430,33 @@ absl::StatusOr<WatchBatch> JobManager::Next(const std::string& job_id, int64_t a
     batch.events = std::move(*events);
     return batch;
   }
-  auto record = store_->Get(job_id);
-  if (!record.ok()) return record.status();
-  if (IsFinalStatus(record->status) && record->result) {
-    batch.result = *record->result;
+  if (!ended) {
+    auto record = store_->Get(job_id);
+    if (!record.ok()) return FromStore(record.status(), job_id);
+    ended = std::move(*record);
+  }
+  if (IsFinalStatus(ended->status) && ended->result) {
+    batch.result = *ended->result;
     return batch;
   }
   // Not live and not ended cannot happen after Start(); if it did, waiting would never end.
   return absl::InternalError("job " + job_id + " is neither live nor ended");
 }
 
-void JobManager::Cancel(const std::string& job_id,
+void JobManager::Cancel(const common::Identity& who, const std::string& job_id,
                         std::function<void(absl::StatusOr<anima::v1::SelfCodingResult>)> done) {
   std::vector<std::function<void()>> wake;
   std::shared_ptr<LiveJob> running;
+  bool hidden = false;
   {
     std::lock_guard lock(mu_);
     auto it = live_.find(job_id);
-    if (it != live_.end()) {
+    if (it != live_.end() && !Visible(who, it->second->principal)) {
+      hidden = true;
+    } else if (it != live_.end()) {
       std::shared_ptr<LiveJob> job = it->second;
-      auto queued = std::find(queue_.begin(), queue_.end(), job);
       job->on_end.push_back(std::move(done));
-      if (queued != queue_.end()) {
-        queue_.erase(queued);
+      if (queue_.Remove(job->principal, job)) {
         anima::v1::SelfCodingResult result;
         result.set_status(kCancelled);
         result.set_reason("cancelled");
@@ -373,6 +468,10 @@ void JobManager::Cancel(const std::string& job_id,
       }
     }
   }
+  if (hidden) {
+    done(UnknownJob(job_id));
+    return;
+  }
   if (running) {
     running->token.Cancel();
     return;
@@ -383,16 +482,30 @@ void JobManager::Cancel(const std::string& job_id,
   }
   auto record = store_->Get(job_id);
   if (!record.ok()) {
-    done(record.status());
+    done(FromStore(record.status(), job_id));
+  } else if (!Visible(who, record->principal)) {
+    done(UnknownJob(job_id));
   } else {
     done(absl::FailedPreconditionError("job " + job_id + " has already ended (" + record->status +
                                        ")"));
   }
 }
 
-absl::StatusOr<std::vector<JobRecord>> JobManager::List(int limit, const std::string& status) {
+absl::StatusOr<JobRecord> JobManager::Get(const common::Identity& who, const std::string& job_id) {
+  auto record = store_->Get(job_id);
+  if (!record.ok()) return FromStore(record.status(), job_id);
+  if (!Visible(who, record->principal)) return UnknownJob(job_id);
+  return record;
+}
+
+absl::StatusOr<std::vector<JobRecord>> JobManager::List(const common::Identity& who, int limit,
+                                                        const std::string& status,
+                                                        bool all_principals) {
   if (limit <= 0 || limit > 500) limit = limit <= 0 ? 50 : 500;
-  return store_->List({.limit = limit, .status = status, .oldest_first = false});
+  return store_->List({.limit = limit,
+                       .status = status,
+                       .oldest_first = false,
+                       .principal = all_principals && who.admin ? "" : who.principal});
 }
 
 ManagerStats JobManager::stats() {

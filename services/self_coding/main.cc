@@ -8,6 +8,7 @@
 #include "services/common/process.h"
 #include "services/common/service_flags.h"
 #include "services/self_coding/broker_client.h"
+#include "services/self_coding/data_dir.h"
 #include "services/self_coding/job_manager.h"
 #include "services/self_coding/pipeline.h"
 #include "services/self_coding/sandbox.h"
@@ -26,12 +27,15 @@ struct Options {
   std::string data_dir = ".anima/self-coding";
   int workers = 2;
   int queue_size = 16;
+  int max_queued_per_principal = 0;
   std::string sandbox = "bwrap";
   std::string bwrap = "bwrap";
   int sandbox_uid = 65534;
   int64_t test_timeout_ms = 30000;
   int test_cpu_s = 10;
   int test_memory_mb = 1024;
+  int workspace_max_mb = 64;
+  int workspace_max_files = 10000;
   int retention_days = 7;
   int retention_jobs = 1000;
 };
@@ -51,6 +55,9 @@ int Run(int argc, char** argv) {
   flags.Add("workers", &o.workers, "ANIMA_SELF_CODING_WORKERS", "jobs run at the same time");
   flags.Add("queue-size", &o.queue_size, "ANIMA_SELF_CODING_QUEUE_SIZE",
             "jobs waiting at most; more are refused (overloaded)");
+  flags.Add("max-queued-per-principal", &o.max_queued_per_principal,
+            "ANIMA_SELF_CODING_MAX_QUEUED_PER_PRINCIPAL",
+            "jobs one principal may have waiting, so others find room (0: half of --queue-size)");
   flags.Add("sandbox", &o.sandbox, "ANIMA_SELF_CODING_SANDBOX",
             "bwrap, or none to run generated code UNSANDBOXED (development only)");
   flags.Add("bwrap", &o.bwrap, "ANIMA_SELF_CODING_BWRAP", "the bubblewrap executable");
@@ -62,6 +69,10 @@ int Run(int argc, char** argv) {
             "CPU seconds of one test process");
   flags.Add("test-memory-mb", &o.test_memory_mb, "ANIMA_SELF_CODING_TEST_MEMORY_MB",
             "address space of one test process");
+  flags.Add("workspace-max-mb", &o.workspace_max_mb, "ANIMA_SELF_CODING_WORKSPACE_MAX_MB",
+            "bytes one attempt's workspace holds, written files and build and test output");
+  flags.Add("workspace-max-files", &o.workspace_max_files, "ANIMA_SELF_CODING_WORKSPACE_MAX_FILES",
+            "files and directories one attempt's workspace holds");
   flags.Add("retention-days", &o.retention_days, "ANIMA_SELF_CODING_RETENTION_DAYS",
             "ended jobs older than this are pruned");
   flags.Add("retention-jobs", &o.retention_jobs, "ANIMA_SELF_CODING_RETENTION_JOBS",
@@ -81,11 +92,17 @@ int Run(int argc, char** argv) {
   if (o.sandbox != "bwrap" && o.sandbox != "none") return bad("--sandbox must be bwrap or none");
   if (o.workers < 1 || o.workers > 64) return bad("--workers must be from 1 to 64");
   if (o.queue_size < 1) return bad("--queue-size must be positive");
+  if (o.max_queued_per_principal < 0 || o.max_queued_per_principal > o.queue_size) {
+    return bad("--max-queued-per-principal must be from 0 to --queue-size");
+  }
   if (o.broker_timeout_ms < 1 || o.test_timeout_ms < 100 || o.test_cpu_s < 1 ||
       o.test_memory_mb < 64) {
     return bad(
         "--broker-timeout-ms, --test-timeout-ms (>= 100), --test-cpu-s and "
         "--test-memory-mb (>= 64) must be positive");
+  }
+  if (o.workspace_max_mb < 1 || o.workspace_max_files < 16) {
+    return bad("--workspace-max-mb must be positive and --workspace-max-files at least 16");
   }
   if (o.retention_days < 1 || o.retention_jobs < 1) {
     return bad("--retention-days and --retention-jobs must be positive");
@@ -95,12 +112,17 @@ int Run(int argc, char** argv) {
     return bad(std::string(s.message()));
   }
 
+  // Owned by this uid, 0700, no symlink on the way: refused otherwise (data_dir.h).
+  auto data_dir = anima::selfcoding::PrepareDataDir(o.data_dir);
+  if (!data_dir.ok()) {
+    spdlog::error("{}", std::string(data_dir.status().message()));
+    return 1;
+  }
+  o.data_dir = *data_dir;
   std::error_code ec;
-  // Absolute, because bubblewrap mounts workspaces by path.
-  o.data_dir = std::filesystem::absolute(o.data_dir, ec).string();
   std::filesystem::create_directories(std::filesystem::path(o.data_dir) / "work", ec);
   if (ec) {
-    spdlog::error("cannot create --data-dir {}: {}", o.data_dir, std::string(ec.message()));
+    spdlog::error("cannot create {}/work: {}", o.data_dir, std::string(ec.message()));
     return 1;
   }
   auto store = anima::selfcoding::SqliteJobStore::Open(
@@ -109,10 +131,10 @@ int Run(int argc, char** argv) {
     spdlog::error("{}", std::string(store.status().message()));
     return 1;
   }
-  auto sandbox = anima::selfcoding::MakeSandbox(
-      o.sandbox == "none" ? anima::selfcoding::SandboxMode::kNone
-                          : anima::selfcoding::SandboxMode::kBubblewrap,
-      o.bwrap, o.sandbox_uid, (std::filesystem::path(o.data_dir) / "work").string());
+  auto sandbox = anima::selfcoding::MakeSandbox(o.sandbox == "none"
+                                                    ? anima::selfcoding::SandboxMode::kNone
+                                                    : anima::selfcoding::SandboxMode::kBubblewrap,
+                                                o.bwrap, o.sandbox_uid);
   if (o.sandbox == "none") {
     spdlog::warn(
         "!!! --sandbox=none: generated code runs UNSANDBOXED with this service's "
@@ -137,11 +159,14 @@ int Run(int argc, char** argv) {
   pipeline_options.test_limits.wall_time = std::chrono::milliseconds(o.test_timeout_ms);
   pipeline_options.test_limits.cpu_seconds = o.test_cpu_s;
   pipeline_options.test_limits.memory_bytes = int64_t{o.test_memory_mb} << 20;
+  pipeline_options.workspace_limits.max_bytes = int64_t{o.workspace_max_mb} << 20;
+  pipeline_options.workspace_limits.max_files = o.workspace_max_files;
   anima::selfcoding::JobPipeline pipeline(broker.get(), sandbox.get(), pipeline_options);
 
   anima::selfcoding::ManagerOptions manager_options;
   manager_options.workers = o.workers;
   manager_options.queue_size = o.queue_size;
+  manager_options.max_queued_per_principal = o.max_queued_per_principal;
   manager_options.work_dir = (std::filesystem::path(o.data_dir) / "work").string();
   manager_options.retention_age = std::chrono::hours(24 * o.retention_days);
   manager_options.retention_jobs = o.retention_jobs;

@@ -3,65 +3,20 @@
 #include <algorithm>
 #include <chrono>
 #include <filesystem>
-#include <fstream>
 #include <map>
+#include <memory>
 #include <optional>
 
 #include "absl/strings/str_cat.h"
 #include "services/self_coding/file_blocks.h"
 #include "services/self_coding/prompts.h"
+#include "services/self_coding/test_harness.h"
 
 namespace anima::selfcoding {
 namespace {
 
 namespace fs = std::filesystem;
 
-// Runs the tests module and counts: test_* functions without parameters, unittest cases, and the
-// module's own top-level asserts (one test when there is nothing else). Last line is the count.
-constexpr char kPythonRunner[] = R"py(import importlib.util, inspect, sys, traceback, unittest
-sys.path.insert(0, ".")
-passed = failed = 0
-spec = importlib.util.spec_from_file_location("test_main", "test_main.py")
-mod = importlib.util.module_from_spec(spec)
-sys.modules["test_main"] = mod
-try:
-    spec.loader.exec_module(mod)
-except BaseException:
-    traceback.print_exc()
-    print("ANIMA_TESTS passed=0 failed=1")
-    sys.exit(1)
-for name, fn in list(vars(mod).items()):
-    if not name.startswith("test") or not inspect.isfunction(fn):
-        continue
-    try:
-        required = [p for p in inspect.signature(fn).parameters.values()
-                    if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    except (TypeError, ValueError):
-        required = []
-    if required:
-        continue
-    try:
-        fn()
-        passed += 1
-        print("PASS", name)
-    except BaseException:
-        failed += 1
-        print("FAIL", name)
-        traceback.print_exc()
-suite = unittest.defaultTestLoader.loadTestsFromModule(mod)
-if suite.countTestCases():
-    r = unittest.TextTestRunner(stream=sys.stdout, verbosity=2).run(suite)
-    bad = len(r.failures) + len(r.errors)
-    failed += bad
-    passed += r.testsRun - bad
-if passed + failed == 0:
-    passed = 1
-print("ANIMA_TESTS passed=%d failed=%d" % (passed, failed))
-sys.stdout.flush()
-sys.exit(1 if failed else 0)
-)py";
-constexpr char kPythonRunnerFile[] = "_anima_run_tests.py";
-constexpr char kCppBinary[] = "test_main";
 constexpr size_t kMessageTailBytes = 2048;
 
 struct AttemptOutcome {
@@ -81,21 +36,11 @@ int PercentAt(int attempt, int max_attempts, double fraction) {
   return static_cast<int>(5 + (attempt - 1) * span + fraction * span);
 }
 
+// The counts a C++ test program printed itself: shown, never trusted for success.
 bool ParseTestCounts(const std::string& output, int* passed, int* failed) {
   size_t at = output.rfind("ANIMA_TESTS passed=");
   if (at == std::string::npos) return false;
   return std::sscanf(output.c_str() + at, "ANIMA_TESTS passed=%d failed=%d", passed, failed) == 2;
-}
-
-absl::Status WriteFile(const fs::path& root, const std::string& path, const std::string& content) {
-  fs::path target = root / path;
-  std::error_code ec;
-  fs::create_directories(target.parent_path(), ec);
-  if (ec) return absl::InternalError(absl::StrCat("mkdir for ", path, ": ", ec.message()));
-  std::ofstream out(target, std::ios::binary | std::ios::trunc);
-  out << content;
-  if (!out) return absl::InternalError(absl::StrCat("cannot write ", path));
-  return absl::OkStatus();
 }
 
 class Timer {
@@ -199,7 +144,7 @@ anima::v1::SelfCodingResult JobPipeline::Run(const anima::v1::SubmitRequest& spe
       size_t total = 0;
       for (const auto& f : parsed.files) {
         if (f.path == lang->tests_file && !spec.tests().empty()) continue;  // the tests are fixed
-        if (f.path == kPythonRunnerFile) continue;
+        if (IsHarnessFile(f.path)) continue;
         out.files[f.path] = f.content;
         total += f.content.size();
       }
@@ -213,7 +158,10 @@ anima::v1::SelfCodingResult JobPipeline::Run(const anima::v1::SubmitRequest& spe
       }
     }
 
-    fs::path workspace = fs::path(work_dir) / absl::StrCat("attempt-", attempt);
+    std::unique_ptr<Workspace> workspace;
+    // What goes in the workspace: the starting files, the model's (which may replace them), the
+    // fixed tests, then the harness; later entries win.
+    std::map<std::string, std::string> to_write;
     if (out.reason.empty()) {
       Timer t(sink, kStageWriting);
       out.stage = kStageWriting;
@@ -221,34 +169,38 @@ anima::v1::SelfCodingResult JobPipeline::Run(const anima::v1::SubmitRequest& spe
       for (const auto& [path, _] : out.files)
         absl::StrAppend(&names, names.empty() ? "" : ", ", path);
       sink->Progress(kStageWriting, attempt, pct(0.5), "writing " + names);
-      std::error_code ec;
-      fs::remove_all(workspace, ec);
-      fs::create_directories(workspace, ec);
-      absl::Status s = ec ? absl::InternalError("workspace: " + ec.message()) : absl::OkStatus();
       for (const auto& [path, content] : spec.files()) {
-        if (s.ok()) s = WriteFile(workspace, path, content);
+        if (!IsHarnessFile(path)) to_write[path] = content;
       }
-      for (const auto& [path, content] : out.files) {
-        if (s.ok()) s = WriteFile(workspace, path, content);
+      for (const auto& [path, content] : out.files) to_write[path] = content;
+      if (!spec.tests().empty()) to_write[lang->tests_file] = spec.tests();
+      for (const auto& [path, content] : HarnessFiles(lang->compiled)) to_write[path] = content;
+      auto created = sandbox_->CreateWorkspace(work_dir, absl::StrCat("attempt-", attempt),
+                                               options_.workspace_limits);
+      absl::Status s = created.status();
+      if (s.ok()) workspace = *std::move(created);
+      for (auto it = to_write.begin(); s.ok() && it != to_write.end(); ++it) {
+        s = workspace->WriteFile(it->first, it->second);
       }
-      if (s.ok() && !spec.tests().empty()) s = WriteFile(workspace, lang->tests_file, spec.tests());
-      if (s.ok() && !lang->compiled) s = WriteFile(workspace, kPythonRunnerFile, kPythonRunner);
       if (!s.ok()) out.reason = std::string(s.message());
     }
 
     if (out.reason.empty() && lang->compiled) {
       Timer t(sink, kStageBuilding);
       out.stage = kStageBuilding;
-      std::vector<std::string> argv = {"g++", "-std=c++20", "-O1", "-Wall", "-o", kCppBinary};
-      for (const auto& entry : fs::recursive_directory_iterator(workspace)) {
-        std::string ext = entry.path().extension().string();
-        if (entry.is_regular_file() && (ext == ".cpp" || ext == ".cc" || ext == ".cxx")) {
-          argv.push_back(fs::relative(entry.path(), workspace).string());
+      std::vector<std::string> sources;
+      for (const auto& [path, _] : to_write) {
+        std::string ext = fs::path(path).extension().string();
+        if (!IsHarnessFile(path) && (ext == ".cpp" || ext == ".cc" || ext == ".cxx")) {
+          sources.push_back(path);
         }
       }
       sink->Progress(kStageBuilding, attempt, pct(0.6),
-                     absl::StrCat("compiling ", argv.size() - 6, " source files with g++"));
-      auto run = sandbox_->Run({argv, workspace.string(), options_.build_limits}, cancel);
+                     absl::StrCat("compiling ", sources.size(), " source files with g++"));
+      SandboxCommand command;
+      command.argv = CppBuildCommand(sources);
+      command.limits = options_.build_limits;
+      auto run = sandbox_->Run(command, *workspace, cancel);
       if (cancel->cancelled()) return cancelled();
       if (!run.ok()) {
         out.reason = "sandbox: " + std::string(run.status().message());
@@ -263,37 +215,52 @@ anima::v1::SelfCodingResult JobPipeline::Run(const anima::v1::SubmitRequest& spe
     if (out.reason.empty()) {
       Timer t(sink, kStageTesting);
       out.stage = kStageTesting;
-      std::vector<std::string> argv = lang->compiled
-                                          ? std::vector<std::string>{std::string("./") + kCppBinary}
-                                          : std::vector<std::string>{"python3", kPythonRunnerFile};
       sink->Progress(kStageTesting, attempt, pct(0.75), "running " + lang->tests_file);
-      auto run = sandbox_->Run({argv, workspace.string(), options_.test_limits}, cancel);
+      const std::string nonce = NewNonce();
+      SandboxCommand command;
+      command.argv = TestCommand(lang->compiled);
+      command.limits = options_.test_limits;
+      command.input = nonce + "\n";
+      command.report = true;
+      auto run = sandbox_->Run(command, *workspace, cancel);
       if (cancel->cancelled()) return cancelled();
       if (!run.ok()) {
         out.reason = "sandbox: " + std::string(run.status().message());
       } else {
+        std::optional<ReportedResult> reported = ParseReport(run->report, nonce);
         int passed = 0, failed = 0;
-        if (!ParseTestCounts(run->output, &passed, &failed)) {
+        if (reported && !lang->compiled) {
+          passed = reported->passed;
+          failed = reported->failed;
+        } else if (!ParseTestCounts(run->output, &passed, &failed)) {
           passed = run->ok() ? 1 : 0;
           failed = run->ok() ? 0 : 1;
         }
-        if (!run->ok() && failed == 0) failed = 1;
+        bool reported_pass =
+            reported && reported->failed == 0 && reported->exit_code.value_or(0) == 0;
+        bool success = run->ok() && reported_pass && failed == 0;
+        if (!success && failed == 0) failed = 1;
+        if (!success && !reported) passed = 0;
         out.tests.set_passed(passed);
         out.tests.set_failed(failed);
         out.tests.set_output_tail(Tail(run->output, options_.output_tail_bytes));
         out.output = out.tests.output_tail();
-        if (run->ok()) {
+        if (success) {
           out.success = true;
         } else if (!run->reason.empty()) {
           out.reason = "the tests were stopped: " + run->reason;
+        } else if (!reported) {
+          out.reason = absl::StrCat(
+              "the tests ended without the harness reporting a result (exit ", run->exit_code,
+              "): something exited the process before every test ran (exit(), os._exit(), "
+              "sys.exit() at import), and a \"passed\" printed by the code itself does not count");
         } else {
           out.reason = absl::StrCat(failed, failed == 1 ? " test" : " tests", " failed (exit ",
                                     run->exit_code, ")");
         }
       }
     }
-    std::error_code ec;
-    fs::remove_all(workspace, ec);
+    workspace.reset();
 
     if (!out.files.empty() || last.files.empty()) {
       *result.mutable_files() = {out.files.begin(), out.files.end()};

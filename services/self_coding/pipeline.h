@@ -37,6 +37,8 @@ struct PipelineOptions {
                              .output_bytes = 1LL << 20,
                              .wall_time = std::chrono::seconds(120)};
   SandboxLimits test_limits;
+  // Per attempt: the files written into the workspace and what the build and tests write.
+  WorkspaceLimits workspace_limits;
   std::string model;                   // empty: the broker's default
   size_t output_tail_bytes = 4096;     // per event and in the result
   size_t max_files_bytes = 24 * 1024;  // model-written files per attempt
@@ -53,8 +55,9 @@ class JobPipeline {
   JobPipeline(BrokerClient* broker, Sandbox* sandbox, PipelineOptions options)
       : broker_(broker), sandbox_(sandbox), options_(std::move(options)) {}
 
-  // `work_dir` is a directory this job owns (attempt workspaces are made inside it). The result
-  // has status succeeded, failed (with reason) or cancelled; job_id is left to the caller.
+  // `work_dir` is a directory this job owns (a sandbox that keeps workspaces on disk makes each
+  // attempt's there; bubblewrap keeps them in memory). The result has status succeeded, failed
+  // (with reason) or cancelled; job_id is left to the caller.
   anima::v1::SelfCodingResult Run(const anima::v1::SubmitRequest& spec, const std::string& job_id,
                                   const std::string& work_dir, ProgressSink* sink,
                                   CancelToken* cancel);

@@ -9,6 +9,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "services/self_coding/cancel_token.h"
+#include "services/self_coding/workspace.h"
 
 namespace anima::selfcoding {
 
@@ -23,9 +24,16 @@ struct SandboxLimits {
 
 struct SandboxCommand {
   std::vector<std::string> argv;  // argv[0] is looked up in the sandbox's PATH (/usr/bin:/bin)
-  std::string workspace;          // absolute host path, mounted read-write as the working dir
   SandboxLimits limits;
+  // Written to the command's stdin, which then reaches end of file (at most 4 KiB; empty: stdin
+  // is /dev/null). Not in argv or the environment, so other processes cannot read it there.
+  std::string input;
+  // When set, the command finds the write end of a pipe at fd 3 and what it writes there (up to
+  // kReportBytes) comes back in SandboxResult::report, apart from its output.
+  bool report = false;
 };
+
+inline constexpr size_t kReportBytes = 4096;
 
 // How a sandboxed run ended. `reason` is empty when the command exited on its own (look at
 // exit_code); otherwise it says what stopped it, in words a user can act on.
@@ -33,13 +41,14 @@ struct SandboxResult {
   int exit_code = -1;  // the exit status, or -1 when killed by a signal
   int signal = 0;      // the terminating signal, or 0
   std::string output;  // stdout and stderr interleaved, at most limits.output_bytes
+  std::string report;  // what the command wrote to fd 3 when SandboxCommand::report was set
   std::string reason;  // "wall time limit (30s) exceeded", "output limit ...", "cancelled", ...
   bool cancelled = false;
   bool ok() const { return reason.empty() && exit_code == 0; }
 };
 
-// Runs a command in an isolated workspace. Implementations must never let the command outlive
-// Run(), and must return within a poll interval after `cancel` fires. Thread-safe.
+// Runs commands in isolated workspaces. Implementations must never let a command outlive Run(),
+// and must return within a poll interval after `cancel` fires. Thread-safe.
 class Sandbox {
  public:
   virtual ~Sandbox() = default;
@@ -49,18 +58,31 @@ class Sandbox {
   virtual std::string name() const = 0;
   // The path the workspace has inside the sandbox (where relative paths resolve).
   virtual std::string workspace_mount() const = 0;
-  virtual absl::StatusOr<SandboxResult> Run(const SandboxCommand& command, CancelToken* cancel) = 0;
+  // A new, empty workspace bounded by `limits`. `parent_dir` is a directory the caller owns; an
+  // implementation that keeps workspaces on disk makes `name` in it, one that keeps them in
+  // memory ignores both. Everything in it is gone when the workspace is destroyed.
+  virtual absl::StatusOr<std::unique_ptr<Workspace>> CreateWorkspace(
+      const std::string& parent_dir, const std::string& name, const WorkspaceLimits& limits) = 0;
+  // Runs `command` in `workspace`, which must come from this sandbox's CreateWorkspace. An error
+  // status means the sandbox itself could not be set up (the command did not run).
+  virtual absl::StatusOr<SandboxResult> Run(const SandboxCommand& command, Workspace& workspace,
+                                            CancelToken* cancel) = 0;
 };
 
 enum class SandboxMode { kBubblewrap, kNone };
 
-// kBubblewrap: `bwrap` with every namespace unshared (so no network), /usr read-only, a private
-// /tmp and /proc, the workspace the only writable host path, limits set by prlimit inside, and
-// dropped to `sandbox_uid` (65534) first when running as root so the process limit applies.
-// kNone: runs directly in the workspace with the rlimits only; unsafe, for development.
-// kBubblewrap proves itself with a trial run in `probe_dir` (empty: the temp directory), which
-// should be where workspaces will live; Available() reports why it failed.
+// kBubblewrap: every workspace is a tmpfs of its own (bounded in bytes and in files by the
+// kernel) held in a private mount namespace, so it is never on the host's disk and the sandbox
+// uid needs no access to the data directory. Each run is `bwrap` with every namespace unshared
+// (so no network), no further user namespaces (--disable-userns), a seccomp filter
+// (seccomp_filter.h), /usr read-only, the workspace and a /tmp (from the same tmpfs) the only
+// writable paths, limits set by prlimit inside, and, when the service runs as root, dropped to
+// `sandbox_uid` (65534) first so the process limit applies. A setup failure of bubblewrap or of
+// the filter fails the run; nothing runs unsandboxed.
+// kNone: runs directly in a workspace directory on disk with the rlimits only; unsafe, for
+// development. The byte and file limits apply to what the service writes, not to what runs.
+// kBubblewrap proves itself with a trial run; Available() reports why it failed.
 std::unique_ptr<Sandbox> MakeSandbox(SandboxMode mode, std::string bwrap_path = "bwrap",
-                                     int sandbox_uid = 65534, const std::string& probe_dir = "");
+                                     int sandbox_uid = 65534);
 
 }  // namespace anima::selfcoding

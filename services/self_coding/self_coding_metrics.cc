@@ -13,6 +13,10 @@ SelfCodingMetrics::SelfCodingMetrics(prometheus::Registry& registry)
                   .Name("anima_selfcoding_stage_seconds")
                   .Help("Time spent in each pipeline stage")
                   .Register(registry)),
+      quota_refusals_(prometheus::BuildCounter()
+                          .Name("anima_selfcoding_quota_refusals_total")
+                          .Help("Jobs refused because a principal was over a job quota, by quota")
+                          .Register(registry)),
       queue_depth_(prometheus::BuildGauge()
                        .Name("anima_selfcoding_queue_depth")
                        .Help("Jobs waiting for a worker")
@@ -24,10 +28,16 @@ SelfCodingMetrics::SelfCodingMetrics(prometheus::Registry& registry)
                    .Register(registry)
                    .Add({})) {
   for (const char* status : {"succeeded", "failed", "cancelled"}) jobs_.Add({{"status", status}});
+  for (const char* limit : {"jobs_in_flight", "jobs_per_day"})
+    quota_refusals_.Add({{"limit", limit}});
 }
 
 void SelfCodingMetrics::JobEnded(const std::string& status) {
   jobs_.Add({{"status", status}}).Increment();
+}
+
+void SelfCodingMetrics::QuotaRefused(const std::string& limit) {
+  quota_refusals_.Add({{"limit", limit}}).Increment();
 }
 
 void SelfCodingMetrics::StageDone(const std::string& stage, double seconds) {

@@ -11,18 +11,23 @@
 namespace anima::selfcoding {
 
 // anima_selfcoding_jobs_total{status}, anima_selfcoding_stage_seconds{stage},
-// anima_selfcoding_queue_depth, anima_selfcoding_running_jobs. Thread-safe.
+// anima_selfcoding_queue_depth, anima_selfcoding_running_jobs,
+// anima_selfcoding_quota_refusals_total{limit}. No label names a principal (unbounded).
+// Thread-safe.
 class SelfCodingMetrics {
  public:
   explicit SelfCodingMetrics(prometheus::Registry& registry);
   void JobEnded(const std::string& status);
   void StageDone(const std::string& stage, double seconds);
+  // A Submit refused by a principal's quota; `limit` is jobs_in_flight or jobs_per_day.
+  void QuotaRefused(const std::string& limit);
   void SetQueueDepth(double depth) { queue_depth_.Set(depth); }
   void SetRunning(double running) { running_.Set(running); }
 
  private:
   prometheus::Family<prometheus::Counter>& jobs_;
   prometheus::Family<prometheus::Histogram>& stages_;
+  prometheus::Family<prometheus::Counter>& quota_refusals_;
   prometheus::Gauge& queue_depth_;
   prometheus::Gauge& running_;
 };

@@ -6,6 +6,7 @@
 #include <optional>
 
 #include "services/common/grpc_server.h"
+#include "services/common/identity.h"
 #include "spdlog/spdlog.h"
 
 namespace anima::selfcoding {
@@ -13,9 +14,12 @@ namespace {
 
 using anima::v1::JobEvent;
 
+// The manager's BrokerFailure payload, if any, becomes the binary error details.
 grpc::Status ToGrpc(const absl::Status& s) {
   if (s.ok()) return grpc::Status::OK;
-  return grpc::Status(static_cast<grpc::StatusCode>(s.code()), std::string(s.message()));
+  std::string details;
+  if (auto payload = s.GetPayload(kFailurePayloadUrl)) details = std::string(*payload);
+  return grpc::Status(static_cast<grpc::StatusCode>(s.code()), std::string(s.message()), details);
 }
 
 // Streams a job's events: an optional first event (Run's accepted), the stored events after
@@ -24,9 +28,10 @@ grpc::Status ToGrpc(const absl::Status& s) {
 // costs memory for one batch at most. Owns itself; deleted in OnDone().
 class EventStream : public grpc::ServerWriteReactor<JobEvent> {
  public:
-  EventStream(JobManager* manager, std::string job_id, int64_t after_seq,
+  EventStream(JobManager* manager, common::Identity who, std::string job_id, int64_t after_seq,
               std::optional<JobEvent> first)
       : manager_(manager),
+        who_(std::move(who)),
         job_id_(std::move(job_id)),
         after_seq_(after_seq),
         guard_(std::make_shared<Guard>()) {
@@ -98,7 +103,7 @@ class EventStream : public grpc::ServerWriteReactor<JobEvent> {
     }
     if (pending_.empty()) {
       std::shared_ptr<Guard> guard = guard_;
-      auto batch = manager_->Next(job_id_, after_seq_, [guard] { Wake(guard); });
+      auto batch = manager_->Next(who_, job_id_, after_seq_, [guard] { Wake(guard); });
       if (!batch.ok()) {
         FinishLocked(lock, ToGrpc(batch.status()));
         return;
@@ -125,6 +130,7 @@ class EventStream : public grpc::ServerWriteReactor<JobEvent> {
   }
 
   JobManager* manager_ = nullptr;
+  common::Identity who_;
   std::string job_id_;
   int64_t after_seq_ = 0;
   std::shared_ptr<Guard> guard_;
@@ -142,6 +148,7 @@ class EventStream : public grpc::ServerWriteReactor<JobEvent> {
 anima::v1::Job ToProto(const JobRecord& record) {
   anima::v1::Job job;
   job.set_job_id(record.job_id);
+  job.set_principal(record.principal);
   job.set_status(record.status);
   job.set_task(record.spec.task());
   job.set_language(record.spec.language());
@@ -159,7 +166,7 @@ grpc::ServerUnaryReactor* SelfCodingService::Submit(grpc::CallbackServerContext*
   auto* reactor = context->DefaultReactor();
   anima::v1::SubmitRequest spec = *request;
   if (spec.request_id().empty()) spec.set_request_id(common::RequestIdOf(*context));
-  auto job_id = manager_->Submit(std::move(spec));
+  auto job_id = manager_->Submit(common::IdentityOf(*context), std::move(spec));
   if (job_id.ok()) response->set_job_id(*job_id);
   reactor->Finish(ToGrpc(job_id.status()));
   return reactor;
@@ -174,18 +181,20 @@ grpc::ServerWriteReactor<JobEvent>* SelfCodingService::Watch(
     return new EventStream(
         grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "after_seq must not be negative"));
   }
-  return new EventStream(manager_, request->job_id(), request->after_seq(), std::nullopt);
+  return new EventStream(manager_, common::IdentityOf(*context), request->job_id(),
+                         request->after_seq(), std::nullopt);
 }
 
 grpc::ServerWriteReactor<JobEvent>* SelfCodingService::Run(
     grpc::CallbackServerContext* context, const anima::v1::SubmitRequest* request) {
   anima::v1::SubmitRequest spec = *request;
   if (spec.request_id().empty()) spec.set_request_id(common::RequestIdOf(*context));
-  auto job_id = manager_->Submit(std::move(spec));
+  common::Identity who = common::IdentityOf(*context);
+  auto job_id = manager_->Submit(who, std::move(spec));
   if (!job_id.ok()) return new EventStream(ToGrpc(job_id.status()));
   JobEvent accepted;
   accepted.mutable_accepted()->set_job_id(*job_id);
-  return new EventStream(manager_, *job_id, 0, std::move(accepted));
+  return new EventStream(manager_, std::move(who), *job_id, 0, std::move(accepted));
 }
 
 grpc::ServerUnaryReactor* SelfCodingService::Cancel(grpc::CallbackServerContext* context,
@@ -197,7 +206,7 @@ grpc::ServerUnaryReactor* SelfCodingService::Cancel(grpc::CallbackServerContext*
     return reactor;
   }
   // The reactor and response live until Finish, which the callback always calls exactly once.
-  manager_->Cancel(request->job_id(),
+  manager_->Cancel(common::IdentityOf(*context), request->job_id(),
                    [reactor, response](absl::StatusOr<anima::v1::SelfCodingResult> result) {
                      if (result.ok()) *response->mutable_result() = std::move(*result);
                      reactor->Finish(ToGrpc(result.status()));
@@ -209,7 +218,7 @@ grpc::ServerUnaryReactor* SelfCodingService::Get(grpc::CallbackServerContext* co
                                                  const anima::v1::GetJobRequest* request,
                                                  anima::v1::Job* response) {
   auto* reactor = context->DefaultReactor();
-  auto record = manager_->Get(request->job_id());
+  auto record = manager_->Get(common::IdentityOf(*context), request->job_id());
   if (record.ok()) *response = ToProto(*record);
   reactor->Finish(ToGrpc(record.status()));
   return reactor;
@@ -225,7 +234,8 @@ grpc::ServerUnaryReactor* SelfCodingService::List(grpc::CallbackServerContext* c
                                  "status must be queued, running, succeeded, failed or cancelled"));
     return reactor;
   }
-  auto jobs = manager_->List(request->limit(), status);
+  auto jobs = manager_->List(common::IdentityOf(*context), request->limit(), status,
+                             request->all_principals());
   if (jobs.ok()) {
     for (const auto& record : *jobs) *response->add_jobs() = ToProto(record);
   }

@@ -8,9 +8,10 @@
 
 namespace anima::selfcoding {
 
-// anima.v1.SelfCoding over a JobManager: translates proto and status at the RPC edge. Watch and
-// Run end with the result event and then OK; a client that goes away just ends its stream (the
-// job goes on).
+// anima.v1.SelfCoding over a JobManager: translates proto and status at the RPC edge. Every RPC
+// acts for common::IdentityOf(context), which the manager holds to job ownership and quotas; a
+// refusal's BrokerFailure goes out as the status's binary error details. Watch and Run end with
+// the result event and then OK; a client that goes away just ends its stream (the job goes on).
 class SelfCodingService : public anima::v1::SelfCoding::CallbackService {
  public:
   explicit SelfCodingService(JobManager* manager) : manager_(manager) {}

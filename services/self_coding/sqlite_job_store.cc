@@ -15,7 +15,9 @@ bool IsFinalStatus(const std::string& status) {
 
 namespace {
 
-constexpr char kSchema[] = R"sql(
+// The schema before versions were recorded (user_version 0). A new file starts here too, so a new
+// file and an upgraded one reach the current schema through the same migrations.
+constexpr char kBaseSchema[] = R"sql(
 CREATE TABLE IF NOT EXISTS jobs (
   job_id TEXT PRIMARY KEY,
   status TEXT NOT NULL,
@@ -36,6 +38,27 @@ CREATE TABLE IF NOT EXISTS events (
   PRIMARY KEY (job_id, seq)
 ) WITHOUT ROWID;
 )sql";
+
+// kMigrations[i] takes the schema from user_version i to i + 1. Append only; never edit one that
+// has shipped.
+constexpr const char* kMigrations[] = {
+    // 1: jobs belong to principals (jobs from before belong to the one principal of a deployment
+    // without auth); jobs created per principal and UTC day, kept apart from the jobs so that
+    // pruning does not reset a day's quota.
+    R"sql(
+ALTER TABLE jobs ADD COLUMN principal TEXT NOT NULL DEFAULT 'local';
+CREATE INDEX jobs_by_principal ON jobs(principal, created_unix_ms);
+CREATE TABLE job_days (
+  principal TEXT NOT NULL,
+  day INTEGER NOT NULL,
+  created INTEGER NOT NULL,
+  PRIMARY KEY (principal, day)
+) WITHOUT ROWID;
+INSERT INTO job_days (principal, day, created)
+  SELECT principal, created_unix_ms / 86400000, COUNT(*) FROM jobs GROUP BY 1, 2;
+)sql",
+};
+constexpr int kSchemaVersion = sizeof(kMigrations) / sizeof(kMigrations[0]);
 
 // A prepared statement that finalizes itself.
 class Statement {
@@ -79,7 +102,8 @@ class Statement {
 };
 
 constexpr char kJobColumns[] =
-    "job_id, status, spec, attempts, last_seq, created_at, updated_at, created_unix_ms, result";
+    "job_id, status, spec, attempts, last_seq, created_at, updated_at, created_unix_ms, result, "
+    "principal";
 
 absl::StatusOr<JobRecord> ReadJob(const Statement& s) {
   JobRecord job;
@@ -100,6 +124,7 @@ absl::StatusOr<JobRecord> ReadJob(const Statement& s) {
     }
     job.result = std::move(result);
   }
+  job.principal = s.Text(9);
   return job;
 }
 
@@ -121,8 +146,43 @@ absl::StatusOr<std::unique_ptr<SqliteJobStore>> SqliteJobStore::Open(const std::
   if (auto s = store->Exec("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"); !s.ok()) {
     return s;
   }
-  if (auto s = store->Exec(kSchema); !s.ok()) return s;
+  if (auto s = store->Migrate(); !s.ok()) return s;
   return store;
+}
+
+absl::Status SqliteJobStore::Migrate() {
+  // One immediate transaction: a second process opening the same file waits, then finds the
+  // schema current.
+  if (auto s = Exec("BEGIN IMMEDIATE"); !s.ok()) return s;
+  auto fail = [&](absl::Status status) {
+    Exec("ROLLBACK").IgnoreError();
+    return status;
+  };
+  if (auto s = Exec(kBaseSchema); !s.ok()) return fail(s);
+  int64_t version = 0;
+  {
+    Statement s(db_, "PRAGMA user_version");
+    if (auto st = s.status(); !st.ok()) return fail(st);
+    if (s.Step() != SQLITE_ROW) return fail(s.Error("read the schema version"));
+    version = s.Int(0);
+  }
+  if (version > kSchemaVersion) {
+    return fail(absl::FailedPreconditionError(
+        absl::StrCat("the job store has schema version ", version, ", newer than this build's ",
+                     kSchemaVersion, ": run a newer anima-self-coding")));
+  }
+  for (int64_t v = version; v < kSchemaVersion; ++v) {
+    if (auto s = Exec(kMigrations[v]); !s.ok()) {
+      return fail(absl::InternalError(
+          absl::StrCat("job store migration to version ", v + 1, ": ", s.message())));
+    }
+  }
+  if (version < kSchemaVersion) {
+    if (auto s = Exec(absl::StrCat("PRAGMA user_version = ", kSchemaVersion).c_str()); !s.ok()) {
+      return fail(s);
+    }
+  }
+  return Exec("COMMIT");
 }
 
 SqliteJobStore::~SqliteJobStore() { sqlite3_close(db_); }
@@ -139,22 +199,54 @@ absl::Status SqliteJobStore::Exec(const char* sql) {
 
 absl::Status SqliteJobStore::Create(const JobRecord& job) {
   std::lock_guard lock(mu_);
-  Statement s(db_,
-              "INSERT INTO jobs (job_id, status, spec, attempts, last_seq, created_at, updated_at, "
-              "created_unix_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)");
+  if (auto s = Exec("BEGIN IMMEDIATE"); !s.ok()) return s;
+  auto fail = [&](absl::Status status) {
+    Exec("ROLLBACK").IgnoreError();
+    return status;
+  };
+  {
+    Statement s(
+        db_,
+        "INSERT INTO jobs (job_id, principal, status, spec, attempts, last_seq, created_at, "
+        "updated_at, created_unix_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)");
+    if (auto st = s.status(); !st.ok()) return fail(st);
+    s.Bind(1, job.job_id);
+    s.Bind(2, job.principal);
+    s.Bind(3, job.status);
+    s.BindBlob(4, job.spec.SerializeAsString());
+    s.Bind(5, int64_t{job.attempts});
+    s.Bind(6, job.last_seq);
+    s.Bind(7, job.created_at);
+    s.Bind(8, job.updated_at.empty() ? job.created_at : job.updated_at);
+    s.Bind(9, job.created_unix_ms);
+    int rc = s.Step();
+    if (rc == SQLITE_CONSTRAINT) {
+      return fail(absl::AlreadyExistsError("job " + job.job_id + " exists"));
+    }
+    if (rc != SQLITE_DONE) return fail(s.Error("insert job"));
+  }
+  {
+    Statement s(db_,
+                "INSERT INTO job_days (principal, day, created) VALUES (?, ?, 1) "
+                "ON CONFLICT (principal, day) DO UPDATE SET created = created + 1");
+    if (auto st = s.status(); !st.ok()) return fail(st);
+    s.Bind(1, job.principal);
+    s.Bind(2, UtcDayOf(job.created_unix_ms));
+    if (s.Step() != SQLITE_DONE) return fail(s.Error("count job"));
+  }
+  return Exec("COMMIT");
+}
+
+absl::StatusOr<int64_t> SqliteJobStore::CreatedOn(const std::string& principal, int64_t utc_day) {
+  std::lock_guard lock(mu_);
+  Statement s(db_, "SELECT created FROM job_days WHERE principal = ? AND day = ?");
   if (auto st = s.status(); !st.ok()) return st;
-  s.Bind(1, job.job_id);
-  s.Bind(2, job.status);
-  s.BindBlob(3, job.spec.SerializeAsString());
-  s.Bind(4, int64_t{job.attempts});
-  s.Bind(5, job.last_seq);
-  s.Bind(6, job.created_at);
-  s.Bind(7, job.updated_at.empty() ? job.created_at : job.updated_at);
-  s.Bind(8, job.created_unix_ms);
+  s.Bind(1, principal);
+  s.Bind(2, utc_day);
   int rc = s.Step();
-  if (rc == SQLITE_CONSTRAINT) return absl::AlreadyExistsError("job " + job.job_id + " exists");
-  if (rc != SQLITE_DONE) return s.Error("insert job");
-  return absl::OkStatus();
+  if (rc == SQLITE_DONE) return 0;
+  if (rc != SQLITE_ROW) return s.Error("select job count");
+  return s.Int(0);
 }
 
 absl::Status SqliteJobStore::Append(const std::string& job_id,
@@ -234,8 +326,9 @@ absl::StatusOr<std::vector<anima::v1::SelfCodingProgress>> SqliteJobStore::Event
 
 absl::StatusOr<std::vector<JobRecord>> SqliteJobStore::List(const ListQuery& query) {
   std::lock_guard lock(mu_);
-  std::string sql = absl::StrCat("SELECT ", kJobColumns, " FROM jobs");
-  if (!query.status.empty()) sql += " WHERE status = ?";
+  std::string sql = absl::StrCat("SELECT ", kJobColumns, " FROM jobs WHERE 1");
+  if (!query.status.empty()) sql += " AND status = ?";
+  if (!query.principal.empty()) sql += " AND principal = ?";
   sql += query.oldest_first ? " ORDER BY created_unix_ms ASC, job_id ASC"
                             : " ORDER BY created_unix_ms DESC, job_id DESC";
   sql += " LIMIT ?";
@@ -243,6 +336,7 @@ absl::StatusOr<std::vector<JobRecord>> SqliteJobStore::List(const ListQuery& que
   if (auto st = s.status(); !st.ok()) return st;
   int i = 1;
   if (!query.status.empty()) s.Bind(i++, query.status);
+  if (!query.principal.empty()) s.Bind(i++, query.principal);
   s.Bind(i, query.limit > 0 ? int64_t{query.limit} : int64_t{-1});
   std::vector<JobRecord> jobs;
   int rc;
@@ -269,6 +363,13 @@ absl::Status SqliteJobStore::DeleteJobLocked(const std::string& job_id) {
 absl::StatusOr<std::vector<std::string>> SqliteJobStore::Prune(std::chrono::milliseconds max_age,
                                                                int max_jobs, int64_t now_unix_ms) {
   std::lock_guard lock(mu_);
+  {
+    // Only today's count is read; yesterday's stays for a clock that steps back over midnight.
+    Statement s(db_, "DELETE FROM job_days WHERE day < ?");
+    if (auto st = s.status(); !st.ok()) return st;
+    s.Bind(1, UtcDayOf(now_unix_ms) - 1);
+    if (s.Step() != SQLITE_DONE) return s.Error("prune job counts");
+  }
   std::vector<std::string> doomed;
   {
     // Ended jobs, newest first: the ones past max_jobs (counting every job) or too old go.

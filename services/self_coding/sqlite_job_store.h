@@ -14,11 +14,12 @@ namespace anima::selfcoding {
 // handful of events a second, far below what one connection sustains.
 class SqliteJobStore : public JobStore {
  public:
-  // Opens (creating if needed) `path`; ":memory:" works for tests.
+  // Opens (creating if needed) `path` and upgrades its schema; ":memory:" works for tests.
   static absl::StatusOr<std::unique_ptr<SqliteJobStore>> Open(const std::string& path);
   ~SqliteJobStore() override;
 
   absl::Status Create(const JobRecord& job) override;
+  absl::StatusOr<int64_t> CreatedOn(const std::string& principal, int64_t utc_day) override;
   absl::Status Append(const std::string& job_id, const anima::v1::SelfCodingProgress& event,
                       const JobUpdate& update) override;
   absl::StatusOr<JobRecord> Get(const std::string& job_id) override;
@@ -33,6 +34,9 @@ class SqliteJobStore : public JobStore {
  private:
   explicit SqliteJobStore(sqlite3* db) : db_(db) {}
   absl::Status Exec(const char* sql);
+  // Brings the schema to the version this build knows (PRAGMA user_version); FailedPrecondition
+  // for a file written by a newer build.
+  absl::Status Migrate();
   absl::StatusOr<JobRecord> GetLocked(const std::string& job_id);
   absl::Status DeleteJobLocked(const std::string& job_id);
 

@@ -5,12 +5,11 @@
 #   source "$(dirname "${BASH_SOURCE[0]}")/services.sh"
 #   start anima-llm-sim
 #   start anima-router --broker="127.0.0.1:$(port anima-llm-broker grpc)"
-# Sets ROOT (the checkout), BIN (build/bin unless set) and RUN (the run directory, readable by
-# the self-coding sandbox's uid).
+# Sets ROOT (the checkout), BIN (build/bin unless set) and RUN (the run directory, private to
+# this user, as self-coding's --data-dir must be).
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 BIN="${BIN:-$ROOT/build/bin}"
 RUN="$(mktemp -d /tmp/anima-bench.XXXXXX)"
-chmod 0755 "$RUN"
 PIDS=()
 
 stop_services() {

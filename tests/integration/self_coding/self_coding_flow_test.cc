@@ -23,9 +23,8 @@ json DemoRequest() {
 class SelfCodingFlowTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
+    // Private (mkdtemp's 0700), as the service requires: workspaces are not kept in it.
     std::string data_dir = MakeTempDir("anima-sc-data");
-    // The sandbox runs generated code as an unprivileged uid, which must reach the workspaces.
-    std::filesystem::permissions(data_dir, std::filesystem::perms(0755));
     system_ = std::make_unique<System>();
     ASSERT_TRUE(
         system_->StartSim({"--rules=" + SourceDir() + "/tests/testdata/self_coding_rules.json"}));

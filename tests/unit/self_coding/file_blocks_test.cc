@@ -114,5 +114,18 @@ TEST(FileBlockParser, NoFencesMeansNoFiles) {
   EXPECT_TRUE(out.unnamed.empty());
 }
 
+TEST(FileBlockParser, RefusesPathsThatReadAsOptionsOrResponseFiles) {
+  auto out = Parse(
+      "```cpp title=\"-o.cpp\"\nint a;\n```\n```cpp title=\"src/@flags.cpp\"\nint b;\n```\n"
+      "```cpp title=\"ok-1@2.cpp\"\nint c;\n```\n");
+  ASSERT_EQ(out.files.size(), 1u);
+  EXPECT_EQ(out.files[0].path, "ok-1@2.cpp");
+  ASSERT_EQ(out.warnings.size(), 2u);
+  EXPECT_NE(out.warnings[0].find("starts with '-' or '@'"), std::string::npos) << out.warnings[0];
+  EXPECT_FALSE(FileBlockParser::IsSafePath("-rf"));
+  EXPECT_FALSE(FileBlockParser::IsSafePath("a/@b"));
+  EXPECT_TRUE(FileBlockParser::IsSafePath("a/b-c@d.py"));
+}
+
 }  // namespace
 }  // namespace anima::selfcoding

@@ -2,8 +2,14 @@
 
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <condition_variable>
+#include <regex>
+#include <set>
 
+#include "absl/strings/str_replace.h"
+#include "anima/v1/llm_broker.pb.h"
+#include "services/common/identity.h"
 #include "services/common/process.h"
 #include "services/self_coding/sqlite_job_store.h"
 #include "tests/unit/self_coding/fakes.h"
@@ -14,6 +20,23 @@ namespace {
 using testing::FakeBroker;
 using testing::TempDir;
 
+common::Identity Who(const std::string& principal, common::JobLimits limits = {}) {
+  return {.principal = principal, .admin = false, .job_limits = limits};
+}
+const common::Identity kLocal;
+const common::Identity kAdmin{.principal = "ops", .admin = true, .job_limits = {}};
+
+// The BrokerFailure a refused Submit carries for the client.
+anima::v1::BrokerFailure FailureOf(const absl::Status& status) {
+  anima::v1::BrokerFailure failure;
+  auto payload = status.GetPayload(kFailurePayloadUrl);
+  EXPECT_TRUE(payload.has_value()) << status;
+  if (payload) {
+    EXPECT_TRUE(failure.ParseFromString(std::string(*payload)));
+  }
+  return failure;
+}
+
 // Every event of a job and its result, read through Next() like a watcher does.
 struct Watched {
   std::vector<anima::v1::SelfCodingProgress> events;
@@ -21,14 +44,15 @@ struct Watched {
   bool ended = false;
 };
 
-Watched WatchToEnd(JobManager& manager, const std::string& job_id, int64_t after_seq = 0) {
+Watched WatchToEnd(JobManager& manager, const std::string& job_id, int64_t after_seq = 0,
+                   const common::Identity& who = kLocal) {
   Watched out;
   std::mutex mu;
   std::condition_variable cv;
   bool woken = false;
   auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
   while (std::chrono::steady_clock::now() < deadline) {
-    auto batch = manager.Next(job_id, after_seq, [&] {
+    auto batch = manager.Next(who, job_id, after_seq, [&] {
       std::lock_guard lock(mu);
       woken = true;
       cv.notify_all();
@@ -54,11 +78,12 @@ Watched WatchToEnd(JobManager& manager, const std::string& job_id, int64_t after
 }
 
 absl::StatusOr<anima::v1::SelfCodingResult> CancelAndWait(JobManager& manager,
-                                                          const std::string& job_id) {
+                                                          const std::string& job_id,
+                                                          const common::Identity& who = kLocal) {
   std::mutex mu;
   std::condition_variable cv;
   std::optional<absl::StatusOr<anima::v1::SelfCodingResult>> out;
-  manager.Cancel(job_id, [&](absl::StatusOr<anima::v1::SelfCodingResult> r) {
+  manager.Cancel(who, job_id, [&](absl::StatusOr<anima::v1::SelfCodingResult> r) {
     std::lock_guard lock(mu);
     out = std::move(r);
     cv.notify_all();
@@ -79,12 +104,14 @@ anima::v1::SubmitRequest PythonSpec(int max_attempts = 3) {
 
 class JobManagerTest : public ::testing::Test {
  protected:
-  std::unique_ptr<JobManager> MakeManager(FakeBroker* broker, int workers = 1, int queue = 4) {
+  std::unique_ptr<JobManager> MakeManager(FakeBroker* broker, int workers = 1, int queue = 4,
+                                          std::function<int64_t()> clock = {}) {
     pipeline_ = std::make_unique<JobPipeline>(broker, sandbox_.get(), PipelineOptions{});
     ManagerOptions options;
     options.workers = workers;
     options.queue_size = queue;
     options.work_dir = dir_.path() + "/work";
+    options.now_unix_ms = std::move(clock);
     return std::make_unique<JobManager>(store_.get(), pipeline_.get(), sandbox_.get(), options,
                                         nullptr);
   }
@@ -99,7 +126,7 @@ TEST_F(JobManagerTest, RunsAJobAndStoresEveryEventInOrder) {
   FakeBroker broker({testing::kBadPython, testing::kGoodPython});
   auto manager = MakeManager(&broker);
   ASSERT_TRUE(manager->Start().ok());
-  auto id = manager->Submit(PythonSpec());
+  auto id = manager->Submit(kLocal, PythonSpec());
   ASSERT_TRUE(id.ok()) << id.status();
   Watched w = WatchToEnd(*manager, *id);
   ASSERT_TRUE(w.ended);
@@ -125,7 +152,7 @@ TEST_F(JobManagerTest, RunsAJobAndStoresEveryEventInOrder) {
       EXPECT_EQ(replay.events.front().seq(), after + 1);
     }
   }
-  auto job = manager->Get(*id);
+  auto job = manager->Get(kLocal, *id);
   ASSERT_TRUE(job.ok());
   EXPECT_EQ(job->status, "succeeded");
   EXPECT_EQ(job->last_seq, static_cast<int64_t>(w.events.size()));
@@ -137,16 +164,17 @@ TEST_F(JobManagerTest, RejectsBadRequests) {
   ASSERT_TRUE(manager->Start().ok());
   anima::v1::SubmitRequest spec = PythonSpec();
   spec.set_task("");
-  EXPECT_EQ(manager->Submit(spec).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(manager->Submit(kLocal, spec).status().code(), absl::StatusCode::kInvalidArgument);
   spec = PythonSpec(9);
-  EXPECT_EQ(manager->Submit(spec).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(manager->Submit(kLocal, spec).status().code(), absl::StatusCode::kInvalidArgument);
   spec = PythonSpec();
   spec.set_language("cobol");
-  EXPECT_EQ(manager->Submit(spec).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(manager->Submit(kLocal, spec).status().code(), absl::StatusCode::kInvalidArgument);
   spec = PythonSpec();
   (*spec.mutable_files())["../x.py"] = "";
-  EXPECT_EQ(manager->Submit(spec).status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(manager->Next("job-nope", 0, [] {}).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(manager->Submit(kLocal, spec).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(manager->Next(kLocal, "job-nope", 0, [] {}).status().code(),
+            absl::StatusCode::kNotFound);
   EXPECT_EQ(CancelAndWait(*manager, "job-nope").status().code(), absl::StatusCode::kNotFound);
 }
 
@@ -155,7 +183,7 @@ TEST_F(JobManagerTest, RefusesJobsWithoutASandbox) {
   sandbox_ = MakeSandbox(SandboxMode::kBubblewrap, "/nonexistent/bwrap");
   auto manager = MakeManager(&broker);
   ASSERT_TRUE(manager->Start().ok());
-  auto id = manager->Submit(PythonSpec());
+  auto id = manager->Submit(kLocal, PythonSpec());
   EXPECT_EQ(id.status().code(), absl::StatusCode::kUnavailable);
   EXPECT_NE(id.status().message().find("bwrap"), std::string::npos) << id.status();
 }
@@ -164,13 +192,15 @@ TEST_F(JobManagerTest, FullQueueIsRefusedAndCancelEndsQueuedAndRunningJobs) {
   FakeBroker broker({FakeBroker::kBlock});
   auto manager = MakeManager(&broker, /*workers=*/1, /*queue=*/1);
   ASSERT_TRUE(manager->Start().ok());
-  auto running = manager->Submit(PythonSpec());
+  auto running = manager->Submit(kLocal, PythonSpec());
   ASSERT_TRUE(running.ok());
   ASSERT_TRUE(broker.WaitBlocked(1));
-  auto queued = manager->Submit(PythonSpec());
+  auto queued = manager->Submit(kLocal, PythonSpec());
   ASSERT_TRUE(queued.ok()) << queued.status();
-  auto refused = manager->Submit(PythonSpec());
+  auto refused = manager->Submit(kLocal, PythonSpec());
   EXPECT_EQ(refused.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(FailureOf(refused.status()).code(), "overloaded");
+  EXPECT_GT(FailureOf(refused.status()).retry_after_ms(), 0);
   EXPECT_EQ(manager->stats().queued, 1);
   EXPECT_EQ(manager->stats().running, 1);
 
@@ -192,9 +222,11 @@ TEST_F(JobManagerTest, FullQueueIsRefusedAndCancelEndsQueuedAndRunningJobs) {
 
 TEST_F(JobManagerTest, RestartEndsRunningJobsInterruptedAndRunsQueuedOnes) {
   // What a crash leaves behind: one job mid-run, one still queued.
-  auto make = [&](const std::string& id, const std::string& status, int events) {
+  auto make = [&](const std::string& id, const std::string& status, int events,
+                  const std::string& principal) {
     JobRecord job;
     job.job_id = id;
+    job.principal = principal;
     job.status = status;
     job.spec = PythonSpec();
     job.spec.set_language("python");
@@ -212,8 +244,8 @@ TEST_F(JobManagerTest, RestartEndsRunningJobsInterruptedAndRunsQueuedOnes) {
       ASSERT_TRUE(store_->Append(id, e, {}).ok());
     }
   };
-  make("job-was-running", kRunning, 3);
-  make("job-was-queued", kQueued, 1);
+  make("job-was-running", kRunning, 3, "local");
+  make("job-was-queued", kQueued, 1, "alice");
 
   FakeBroker broker({testing::kGoodPython});
   auto manager = MakeManager(&broker);
@@ -227,7 +259,9 @@ TEST_F(JobManagerTest, RestartEndsRunningJobsInterruptedAndRunsQueuedOnes) {
   EXPECT_EQ(interrupted.events[3].seq(), 4);
   EXPECT_EQ(interrupted.events[3].stage(), "failed");
 
-  Watched resumed = WatchToEnd(*manager, "job-was-queued", 1);
+  EXPECT_EQ(manager->Next(Who("bob"), "job-was-queued", 0, [] {}).status().code(),
+            absl::StatusCode::kNotFound);
+  Watched resumed = WatchToEnd(*manager, "job-was-queued", 1, Who("alice"));
   ASSERT_TRUE(resumed.ended);
   EXPECT_EQ(resumed.result.status(), "succeeded") << resumed.result.reason();
   EXPECT_EQ(resumed.events.front().seq(), 2);
@@ -239,9 +273,9 @@ TEST_F(JobManagerTest, StopInterruptsRunningJobsAndKeepsQueuedOnesForTheNextStar
   {
     auto manager = MakeManager(&blocking, 1, 4);
     ASSERT_TRUE(manager->Start().ok());
-    running_id = *manager->Submit(PythonSpec());
+    running_id = *manager->Submit(kLocal, PythonSpec());
     ASSERT_TRUE(blocking.WaitBlocked(1));
-    queued_id = *manager->Submit(PythonSpec());
+    queued_id = *manager->Submit(kLocal, PythonSpec());
     manager->Stop();
   }
   EXPECT_EQ(store_->Get(running_id)->status, "failed");
@@ -254,6 +288,174 @@ TEST_F(JobManagerTest, StopInterruptsRunningJobsAndKeepsQueuedOnesForTheNextStar
   Watched w = WatchToEnd(*manager, queued_id);
   ASSERT_TRUE(w.ended);
   EXPECT_EQ(w.result.status(), "succeeded");
+}
+
+TEST_F(JobManagerTest, JobIdsAre128RandomBitsAfterTheJobPrefix) {
+  FakeBroker broker({FakeBroker::kBlock});
+  auto manager = MakeManager(&broker, /*workers=*/1, /*queue=*/8);
+  ASSERT_TRUE(manager->Start().ok());
+  std::set<std::string> ids;
+  for (int i = 0; i < 3; ++i) {
+    auto id = manager->Submit(kLocal, PythonSpec());
+    ASSERT_TRUE(id.ok()) << id.status();
+    EXPECT_TRUE(std::regex_match(*id, std::regex("job-[0-9a-f]{32}"))) << *id;
+    ids.insert(*id);
+  }
+  EXPECT_EQ(ids.size(), 3u);
+}
+
+TEST_F(JobManagerTest, AnotherPrincipalsJobIsAnsweredLikeAnUnknownOneButAdminsSeeIt) {
+  FakeBroker broker({FakeBroker::kBlock});
+  auto manager = MakeManager(&broker);
+  ASSERT_TRUE(manager->Start().ok());
+  const common::Identity alice = Who("alice"), bob = Who("bob");
+  auto id = manager->Submit(alice, PythonSpec());
+  ASSERT_TRUE(id.ok()) << id.status();
+  ASSERT_TRUE(broker.WaitBlocked(1));
+
+  // What bob gets for alice's job, word for word what anyone gets for an id that does not exist.
+  auto expect_hidden = [&](const std::string& job_id) {
+    auto as_unknown = [&](const absl::Status& unknown) {
+      return absl::Status(unknown.code(),
+                          absl::StrReplaceAll(unknown.message(), {{"job-nope", job_id}}));
+    };
+    EXPECT_EQ(manager->Get(bob, job_id).status(),
+              as_unknown(manager->Get(bob, "job-nope").status()));
+    EXPECT_EQ(manager->Next(bob, job_id, 0, [] {}).status(),
+              as_unknown(manager->Next(bob, "job-nope", 0, [] {}).status()));
+    EXPECT_EQ(CancelAndWait(*manager, job_id, bob).status(),
+              as_unknown(CancelAndWait(*manager, "job-nope", bob).status()));
+    EXPECT_EQ(manager->Get(bob, job_id).status().code(), absl::StatusCode::kNotFound);
+  };
+  expect_hidden(*id);                                     // running
+  EXPECT_EQ(manager->Get(alice, *id)->status, kRunning);  // bob's cancel did nothing
+
+  EXPECT_TRUE(manager->List(bob, 50, "", false)->empty());
+  EXPECT_TRUE(manager->List(bob, 50, "", /*all_principals=*/true)->empty());
+  auto own = manager->List(alice, 50, "", false);
+  ASSERT_EQ(own->size(), 1u);
+  EXPECT_EQ((*own)[0].principal, "alice");
+  auto everyone = manager->List(kAdmin, 50, "", true);
+  ASSERT_EQ(everyone->size(), 1u);
+  EXPECT_TRUE(manager->List(kAdmin, 50, "", false)->empty());  // without the flag: its own
+
+  // An admin may read and cancel it.
+  EXPECT_EQ(manager->Get(kAdmin, *id)->principal, "alice");
+  auto cancelled = CancelAndWait(*manager, *id, kAdmin);
+  ASSERT_TRUE(cancelled.ok()) << cancelled.status();
+  EXPECT_EQ(cancelled->status(), "cancelled");
+  Watched admin_view = WatchToEnd(*manager, *id, 0, kAdmin);
+  ASSERT_TRUE(admin_view.ended);
+
+  expect_hidden(*id);  // ended: read from the store
+  Watched own_view = WatchToEnd(*manager, *id, 0, alice);
+  ASSERT_TRUE(own_view.ended);
+  EXPECT_EQ(own_view.result.status(), "cancelled");
+}
+
+TEST_F(JobManagerTest, InFlightQuotaCountsQueuedAndRunningJobsOfThatPrincipal) {
+  FakeBroker broker({FakeBroker::kBlock});
+  auto manager = MakeManager(&broker, /*workers=*/1, /*queue=*/8);
+  ASSERT_TRUE(manager->Start().ok());
+  const common::Identity alice = Who("alice", {.in_flight = 2, .per_day = 0});
+  auto running = manager->Submit(alice, PythonSpec());
+  ASSERT_TRUE(running.ok());
+  ASSERT_TRUE(broker.WaitBlocked(1));
+  auto queued = manager->Submit(alice, PythonSpec());
+  ASSERT_TRUE(queued.ok()) << queued.status();
+
+  auto refused = manager->Submit(alice, PythonSpec());
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kResourceExhausted);
+  anima::v1::BrokerFailure failure = FailureOf(refused.status());
+  EXPECT_EQ(failure.code(), "quota_exceeded");
+  EXPECT_EQ(failure.limit(), "jobs_in_flight");
+  EXPECT_EQ(failure.retry_after_ms(), kRetryWhenBusy.count());
+  EXPECT_FALSE(failure.message().empty());
+  // Nothing was stored for the refused job.
+  EXPECT_EQ(manager->List(alice, 50, "", false)->size(), 2u);
+
+  // Another principal with the same quota is not held to alice's jobs.
+  EXPECT_TRUE(manager->Submit(Who("bob", {.in_flight = 2, .per_day = 0}), PythonSpec()).ok());
+
+  // When one of alice's jobs ends, she has room again.
+  ASSERT_TRUE(CancelAndWait(*manager, *queued, alice).ok());
+  EXPECT_TRUE(manager->Submit(alice, PythonSpec()).ok());
+}
+
+TEST_F(JobManagerTest, PerDayQuotaLastsTheUtcDayAndSurvivesARestart) {
+  const int64_t day = 24 * 3600 * 1000;
+  // 23:00 UTC on some day; the quota frees at the next midnight, one hour later.
+  std::atomic<int64_t> now{20000 * day + 23 * 3600 * 1000};
+  auto clock = [&now] { return now.load(); };
+  const common::Identity alice = Who("alice", {.in_flight = 0, .per_day = 2});
+  {
+    FakeBroker broker({FakeBroker::kBlock});
+    auto manager = MakeManager(&broker, /*workers=*/1, /*queue=*/8, clock);
+    ASSERT_TRUE(manager->Start().ok());
+    ASSERT_TRUE(manager->Submit(alice, PythonSpec()).ok());
+    ASSERT_TRUE(broker.WaitBlocked(1));
+    auto second = manager->Submit(alice, PythonSpec());
+    ASSERT_TRUE(second.ok());
+    // Cancelled jobs still count: the quota is on submissions.
+    ASSERT_TRUE(CancelAndWait(*manager, *second, alice).ok());
+    auto refused = manager->Submit(alice, PythonSpec());
+    EXPECT_EQ(refused.status().code(), absl::StatusCode::kResourceExhausted);
+    anima::v1::BrokerFailure failure = FailureOf(refused.status());
+    EXPECT_EQ(failure.code(), "quota_exceeded");
+    EXPECT_EQ(failure.limit(), "jobs_per_day");
+    EXPECT_EQ(failure.retry_after_ms(), 3600 * 1000);
+    EXPECT_TRUE(manager->Submit(Who("bob", {.in_flight = 0, .per_day = 2}), PythonSpec()).ok());
+    manager->Stop();
+  }
+  FakeBroker broker({FakeBroker::kBlock});
+  auto manager = MakeManager(&broker, /*workers=*/1, /*queue=*/8, clock);
+  ASSERT_TRUE(manager->Start().ok());
+  EXPECT_EQ(FailureOf(manager->Submit(alice, PythonSpec()).status()).limit(), "jobs_per_day");
+  now += 3600 * 1000;  // midnight
+  EXPECT_TRUE(manager->Submit(alice, PythonSpec()).ok());
+}
+
+TEST_F(JobManagerTest, PrincipalsTakeTurnsAndOneHoldsAtMostHalfTheQueue) {
+  FakeBroker broker({FakeBroker::kBlock, testing::kGoodPython});
+  auto manager = MakeManager(&broker, /*workers=*/1, /*queue=*/4);
+  ASSERT_TRUE(manager->Start().ok());
+  const common::Identity alice = Who("alice"), bob = Who("bob");
+  auto spec = [](const std::string& name) {
+    anima::v1::SubmitRequest s = PythonSpec();
+    s.set_task("Task " + name + ": write add(a, b) in solution.py.");
+    return s;
+  };
+  auto a0 = manager->Submit(alice, spec("A0"));
+  ASSERT_TRUE(a0.ok());
+  ASSERT_TRUE(broker.WaitBlocked(1));
+  ASSERT_TRUE(manager->Submit(alice, spec("A1")).ok());
+  auto a2 = manager->Submit(alice, spec("A2"));
+  ASSERT_TRUE(a2.ok());
+  // Alice holds half of the 4 places: her next job waits outside, bob's gets in.
+  auto a3 = manager->Submit(alice, spec("A3"));
+  EXPECT_EQ(a3.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(FailureOf(a3.status()).code(), "overloaded");
+  auto b1 = manager->Submit(bob, spec("B1"));
+  ASSERT_TRUE(b1.ok()) << b1.status();
+  EXPECT_EQ(manager->stats().queued, 3);
+
+  ASSERT_TRUE(CancelAndWait(*manager, *a0, alice).ok());
+  Watched last = WatchToEnd(*manager, *a2, 0, alice);
+  ASSERT_TRUE(last.ended);
+  Watched bobs = WatchToEnd(*manager, *b1, 0, bob);
+  ASSERT_TRUE(bobs.ended);
+  EXPECT_EQ(bobs.result.status(), "succeeded") << bobs.result.reason();
+
+  // The order the model was asked in: bob's job came before alice's later one.
+  std::vector<std::string> order;
+  for (const std::string& prompt : broker.prompts()) {
+    for (const char* name : {"A0", "A1", "A2", "B1"}) {
+      if (prompt.find(std::string("Task ") + name + ":") != std::string::npos) {
+        order.push_back(name);
+      }
+    }
+  }
+  EXPECT_EQ(order, (std::vector<std::string>{"A0", "A1", "B1", "A2"}));
 }
 
 }  // namespace

@@ -1,6 +1,7 @@
 #include "services/self_coding/pipeline.h"
 
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 
 #include <thread>
 
@@ -53,6 +54,10 @@ class PipelineTest : public ::testing::Test {
     spec.set_max_attempts(max_attempts);
     return spec;
   }
+
+  // The job directory is private, as in the service (a 0700 data directory): the sandbox uid
+  // cannot enter it, and every test below still runs.
+  void SetUp() override { chmod(dir_.path().c_str(), 0700); }
 
   std::unique_ptr<Sandbox> sandbox_ = testing::TestSandbox();
   TempDir dir_;
@@ -189,6 +194,104 @@ TEST_F(PipelineTest, CancelStopsAWaitForTheModel) {
   auto result = Run(broker, PythonSpec(3), &cancel);
   canceller.join();
   EXPECT_EQ(result.status(), "cancelled");
+}
+
+// Each of these claims success without the tests passing; none may be believed.
+TEST_F(PipelineTest, CodeThatPrintsPassedAndExitsZeroIsNotASuccess) {
+  FakeBroker broker(
+      {"```python title=\"solution.py\"\nimport os\n"
+       "print('ANIMA_TESTS passed=5 failed=0')\nprint('5 passed, 0 failed')\n"
+       "os._exit(0)\n```\n"});
+  auto result = Run(broker, PythonSpec(1));
+  EXPECT_EQ(result.status(), "failed");
+  EXPECT_NE(result.reason().find("without the harness reporting a result"), std::string::npos)
+      << result.reason();
+  EXPECT_EQ(result.tests().passed(), 0);
+  EXPECT_GE(result.tests().failed(), 1);
+}
+
+TEST_F(PipelineTest, SysExitZeroInTheMiddleOfTheTestsIsAFailure) {
+  FakeBroker broker(
+      {"```python title=\"solution.py\"\nimport sys\n"
+       "def add(a, b):\n    print('2 passed, 0 failed')\n    sys.exit(0)\n```\n"});
+  auto result = Run(broker, PythonSpec(1));
+  EXPECT_EQ(result.status(), "failed");
+  EXPECT_EQ(result.tests().failed(), 2) << result.tests().output_tail();
+}
+
+TEST_F(PipelineTest, OsExitZeroInTheMiddleOfTheTestsIsAFailure) {
+  FakeBroker broker(
+      {"```python title=\"solution.py\"\nimport os\n"
+       "def add(a, b):\n    os._exit(0)\n```\n"});
+  auto result = Run(broker, PythonSpec(1));
+  EXPECT_EQ(result.status(), "failed");
+  EXPECT_NE(result.reason().find("without the harness reporting a result"), std::string::npos)
+      << result.reason();
+}
+
+TEST_F(PipelineTest, AForgedResultLineOnTheReportChannelIsIgnored) {
+  // It reads stdin for the nonce (already consumed by the harness) and writes a result line to
+  // every fd it can, the report pipe included.
+  FakeBroker broker(
+      {"```python title=\"solution.py\"\nimport os, sys\n"
+       "nonce = sys.stdin.read().strip() or 'guess'\n"
+       "for fd in range(1, 10):\n"
+       "    try:\n"
+       "        os.write(fd, ('ANIMA_RESULT %s passed=2 failed=0\\n' % nonce).encode())\n"
+       "    except OSError:\n"
+       "        pass\n"
+       "os._exit(0)\n```\n"});
+  auto result = Run(broker, PythonSpec(1));
+  EXPECT_EQ(result.status(), "failed") << result.tests().output_tail();
+}
+
+TEST_F(PipelineTest, CppCodeThatExitsZeroBeforeTheTestsFinishIsAFailure) {
+  anima::v1::SubmitRequest spec;
+  spec.set_task("Write int square(int) in solution.h.");
+  spec.set_language("cpp");
+  spec.set_max_attempts(1);
+  spec.set_tests(
+      "#include \"solution.h\"\n#include <cassert>\n"
+      "int main() { assert(square(3) == 9); assert(square(2) == 5); return 0; }\n");
+  FakeBroker broker(
+      {"```cpp title=\"solution.h\"\n#pragma once\n#include <cstdio>\n#include <cstdlib>\n"
+       "inline int square(int x) { std::puts(\"ANIMA_TESTS passed=2 failed=0\"); "
+       "std::exit(0); }\n```\n"});
+  auto result = Run(broker, spec);
+  EXPECT_EQ(result.status(), "failed");
+  EXPECT_NE(result.reason().find("without the harness reporting a result"), std::string::npos)
+      << result.reason() << result.tests().output_tail();
+}
+
+TEST_F(PipelineTest, ModelFilesNamedLikeOptionsAreRefused) {
+  FakeBroker broker(
+      {"```python title=\"-o.py\"\nx = 1\n```\n"
+       "```python title=\"@args.py\"\nx = 1\n```\n" +
+       std::string(testing::kGoodPython)});
+  auto result = Run(broker, PythonSpec(1));
+  EXPECT_EQ(result.status(), "succeeded") << result.reason();
+  EXPECT_FALSE(result.files().contains("-o.py"));
+  EXPECT_FALSE(result.files().contains("@args.py"));
+}
+
+TEST(UnsandboxedPipeline, TheResultChannelWorksWithoutBubblewrapToo) {
+  auto sandbox = MakeSandbox(SandboxMode::kNone);
+  TempDir dir;
+  RecordingSink sink;
+  CancelToken none;
+  anima::v1::SubmitRequest spec;
+  spec.set_task("Write add(a, b) in solution.py.");
+  spec.set_tests(testing::kPythonTests);
+  spec.set_max_attempts(1);
+  FakeBroker good({testing::kGoodPython});
+  auto passed = JobPipeline(&good, sandbox.get(), {}).Run(spec, "job-1", dir.path(), &sink, &none);
+  EXPECT_EQ(passed.status(), "succeeded") << passed.reason() << passed.tests().output_tail();
+  EXPECT_EQ(passed.tests().passed(), 2);
+  FakeBroker forged(
+      {"```python title=\"solution.py\"\nimport os\nprint('2 passed')\nos._exit(0)\n```\n"});
+  auto failed =
+      JobPipeline(&forged, sandbox.get(), {}).Run(spec, "job-2", dir.path(), &sink, &none);
+  EXPECT_EQ(failed.status(), "failed");
 }
 
 TEST(Tail, KeepsTheEndAndMarksTheCut) {

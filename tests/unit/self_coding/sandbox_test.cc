@@ -1,4 +1,5 @@
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <sys/socket.h>
@@ -27,14 +28,26 @@ class SandboxTest : public ::testing::Test {
     if (!sandbox_->Available().ok()) {
       GTEST_SKIP() << "bubblewrap unavailable here: " << sandbox_->Available();
     }
+    NewWorkspace(WorkspaceLimits{});
   }
 
+  void NewWorkspace(const WorkspaceLimits& limits) {
+    workspace_.reset();
+    auto created = sandbox_->CreateWorkspace(dir_.path(), "ws", limits);
+    ASSERT_TRUE(created.ok()) << created.status();
+    workspace_ = *std::move(created);
+  }
+
+  // Runs `code` as a new file prog<N>.py (workspace files are never overwritten).
   SandboxResult RunPython(const std::string& code, SandboxLimits limits = {},
                           CancelToken* cancel = nullptr) {
-    { std::ofstream(workspace_.path() + "/prog.py") << code; }
+    std::string file = "prog" + std::to_string(++programs_) + ".py";
+    EXPECT_TRUE(workspace_->WriteFile(file, code).ok());
+    SandboxCommand command;
+    command.argv = {"python3", file};
+    command.limits = limits;
     CancelToken none;
-    auto result = sandbox_->Run({{"python3", "prog.py"}, workspace_.path(), limits},
-                                cancel != nullptr ? cancel : &none);
+    auto result = sandbox_->Run(command, *workspace_, cancel != nullptr ? cancel : &none);
     EXPECT_TRUE(result.ok()) << result.status();
     return result.ok() ? *result : SandboxResult{};
   }
@@ -47,7 +60,9 @@ class SandboxTest : public ::testing::Test {
   }
 
   std::unique_ptr<Sandbox> sandbox_;
-  TempDir workspace_;
+  TempDir dir_;
+  std::unique_ptr<Workspace> workspace_;
+  int programs_ = 0;
 };
 
 TEST_F(SandboxTest, RunsCodeInTheWorkspaceAndCapturesOutput) {
@@ -58,7 +73,7 @@ TEST_F(SandboxTest, RunsCodeInTheWorkspaceAndCapturesOutput) {
   EXPECT_TRUE(result.reason.empty()) << result.reason;
   EXPECT_NE(result.output.find("hello /workspace"), std::string::npos) << result.output;
   EXPECT_NE(result.output.find("err"), std::string::npos);
-  EXPECT_TRUE(std::filesystem::exists(workspace_.path() + "/out.txt"));
+  EXPECT_EQ(workspace_->ReadFile("out.txt").value_or(""), "x");
 }
 
 TEST_F(SandboxTest, CannotReachTheNetwork) {
@@ -113,9 +128,8 @@ TEST_F(SandboxTest, CannotWriteOutsideTheWorkspace) {
   EXPECT_EQ(result.output.find("WROTE"), std::string::npos) << result.output;
   EXPECT_FALSE(std::filesystem::exists(target));
   EXPECT_FALSE(std::filesystem::exists("/usr/escaped.txt"));
-  EXPECT_FALSE(std::filesystem::exists(std::filesystem::path(workspace_.path()).parent_path() /
-                                       "escaped.txt"));
-  EXPECT_TRUE(std::filesystem::exists(workspace_.path() + "/inside.txt"));
+  EXPECT_FALSE(std::filesystem::exists("/escaped.txt"));
+  EXPECT_TRUE(workspace_->ReadFile("inside.txt").ok());
 }
 
 TEST_F(SandboxTest, InfiniteLoopHitsTheCpuLimit) {
@@ -172,9 +186,13 @@ TEST_F(SandboxTest, ForkBombIsContained) {
   // Nothing of it is left running, and this process can still start processes.
   int left = 0;
   for (const auto& entry : std::filesystem::directory_iterator("/proc")) {
-    std::ifstream cmdline(entry.path() / "cmdline");
-    std::string text((std::istreambuf_iterator<char>(cmdline)), std::istreambuf_iterator<char>());
-    if (text.find("prog.py") != std::string::npos) left++;
+    // Read with read(2): processes of other programs come and go while this looks.
+    int fd = open((entry.path() / "cmdline").c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) continue;
+    char buf[4096];
+    ssize_t n = read(fd, buf, sizeof(buf));
+    close(fd);
+    if (n > 0 && std::string(buf, n).find("prog1.py") != std::string::npos) left++;
   }
   EXPECT_EQ(left, 0);
   ExpectStillWorks();
@@ -210,7 +228,7 @@ TEST_F(SandboxTest, CancellationKillsTheRunAtOnce) {
   CancelToken cancel;
   std::thread canceller([&] {
     // Cancel once the program has really started (it writes a marker file first).
-    for (int i = 0; i < 2000 && !std::filesystem::exists(workspace_.path() + "/started"); ++i) {
+    for (int i = 0; i < 2000 && !workspace_->ReadFile("started").ok(); ++i) {
       std::this_thread::sleep_for(std::chrono::milliseconds(5));
     }
     cancel.Cancel();
@@ -226,23 +244,175 @@ TEST_F(SandboxTest, CancellationKillsTheRunAtOnce) {
   EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(30));
 }
 
+TEST_F(SandboxTest, CannotCreateUserOrOtherNamespaces) {
+  SandboxCommand command;
+  command.argv = {"sh", "-c",
+                  "unshare -U true && echo UNSHARED_U; unshare -r true && echo UNSHARED_R; "
+                  "unshare -m true && echo UNSHARED_M; echo done"};
+  CancelToken none;
+  auto result = sandbox_->Run(command, *workspace_, &none);
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_NE(result->output.find("done"), std::string::npos) << result->output;
+  EXPECT_EQ(result->output.find("UNSHARED"), std::string::npos) << result->output;
+  ExpectStillWorks();
+}
+
+TEST_F(SandboxTest, TheSeccompFilterDeniesEscapesButNotNormalWork) {
+  // Raw system calls, so no library wrapper can hide the errno. x86-64 and arm64 numbers.
+  auto result = RunPython(R"py(import ctypes, os, platform, subprocess
+libc = ctypes.CDLL(None, use_errno=True)
+numbers = {
+    "x86_64": dict(unshare=272, setns=308, mount=165, umount2=166, pivot_root=155, ptrace=101,
+                   keyctl=250, add_key=248, bpf=321, perf_event_open=298, userfaultfd=323,
+                   init_module=175, open_by_handle_at=304, process_vm_readv=310, clone3=435,
+                   clone=56),
+    "aarch64": dict(unshare=97, setns=268, mount=40, umount2=39, pivot_root=41, ptrace=117,
+                    keyctl=219, add_key=217, bpf=280, perf_event_open=241, userfaultfd=282,
+                    init_module=105, open_by_handle_at=265, process_vm_readv=270, clone3=435,
+                    clone=220),
+}[platform.machine()]
+for name, nr in numbers.items():
+    if name == "clone":
+        # CLONE_NEWUSER | SIGCHLD: must fail before any process is made.
+        rc = libc.syscall(nr, 0x10000000 | 17, 0, 0, 0, 0)
+    else:
+        rc = libc.syscall(nr, 0, 0, 0, 0, 0)
+    print(name, rc, os.strerror(ctypes.get_errno()) if rc < 0 else "ALLOWED")
+print("child says", subprocess.run(["echo", "hi"], capture_output=True, text=True).stdout.strip())
+)py");
+  ASSERT_TRUE(result.ok()) << result.reason << result.output;
+  for (const char* name : {"unshare", "setns", "mount", "umount2", "pivot_root", "ptrace", "keyctl",
+                           "add_key", "bpf", "perf_event_open", "userfaultfd", "init_module",
+                           "open_by_handle_at", "process_vm_readv", "clone"}) {
+    EXPECT_NE(result.output.find(std::string(name) + " -1 Operation not permitted"),
+              std::string::npos)
+        << name << "\n"
+        << result.output;
+  }
+  // ENOSYS, so glibc falls back to clone (which the filter can inspect): processes still start.
+  EXPECT_NE(result.output.find("clone3 -1 Function not implemented"), std::string::npos)
+      << result.output;
+  EXPECT_NE(result.output.find("child says hi"), std::string::npos) << result.output;
+}
+
+TEST_F(SandboxTest, TestsThatWriteTooManyFilesStopAtTheWorkspaceCap) {
+  NewWorkspace({.max_bytes = 8 << 20, .max_files = 300});
+  auto result = RunPython(
+      "import errno, os\n"
+      "n = 0\n"
+      "try:\n"
+      "    for i in range(100000):\n"
+      "        open('f%d' % i, 'w').close()\n"
+      "        n += 1\n"
+      "except OSError as e:\n"
+      "    print('files', n, 'then', errno.errorcode[e.errno], flush=True)\n"
+      "    raise\n");
+  EXPECT_FALSE(result.ok());
+  EXPECT_NE(result.output.find("then ENOSPC"), std::string::npos) << result.output;
+  int files = -1;
+  auto at = result.output.find("files ");
+  ASSERT_NE(at, std::string::npos) << result.output;
+  ASSERT_EQ(std::sscanf(result.output.c_str() + at, "files %d", &files), 1);
+  EXPECT_LT(files, 300);
+  EXPECT_NE(result.reason.find("workspace limit"), std::string::npos) << result.reason;
+}
+
+TEST_F(SandboxTest, TestsThatWriteTooManyBytesStopAtTheWorkspaceCapInTmpToo) {
+  NewWorkspace({.max_bytes = 4 << 20, .max_files = 100});
+  auto result = RunPython(
+      "import errno\n"
+      "for where in ['/tmp/a', 'b']:\n"
+      "    written = 0\n"
+      "    try:\n"
+      "        with open(where, 'wb') as f:\n"
+      "            for _ in range(64):\n"
+      "                f.write(b'x' * (1 << 20))\n"
+      "                f.flush()\n"
+      "                written += 1\n"
+      "    except OSError as e:\n"
+      "        print(where, written, 'MiB then', errno.errorcode[e.errno], flush=True)\n");
+  EXPECT_NE(result.output.find("/tmp/a"), std::string::npos) << result.output;
+  EXPECT_NE(result.output.find("then ENOSPC"), std::string::npos) << result.output;
+  EXPECT_EQ(result.output.find(" 64 MiB"), std::string::npos) << result.output;
+}
+
+TEST_F(SandboxTest, InputArrivesOnStdinAndTheReportComesBackApart) {
+  ASSERT_TRUE(workspace_
+                  ->WriteFile("r.py",
+                              "import os, sys\n"
+                              "secret = sys.stdin.readline().strip()\n"
+                              "print('on stdout')\n"
+                              "os.write(3, ('got ' + secret + '\\n').encode())\n")
+                  .ok());
+  SandboxCommand command;
+  command.argv = {"python3", "r.py"};
+  command.input = "s3cret\n";
+  command.report = true;
+  CancelToken none;
+  auto result = sandbox_->Run(command, *workspace_, &none);
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_TRUE(result->ok()) << result->reason << result->output;
+  EXPECT_EQ(result->report, "got s3cret\n");
+  EXPECT_EQ(result->output, "on stdout\n");
+  // Without `report`, fd 3 is not open at all.
+  ASSERT_TRUE(workspace_->WriteFile("w.py", "import os\nos.write(3, b'x')\n").ok());
+  command.argv = {"python3", "w.py"};
+  command.report = false;
+  result = sandbox_->Run(command, *workspace_, &none);
+  ASSERT_TRUE(result.ok());
+  EXPECT_NE(result->output.find("Bad file descriptor"), std::string::npos) << result->output;
+}
+
+TEST_F(SandboxTest, SymlinksLeftByTheCodeDoNotRedirectTheServicesWrites) {
+  TempDir outside;
+  auto result = RunPython(
+      "import os\n"
+      "os.symlink('" +
+      outside.path() +
+      "', 'dir')\n"
+      "os.symlink('" +
+      outside.path() +
+      "/planted', 'file.py')\n"
+      "os.symlink('/workspace/../etc', 'up')\n");
+  ASSERT_TRUE(result.ok()) << result.reason << result.output;
+  EXPECT_FALSE(workspace_->WriteFile("dir/x.py", "x").ok());
+  EXPECT_FALSE(workspace_->WriteFile("file.py", "x").ok());
+  EXPECT_FALSE(workspace_->WriteFile("up/passwd", "x").ok());
+  EXPECT_FALSE(std::filesystem::exists(outside.path() + "/x.py"));
+  EXPECT_FALSE(std::filesystem::exists(outside.path() + "/planted"));
+  EXPECT_FALSE(workspace_->ReadFile("dir/x.py").ok());
+}
+
+TEST_F(SandboxTest, WorkspacesAreNotOnTheHostDisk) {
+  // The data directory can be 0700 and unreadable to the sandbox uid: nothing is put in it.
+  ASSERT_TRUE(workspace_->WriteFile("a.py", "print('ran')\n").ok());
+  EXPECT_TRUE(std::filesystem::is_empty(dir_.path()));
+  auto result = RunPython("print(open('a.py').read())\n");
+  EXPECT_NE(result.output.find("ran"), std::string::npos) << result.output;
+}
+
 TEST(UnsandboxedMode, RunsInTheWorkspaceWithLimitsAndTimeouts) {
   auto sandbox = MakeSandbox(SandboxMode::kNone);
   ASSERT_TRUE(sandbox->Available().ok());
   EXPECT_EQ(sandbox->name(), "none");
-  TempDir workspace;
+  TempDir dir;
+  auto workspace = sandbox->CreateWorkspace(dir.path(), "ws", {});
+  ASSERT_TRUE(workspace.ok()) << workspace.status();
   CancelToken cancel;
-  SandboxLimits limits;
-  limits.wall_time = std::chrono::milliseconds(500);
-  auto ok =
-      sandbox->Run({{"sh", "-c", "pwd; echo hi > out.txt"}, workspace.path(), limits}, &cancel);
+  SandboxCommand command;
+  command.argv = {"sh", "-c", "pwd; echo hi > out.txt"};
+  command.limits.wall_time = std::chrono::milliseconds(500);
+  auto ok = sandbox->Run(command, **workspace, &cancel);
   ASSERT_TRUE(ok.ok());
   EXPECT_TRUE(ok->ok()) << ok->reason << ok->output;
-  EXPECT_NE(ok->output.find(workspace.path()), std::string::npos);
-  EXPECT_TRUE(std::filesystem::exists(workspace.path() + "/out.txt"));
-  auto slow = sandbox->Run({{"sleep", "30"}, workspace.path(), limits}, &cancel);
+  EXPECT_NE(ok->output.find(dir.path() + "/ws"), std::string::npos) << ok->output;
+  EXPECT_TRUE(std::filesystem::exists(dir.path() + "/ws/out.txt"));
+  command.argv = {"sleep", "30"};
+  auto slow = sandbox->Run(command, **workspace, &cancel);
   ASSERT_TRUE(slow.ok());
   EXPECT_NE(slow->reason.find("wall time limit"), std::string::npos) << slow->reason;
+  workspace->reset();
+  EXPECT_FALSE(std::filesystem::exists(dir.path() + "/ws")) << "the workspace outlived its object";
 }
 
 TEST(SandboxAvailability, MissingBubblewrapRefusesWithAClearError) {
@@ -251,6 +421,15 @@ TEST(SandboxAvailability, MissingBubblewrapRefusesWithAClearError) {
   EXPECT_EQ(status.code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_NE(status.message().find("--sandbox=none"), std::string::npos) << status;
   EXPECT_TRUE(MakeSandbox(SandboxMode::kNone)->Available().ok());
+}
+
+TEST(SandboxAvailability, ABubblewrapThatCannotSetUpRefusesJobs) {
+  if (!MakeSandbox(SandboxMode::kBubblewrap)->Available().ok()) GTEST_SKIP();
+  // A "bwrap" that fails as bwrap does on a setup error: no command ever runs unsandboxed.
+  auto sandbox = MakeSandbox(SandboxMode::kBubblewrap, "/bin/false");
+  auto status = sandbox->Available();
+  EXPECT_EQ(status.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(status.message().find("could not start"), std::string::npos) << status;
 }
 
 }  // namespace

@@ -2,8 +2,10 @@
 
 #include <gtest/gtest.h>
 
+#include "anima/v1/llm_broker.pb.h"
 #include "grpcpp/grpcpp.h"
 #include "services/common/grpc_server.h"
+#include "services/common/identity.h"
 #include "services/self_coding/sqlite_job_store.h"
 #include "tests/unit/self_coding/fakes.h"
 
@@ -30,7 +32,7 @@ class SelfCodingServiceTest : public ::testing::Test {
     options.queue_size = queue_size;
     options.work_dir = dir_.path() + "/work";
     manager_ = std::make_unique<JobManager>(store_.get(), pipeline_.get(), sandbox_.get(), options,
-                                            nullptr);
+                                            &metrics_);
     ASSERT_TRUE(manager_->Start().ok());
     service_ = std::make_unique<SelfCodingService>(manager_.get());
     introspection_ = std::make_unique<SelfCodingIntrospection>(manager_.get());
@@ -58,8 +60,10 @@ class SelfCodingServiceTest : public ::testing::Test {
     return out;
   }
 
-  StreamResult Watch(const std::string& job_id, int64_t after_seq) {
+  StreamResult Watch(const std::string& job_id, int64_t after_seq,
+                     const common::Identity* who = nullptr) {
     grpc::ClientContext ctx;
+    if (who != nullptr) common::AttachIdentity(*who, &ctx);
     ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
     anima::v1::WatchRequest req;
     req.set_job_id(job_id);
@@ -68,12 +72,38 @@ class SelfCodingServiceTest : public ::testing::Test {
     return ReadAll(reader);
   }
 
-  grpc::Status Cancel(const std::string& job_id, anima::v1::CancelResponse* response) {
+  grpc::Status Cancel(const std::string& job_id, anima::v1::CancelResponse* response,
+                      const common::Identity* who = nullptr) {
     grpc::ClientContext ctx;
+    if (who != nullptr) common::AttachIdentity(*who, &ctx);
     ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
     anima::v1::CancelRequest req;
     req.set_job_id(job_id);
     return stub_->Cancel(&ctx, req, response);
+  }
+
+  grpc::Status Submit(const common::Identity& who, anima::v1::SubmitResponse* response) {
+    grpc::ClientContext ctx;
+    common::AttachIdentity(who, &ctx);
+    return stub_->Submit(&ctx, PythonSpec(), response);
+  }
+
+  grpc::Status Get(const common::Identity& who, const std::string& job_id, anima::v1::Job* job) {
+    grpc::ClientContext ctx;
+    common::AttachIdentity(who, &ctx);
+    anima::v1::GetJobRequest req;
+    req.set_job_id(job_id);
+    return stub_->Get(&ctx, req, job);
+  }
+
+  anima::v1::ListJobsResponse List(const common::Identity& who, bool all_principals) {
+    grpc::ClientContext ctx;
+    common::AttachIdentity(who, &ctx);
+    anima::v1::ListJobsRequest req;
+    req.set_all_principals(all_principals);
+    anima::v1::ListJobsResponse response;
+    EXPECT_TRUE(stub_->List(&ctx, req, &response).ok());
+    return response;
   }
 
   static anima::v1::SubmitRequest PythonSpec() {
@@ -92,6 +122,7 @@ class SelfCodingServiceTest : public ::testing::Test {
   std::unique_ptr<SelfCodingService> service_;
   std::unique_ptr<SelfCodingIntrospection> introspection_;
   prometheus::Registry registry_;
+  SelfCodingMetrics metrics_{registry_};
   std::unique_ptr<common::GrpcServer> server_;
   std::unique_ptr<anima::v1::SelfCoding::Stub> stub_;
   std::unique_ptr<anima::v1::Introspection::Stub> introspection_stub_;
@@ -145,6 +176,7 @@ TEST_F(SelfCodingServiceTest, RunStreamsAcceptedProgressResultThenOk) {
   EXPECT_EQ(job.status(), "succeeded");
   EXPECT_EQ(job.last_seq(), seq);
   EXPECT_EQ(job.language(), "python");
+  EXPECT_EQ(job.principal(), "local");  // no x-anima-principal: the one principal without auth
   EXPECT_EQ(job.result().attempts(), 2);
   grpc::ClientContext list_ctx;
   anima::v1::ListJobsRequest list;
@@ -285,6 +317,104 @@ TEST_F(SelfCodingServiceTest, FullQueueIsResourceExhausted) {
   EXPECT_EQ(modules["self-coding/job-store"].health(), anima::v1::MODULE_HEALTH_HEALTHY);
   EXPECT_EQ(modules["self-coding/sandbox"].kind(), "sandbox");
   EXPECT_EQ(modules["self-coding"].in_flight(), 2);
+}
+
+common::Identity Who(const std::string& principal, common::JobLimits limits = {}) {
+  return {.principal = principal, .admin = false, .job_limits = limits};
+}
+
+// The value of a counter of the registry with the given label, -1 when there is none.
+double CounterValue(prometheus::Registry& registry, const std::string& name,
+                    const std::string& label, const std::string& value) {
+  for (const auto& family : registry.Collect()) {
+    if (family.name != name) continue;
+    for (const auto& metric : family.metric) {
+      for (const auto& l : metric.label) {
+        if (l.name == label && l.value == value) return metric.counter.value;
+      }
+    }
+  }
+  return -1;
+}
+
+TEST_F(SelfCodingServiceTest, JobsBelongToTheCallersPrincipal) {
+  StartWith({FakeBroker::kBlock});
+  const common::Identity alice = Who("alice"), bob = Who("bob");
+  const common::Identity admin{.principal = "ops", .admin = true, .job_limits = {}};
+  anima::v1::SubmitResponse submitted;
+  ASSERT_TRUE(Submit(alice, &submitted).ok());
+  const std::string job_id = submitted.job_id();
+  ASSERT_TRUE(broker_->WaitBlocked(1));
+
+  // Bob gets for alice's job exactly what he gets for an id nobody has.
+  const std::string nobodys = "job-" + std::string(32, '0');
+  auto same_as_unknown = [&](const grpc::Status& mine, const grpc::Status& unknown) {
+    EXPECT_EQ(mine.error_code(), grpc::StatusCode::NOT_FOUND);
+    EXPECT_EQ(unknown.error_code(), grpc::StatusCode::NOT_FOUND);
+    std::string expected = unknown.error_message();
+    expected.replace(expected.find(nobodys), nobodys.size(), job_id);
+    EXPECT_EQ(mine.error_message(), expected);
+  };
+  anima::v1::Job job;
+  same_as_unknown(Get(bob, job_id, &job), Get(bob, nobodys, &job));
+  StreamResult watched = Watch(job_id, 0, &bob);
+  EXPECT_TRUE(watched.events.empty());
+  same_as_unknown(watched.status, Watch(nobodys, 0, &bob).status);
+  anima::v1::CancelResponse cancel;
+  same_as_unknown(Cancel(job_id, &cancel, &bob), Cancel(nobodys, &cancel, &bob));
+  EXPECT_EQ(List(bob, false).jobs_size(), 0);
+  EXPECT_EQ(List(bob, /*all_principals=*/true).jobs_size(), 0);
+
+  // Alice sees her job, with her name on it; so does an admin, who may cancel it.
+  ASSERT_TRUE(Get(alice, job_id, &job).ok());
+  EXPECT_EQ(job.principal(), "alice");
+  EXPECT_EQ(job.status(), "running");
+  anima::v1::ListJobsResponse own = List(alice, false);
+  ASSERT_EQ(own.jobs_size(), 1);
+  EXPECT_EQ(own.jobs(0).job_id(), job_id);
+  EXPECT_EQ(own.jobs(0).principal(), "alice");
+  anima::v1::ListJobsResponse everyone = List(admin, true);
+  ASSERT_EQ(everyone.jobs_size(), 1);
+  EXPECT_EQ(everyone.jobs(0).principal(), "alice");
+  ASSERT_TRUE(Cancel(job_id, &cancel, &admin).ok());
+  EXPECT_EQ(cancel.result().status(), "cancelled");
+  StreamResult own_watch = Watch(job_id, 0, &alice);
+  ASSERT_TRUE(own_watch.status.ok()) << own_watch.status.error_message();
+  ASSERT_FALSE(own_watch.events.empty());
+  EXPECT_EQ(own_watch.events.back().result().status(), "cancelled");
+  same_as_unknown(Watch(job_id, 0, &bob).status, Watch(nobodys, 0, &bob).status);
+}
+
+TEST_F(SelfCodingServiceTest, OverAQuotaIsResourceExhaustedWithABrokerFailure) {
+  StartWith({FakeBroker::kBlock});
+  const common::Identity alice = Who("alice", {.in_flight = 1, .per_day = 0});
+  anima::v1::SubmitResponse submitted;
+  ASSERT_TRUE(Submit(alice, &submitted).ok());
+
+  auto expect_quota = [](const grpc::Status& status) {
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+    anima::v1::BrokerFailure failure;
+    ASSERT_TRUE(failure.ParseFromString(status.error_details()));
+    EXPECT_EQ(failure.code(), "quota_exceeded");
+    EXPECT_EQ(failure.limit(), "jobs_in_flight");
+    EXPECT_EQ(failure.retry_after_ms(), kRetryWhenBusy.count());
+    EXPECT_EQ(failure.message(), status.error_message());
+  };
+  anima::v1::SubmitResponse refused;
+  expect_quota(Submit(alice, &refused));
+  EXPECT_TRUE(refused.job_id().empty());
+  grpc::ClientContext run_ctx;
+  common::AttachIdentity(alice, &run_ctx);
+  auto reader = stub_->Run(&run_ctx, PythonSpec());
+  StreamResult run = ReadAll(reader);
+  EXPECT_TRUE(run.events.empty());
+  expect_quota(run.status);
+  EXPECT_EQ(
+      CounterValue(registry_, "anima_selfcoding_quota_refusals_total", "limit", "jobs_in_flight"),
+      2);
+  EXPECT_EQ(
+      CounterValue(registry_, "anima_selfcoding_quota_refusals_total", "limit", "jobs_per_day"), 0);
+  EXPECT_EQ(List(alice, false).jobs_size(), 1);
 }
 
 }  // namespace
