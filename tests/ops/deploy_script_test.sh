@@ -16,7 +16,8 @@ fail() {
 }
 
 command -v shellcheck >/dev/null || { echo "FAIL: shellcheck missing (Debian package shellcheck)"; exit 1; }
-if shellcheck -x -P SCRIPTDIR "$SCRIPT" "$HERE"/*.sh "$ANIMA_SOURCE_DIR"/tools/bench/*.sh; then
+if shellcheck -x -P SCRIPTDIR "$SCRIPT" "$HERE"/*.sh "$ANIMA_SOURCE_DIR"/tools/bench/*.sh \
+  "$ANIMA_SOURCE_DIR"/tests/integration/openai_sdk/*.sh; then
   echo "ok: shellcheck finds nothing in deploy.sh, the ops test scripts and the bench scripts"
 else
   fail "shellcheck"

@@ -48,9 +48,8 @@ anima_start() {
 # module routed), gateway.
 anima_start_system() {
   ANIMA_WORK="$1"
-  mkdir -p "$ANIMA_WORK/self-coding"
-  # The sandbox runs generated code as an unprivileged uid that must reach the data dir.
-  chmod 0755 "$(dirname "$ANIMA_WORK")" "$ANIMA_WORK" "$ANIMA_WORK/self-coding"
+  # self-coding makes its data directory itself, private (0700).
+  mkdir -p "$ANIMA_WORK"
   anima_start anima-llm-sim http --rules="$ANIMA_SOURCE_DIR/tests/testdata/self_coding_rules.json" || return 1
   anima_start anima-llm-broker grpc --config="$ANIMA_SOURCE_DIR/services/llm_broker/config.sim.json" \
     --openai-base-url="http://127.0.0.1:${ANIMA_PORT[anima-llm-sim]}/v1" \
@@ -66,26 +65,42 @@ JSON
   anima_start anima-router grpc --broker="$broker" \
     --self-coding="127.0.0.1:${ANIMA_PORT[anima-self-coding]}" --config="$ANIMA_WORK/router.json" \
     --poll-interval-ms=500 || return 1
-  anima_start anima-gateway http --router="127.0.0.1:${ANIMA_PORT[anima-router]}" || return 1
+  # Auth on, as deployed: "ops" (admin, no quotas) carries the traffic; "capped" has a token
+  # budget of one answer, so every round also meets a quota refusal.
+  local ops_hash capped_hash
+  ops_hash="$(printf '%s' ops-key | sha256sum | cut -d' ' -f1)"
+  capped_hash="$(printf '%s' capped-key | sha256sum | cut -d' ' -f1)"
+  cat >"$ANIMA_WORK/keys.json" <<JSON
+{"tiers": {"capped": {"tokens_per_day": 1}},
+ "principals": {"ops": {"role": "admin"}, "capped": {"tier": "capped"}},
+ "keys": [{"principal": "ops", "sha256": "$ops_hash"},
+          {"principal": "capped", "sha256": "$capped_hash"}]}
+JSON
+  anima_start anima-gateway http --router="127.0.0.1:${ANIMA_PORT[anima-router]}" \
+    --auth-keys-file="$ANIMA_WORK/keys.json" || return 1
 }
 
 # anima_traffic: one round of chat (plain and streamed), a word_count, a state query, a malformed
-# frame and an oversized one.
+# frame and an oversized one, a chat over a principal's budget and one with a wrong key.
 anima_traffic() {
-  local url="ws://127.0.0.1:${ANIMA_PORT[anima-gateway]}/" cli="$ANIMA_BIN_DIR/anima-cli"
-  "$cli" --url "$url" chat "Hello, consciousness system!" >>"$ANIMA_WORK/cli.log" 2>&1 || return 1
-  "$cli" --url "$url" chat --stream "Tell me a story" >>"$ANIMA_WORK/cli.log" 2>&1 || return 1
+  local url="ws://127.0.0.1:${ANIMA_PORT[anima-gateway]}/"
+  local cli=("$ANIMA_BIN_DIR/anima-cli" --token ops-key)
+  "$ANIMA_BIN_DIR/anima-cli" --token capped-key --url "$url" chat "Hello from a capped key" \
+    >>"$ANIMA_WORK/cli.log" 2>&1 || true
+  "$ANIMA_BIN_DIR/anima-cli" --token wrong-key --url "$url" chat "Hello" >>"$ANIMA_WORK/cli.log" 2>&1 || true
+  "${cli[@]}" --url "$url" chat "Hello, consciousness system!" >>"$ANIMA_WORK/cli.log" 2>&1 || return 1
+  "${cli[@]}" --url "$url" chat --stream "Tell me a story" >>"$ANIMA_WORK/cli.log" 2>&1 || return 1
   # Every provider, so the providers dashboard has more than one.
   local p
   for p in venice gemini; do
-    "$cli" --url "$url" chat --provider "$p" "Hello from $p" >>"$ANIMA_WORK/cli.log" 2>&1 || true
+    "${cli[@]}" --url "$url" chat --provider "$p" "Hello from $p" >>"$ANIMA_WORK/cli.log" 2>&1 || true
   done
-  "$cli" send --timeout-ms=3000 --url "$url" '{"type":"word_count","id":"w1","text":"one two two"}' \
+  "${cli[@]}" send --timeout-ms=3000 --url "$url" '{"type":"word_count","id":"w1","text":"one two two"}' \
     >>"$ANIMA_WORK/cli.log" 2>&1 || true
-  "$cli" send --url "$url" '{"type":"consciousness_query","id":"q1"}' >>"$ANIMA_WORK/cli.log" 2>&1 || true
-  "$cli" send --url "$url" '{"type":"chat","id":"bad"}' >>"$ANIMA_WORK/cli.log" 2>&1 || true
+  "${cli[@]}" send --url "$url" '{"type":"consciousness_query","id":"q1"}' >>"$ANIMA_WORK/cli.log" 2>&1 || true
+  "${cli[@]}" send --url "$url" '{"type":"chat","id":"bad"}' >>"$ANIMA_WORK/cli.log" 2>&1 || true
   # A frame over the gateway's 64 KiB limit: too_large, and the connection closes (a limit hit).
-  "$cli" send --timeout-ms=3000 --url "$url" \
+  "${cli[@]}" send --timeout-ms=3000 --url "$url" \
     "{\"type\":\"chat\",\"id\":\"big\",\"message\":\"$(head -c 70000 /dev/zero | tr '\0' a)\"}" \
     >>"$ANIMA_WORK/cli.log" 2>&1 || true
   curl -fsS "http://127.0.0.1:${ANIMA_PORT[anima-gateway]}/readyz" >/dev/null || return 1
@@ -94,7 +109,7 @@ anima_traffic() {
 # anima_self_coding: the self-coding demo (its first attempt fails, the second passes).
 anima_self_coding() {
   local url="ws://127.0.0.1:${ANIMA_PORT[anima-gateway]}/"
-  "$ANIMA_BIN_DIR/anima-cli" send --url "$url" \
+  "$ANIMA_BIN_DIR/anima-cli" --token ops-key send --url "$url" \
     "$(cat "$ANIMA_SOURCE_DIR/docs/examples/self-coding-demo.json")" >>"$ANIMA_WORK/self-coding-cli.log" 2>&1
 }
 

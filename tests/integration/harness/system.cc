@@ -52,9 +52,10 @@ bool System::StartRouter(std::vector<std::string> flags) {
   return Start(kRouter, std::move(flags));
 }
 
-bool System::StartGateway() {
+bool System::StartGateway(std::vector<std::string> flags) {
   if (!Started(router(), kRouter, kGateway)) return false;
-  return Start(kGateway, {"--router=" + router()->address("grpc")});
+  flags.insert(flags.begin(), "--router=" + router()->address("grpc"));
+  return Start(kGateway, std::move(flags));
 }
 
 bool System::Restart(Process* service) {

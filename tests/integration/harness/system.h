@@ -43,8 +43,8 @@ class System {
   bool StartWordCount();
   // anima-router with `flags`, then --broker and --self-coding for those of them that run.
   bool StartRouter(std::vector<std::string> flags = {});
-  // anima-gateway in front of the router.
-  bool StartGateway();
+  // anima-gateway in front of the router, then `flags` (e.g. --auth-keys-file=...).
+  bool StartGateway(std::vector<std::string> flags = {});
 
   // Starts a gRPC service (broker, self-coding, word-count or router) that the test has stopped
   // again, with the flags it had and on the gRPC port it had, so that the services in front of it
