@@ -82,54 +82,60 @@ QuotaTracker::State& QuotaTracker::StateLocked(Shard& shard, const Principal& pr
   return s;
 }
 
-std::optional<QuotaRefusal> QuotaTracker::Admit(const Principal& principal, bool spends) {
+template <typename F>
+auto QuotaTracker::WithState(const Principal& principal, F&& f) {
   auto now = steady_();
   auto wall = wall_();
   Shard& shard = ShardOf(principal.id);
   std::lock_guard<std::mutex> lock(shard.mu);
-  State& s = StateLocked(shard, principal, now, wall);
-  const QuotaLimits& l = principal.limits;
-  if (l.requests_in_flight > 0 && s.in_flight >= l.requests_in_flight) {
-    // No clock frees a slot; a request ending does. A short wait is the honest hint.
-    return QuotaRefusal{"requests_in_flight", milliseconds(100), false,
-                        absl::StrCat("over requests_in_flight (", l.requests_in_flight,
-                                     ") for principal ", principal.id)};
-  }
-  if (spends) {
-    if (l.tokens_per_day > 0 && s.day_totals.tokens >= l.tokens_per_day) {
-      return QuotaRefusal{"tokens_per_day", Until(wall, NextDay(wall)), true,
-                          absl::StrCat("tokens_per_day (", l.tokens_per_day, ") used up")};
+  return f(StateLocked(shard, principal, now, wall), now, wall);
+}
+
+std::optional<QuotaRefusal> QuotaTracker::Admit(const Principal& principal, bool spends) {
+  return WithState(principal, [&](State& s, auto now, auto wall) -> std::optional<QuotaRefusal> {
+    const QuotaLimits& l = principal.limits;
+    if (l.requests_in_flight > 0 && s.in_flight >= l.requests_in_flight) {
+      // No clock frees a slot; a request ending does. A short wait is the honest hint.
+      return QuotaRefusal{"requests_in_flight", milliseconds(100), false,
+                          absl::StrCat("over requests_in_flight (", l.requests_in_flight,
+                                       ") for principal ", principal.id)};
     }
-    if (l.cost_per_day > 0 && s.day_totals.cost_usd >= l.cost_per_day) {
-      return QuotaRefusal{"cost_per_day", Until(wall, NextDay(wall)), true,
-                          absl::StrCat("cost_per_day (", Usd(l.cost_per_day), ") used up")};
+    if (spends) {
+      if (l.tokens_per_day > 0 && s.day_totals.tokens >= l.tokens_per_day) {
+        return QuotaRefusal{"tokens_per_day", Until(wall, NextDay(wall)), true,
+                            absl::StrCat("tokens_per_day (", l.tokens_per_day, ") used up")};
+      }
+      if (l.cost_per_day > 0 && s.day_totals.cost_usd >= l.cost_per_day) {
+        return QuotaRefusal{"cost_per_day", Until(wall, NextDay(wall)), true,
+                            absl::StrCat("cost_per_day (", Usd(l.cost_per_day), ") used up")};
+      }
+      if (l.cost_per_month > 0 && s.month_totals.cost_usd >= l.cost_per_month) {
+        return QuotaRefusal{"cost_per_month", Until(wall, NextMonth(wall)), true,
+                            absl::StrCat("cost_per_month (", Usd(l.cost_per_month), ") used up")};
+      }
+      if (l.tokens_per_minute > 0 && s.tokens_per_minute.Available(now) < 1) {
+        return QuotaRefusal{"tokens_per_minute", s.tokens_per_minute.WaitFor(now), false,
+                            absl::StrCat("over tokens_per_minute (", l.tokens_per_minute, ")")};
+      }
     }
-    if (l.cost_per_month > 0 && s.month_totals.cost_usd >= l.cost_per_month) {
-      return QuotaRefusal{"cost_per_month", Until(wall, NextMonth(wall)), true,
-                          absl::StrCat("cost_per_month (", Usd(l.cost_per_month), ") used up")};
+    // Both rates are checked before either is taken, so a refusal costs no token.
+    if (l.requests_per_second > 0 && s.per_second.Available(now) < 1) {
+      return QuotaRefusal{"requests_per_second",
+                          std::max(milliseconds(1), s.per_second.WaitFor(now)), false,
+                          absl::StrCat("over requests_per_second (", l.requests_per_second, ")")};
     }
-    if (l.tokens_per_minute > 0 && s.tokens_per_minute.Available(now) < 1) {
-      return QuotaRefusal{"tokens_per_minute", s.tokens_per_minute.WaitFor(now), false,
-                          absl::StrCat("over tokens_per_minute (", l.tokens_per_minute, ")")};
+    if (l.requests_per_minute > 0 && s.per_minute.Available(now) < 1) {
+      return QuotaRefusal{"requests_per_minute",
+                          std::max(milliseconds(1), s.per_minute.WaitFor(now)), false,
+                          absl::StrCat("over requests_per_minute (", l.requests_per_minute, ")")};
     }
-  }
-  // Both rates are checked before either is taken, so a refusal costs no token.
-  if (l.requests_per_second > 0 && s.per_second.Available(now) < 1) {
-    return QuotaRefusal{"requests_per_second", std::max(milliseconds(1), s.per_second.WaitFor(now)),
-                        false,
-                        absl::StrCat("over requests_per_second (", l.requests_per_second, ")")};
-  }
-  if (l.requests_per_minute > 0 && s.per_minute.Available(now) < 1) {
-    return QuotaRefusal{"requests_per_minute", std::max(milliseconds(1), s.per_minute.WaitFor(now)),
-                        false,
-                        absl::StrCat("over requests_per_minute (", l.requests_per_minute, ")")};
-  }
-  if (l.requests_per_second > 0) s.per_second.Charge(now, 1);
-  if (l.requests_per_minute > 0) s.per_minute.Charge(now, 1);
-  ++s.in_flight;
-  ++s.day_totals.requests;
-  ++s.month_totals.requests;
-  return std::nullopt;
+    if (l.requests_per_second > 0) s.per_second.Charge(now, 1);
+    if (l.requests_per_minute > 0) s.per_minute.Charge(now, 1);
+    ++s.in_flight;
+    ++s.day_totals.requests;
+    ++s.month_totals.requests;
+    return std::nullopt;
+  });
 }
 
 void QuotaTracker::Release(const Principal& principal) {
@@ -141,62 +147,56 @@ void QuotaTracker::Release(const Principal& principal) {
 
 void QuotaTracker::Charge(const Principal& principal, int64_t tokens, double cost_usd) {
   if (tokens <= 0 && cost_usd <= 0) return;
-  auto now = steady_();
-  auto wall = wall_();
-  Shard& shard = ShardOf(principal.id);
-  std::lock_guard<std::mutex> lock(shard.mu);
-  State& s = StateLocked(shard, principal, now, wall);
-  tokens = std::max<int64_t>(0, tokens);
-  cost_usd = std::max(0.0, cost_usd);
-  if (principal.limits.tokens_per_minute > 0) {
-    s.tokens_per_minute.Charge(now, static_cast<double>(tokens));
-  }
-  s.day_totals.tokens += tokens;
-  s.month_totals.tokens += tokens;
-  s.day_totals.cost_usd += cost_usd;
-  s.month_totals.cost_usd += cost_usd;
+  return WithState(principal, [&](State& s, auto now, auto wall) {
+    tokens = std::max<int64_t>(0, tokens);
+    cost_usd = std::max(0.0, cost_usd);
+    if (principal.limits.tokens_per_minute > 0) {
+      s.tokens_per_minute.Charge(now, static_cast<double>(tokens));
+    }
+    s.day_totals.tokens += tokens;
+    s.month_totals.tokens += tokens;
+    s.day_totals.cost_usd += cost_usd;
+    s.month_totals.cost_usd += cost_usd;
+  });
 }
 
 UsageReport QuotaTracker::Usage(const Principal& principal) {
-  auto now = steady_();
-  auto wall = wall_();
-  Shard& shard = ShardOf(principal.id);
-  std::lock_guard<std::mutex> lock(shard.mu);
-  State& s = StateLocked(shard, principal, now, wall);
-  const QuotaLimits& l = principal.limits;
-  UsageReport r;
-  r.principal = principal.id;
-  r.tier = principal.tier;
-  r.day = s.day_totals;
-  r.month = s.month_totals;
-  r.day_resets_at = NextDay(wall);
-  r.month_resets_at = NextMonth(wall);
-  auto bucket = [&](const char* name, const char* window, int64_t limit, TokenBucket& b) {
-    if (limit <= 0) return;
-    double available = b.Available(now);
-    r.limits.push_back(UsageEntry{name, window, static_cast<double>(limit),
-                                  static_cast<double>(limit) - std::max(0.0, available),
-                                  std::max(0.0, std::floor(available)), wall + b.UntilFull(now)});
-  };
-  bucket("requests_per_second", "second", l.requests_per_second, s.per_second);
-  bucket("requests_per_minute", "minute", l.requests_per_minute, s.per_minute);
-  if (l.requests_in_flight > 0) {
-    double limit = static_cast<double>(l.requests_in_flight);
-    double used = static_cast<double>(s.in_flight);
-    r.limits.push_back(UsageEntry{"requests_in_flight", "now", limit, used,
-                                  std::max(0.0, limit - used), std::nullopt});
-  }
-  bucket("tokens_per_minute", "minute", l.tokens_per_minute, s.tokens_per_minute);
-  auto window = [&](const char* name, const char* span, double limit, double used,
-                    system_clock::time_point resets) {
-    if (limit <= 0) return;
-    r.limits.push_back(UsageEntry{name, span, limit, used, std::max(0.0, limit - used), resets});
-  };
-  window("tokens_per_day", "day", static_cast<double>(l.tokens_per_day),
-         static_cast<double>(s.day_totals.tokens), r.day_resets_at);
-  window("cost_per_day", "day", l.cost_per_day, s.day_totals.cost_usd, r.day_resets_at);
-  window("cost_per_month", "month", l.cost_per_month, s.month_totals.cost_usd, r.month_resets_at);
-  return r;
+  return WithState(principal, [&](State& s, auto now, auto wall) -> UsageReport {
+    const QuotaLimits& l = principal.limits;
+    UsageReport r;
+    r.principal = principal.id;
+    r.tier = principal.tier;
+    r.day = s.day_totals;
+    r.month = s.month_totals;
+    r.day_resets_at = NextDay(wall);
+    r.month_resets_at = NextMonth(wall);
+    auto bucket = [&](const char* name, const char* window, int64_t limit, TokenBucket& b) {
+      if (limit <= 0) return;
+      double available = b.Available(now);
+      r.limits.push_back(UsageEntry{name, window, static_cast<double>(limit),
+                                    static_cast<double>(limit) - std::max(0.0, available),
+                                    std::max(0.0, std::floor(available)), wall + b.UntilFull(now)});
+    };
+    bucket("requests_per_second", "second", l.requests_per_second, s.per_second);
+    bucket("requests_per_minute", "minute", l.requests_per_minute, s.per_minute);
+    if (l.requests_in_flight > 0) {
+      double limit = static_cast<double>(l.requests_in_flight);
+      double used = static_cast<double>(s.in_flight);
+      r.limits.push_back(UsageEntry{"requests_in_flight", "now", limit, used,
+                                    std::max(0.0, limit - used), std::nullopt});
+    }
+    bucket("tokens_per_minute", "minute", l.tokens_per_minute, s.tokens_per_minute);
+    auto window = [&](const char* name, const char* span, double limit, double used,
+                      system_clock::time_point resets) {
+      if (limit <= 0) return;
+      r.limits.push_back(UsageEntry{name, span, limit, used, std::max(0.0, limit - used), resets});
+    };
+    window("tokens_per_day", "day", static_cast<double>(l.tokens_per_day),
+           static_cast<double>(s.day_totals.tokens), r.day_resets_at);
+    window("cost_per_day", "day", l.cost_per_day, s.day_totals.cost_usd, r.day_resets_at);
+    window("cost_per_month", "month", l.cost_per_month, s.month_totals.cost_usd, r.month_resets_at);
+    return r;
+  });
 }
 
 RateLimitHeaders QuotaTracker::Headers(const Principal& principal) {
@@ -204,24 +204,21 @@ RateLimitHeaders QuotaTracker::Headers(const Principal& principal) {
   if (l.requests_per_minute <= 0 && l.requests_per_second <= 0 && l.tokens_per_minute <= 0) {
     return {};
   }
-  auto now = steady_();
-  auto wall = wall_();
-  Shard& shard = ShardOf(principal.id);
-  std::lock_guard<std::mutex> lock(shard.mu);
-  State& s = StateLocked(shard, principal, now, wall);
-  auto trio = [&](int64_t limit, TokenBucket& b) {
-    double available = b.Available(now);
-    return RateLimitHeaders::Trio{limit, static_cast<int64_t>(std::max(0.0, std::floor(available))),
-                                  b.UntilFull(now)};
-  };
-  RateLimitHeaders h;
-  if (l.requests_per_minute > 0) {
-    h.requests = trio(l.requests_per_minute, s.per_minute);
-  } else if (l.requests_per_second > 0) {
-    h.requests = trio(l.requests_per_second, s.per_second);
-  }
-  if (l.tokens_per_minute > 0) h.tokens = trio(l.tokens_per_minute, s.tokens_per_minute);
-  return h;
+  return WithState(principal, [&](State& s, auto now, auto wall) -> RateLimitHeaders {
+    auto trio = [&](int64_t limit, TokenBucket& b) {
+      double available = b.Available(now);
+      return RateLimitHeaders::Trio{
+          limit, static_cast<int64_t>(std::max(0.0, std::floor(available))), b.UntilFull(now)};
+    };
+    RateLimitHeaders h;
+    if (l.requests_per_minute > 0) {
+      h.requests = trio(l.requests_per_minute, s.per_minute);
+    } else if (l.requests_per_second > 0) {
+      h.requests = trio(l.requests_per_second, s.per_second);
+    }
+    if (l.tokens_per_minute > 0) h.tokens = trio(l.tokens_per_minute, s.tokens_per_minute);
+    return h;
+  });
 }
 
 }  // namespace anima::gateway

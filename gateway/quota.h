@@ -111,6 +111,9 @@ class QuotaTracker {
   State& StateLocked(Shard& shard, const Principal& principal,
                      std::chrono::steady_clock::time_point now,
                      std::chrono::system_clock::time_point wall);
+  // Runs f(state, now, wall) under the lock of the principal's shard.
+  template <typename F>
+  auto WithState(const Principal& principal, F&& f);
 
   SteadyClock steady_;
   WallClock wall_;

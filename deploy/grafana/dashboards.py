@@ -212,6 +212,29 @@ def gateway():
         (f"sum by (type) (anima_gateway_admission_waiting_sessions{{{sel}}})", "{{type}}")])
     b.panel("timeseries", "Admission wait", quantiles(
         "anima_gateway_admission_wait_seconds", "priority", sel, legend="{{priority}}"), unit="s")
+    b.row("Tenants: spend and refusals")
+    b.panel("timeseries", "Spend by tier (USD per hour)", [
+        (f"sum by (tier) (rate(anima_gateway_cost_usd_total{{{sel}}}[{RI}])) * 3600", "{{tier}}")],
+        unit="currencyUSD",
+        description="Dollars charged to principals' budgets, from the broker's price table: every "
+        "provider call of their answers (fanout candidates included).")
+    b.panel("timeseries", "Tokens charged by tier", [
+        (f"sum by (tier) (rate(anima_gateway_tokens_charged_total{{{sel}}}[{RI}]))", "{{tier}}")],
+        unit="short")
+    b.panel("timeseries", "Quota refusals by limit", [
+        (f"sum by (tier, limit) (rate(anima_gateway_quota_refusals_total{{{sel}}}[{RI}]))",
+         "{{tier}} {{limit}}"),
+        (f"sum by (reason) (rate(anima_gateway_auth_failures_total{{{sel}}}[{RI}]))",
+         "auth: {{reason}}")],
+        unit="reqps",
+        description="Requests refused by a principal's quota (quota_exceeded, HTTP 429), and "
+        "requests refused before auth (missing or invalid token, origin, throttled address).")
+    b.panel("timeseries", "Spend by principal (bounded keys files only)", [
+        (f"topk(10, sum by (principal) (rate(anima_gateway_principal_cost_usd_total{{{sel}}}[{RI}])) * 3600)",
+         "{{principal}}")],
+        unit="currencyUSD", w=24,
+        description="Only when the keys file bounds the principals (docs/metrics.md, Cardinality); "
+        "otherwise empty: ask GET /v1/usage for one principal.")
     b.row("Router calls and resources")
     b.panel("timeseries", "Router calls by code", [
         (f"sum by (code) (rate(anima_grpc_client_handled_total{{{sel}}}[{RI}]))", "{{code}}")],

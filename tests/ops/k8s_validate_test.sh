@@ -21,22 +21,9 @@ for tool in node npm python3; do
   command -v "$tool" >/dev/null || { echo "FAIL: $tool is missing" >&2; exit 1; }
 done
 
-# Install the pinned packages unless the cache already holds exactly this lock file's tree.
-mkdir -p "$CACHE"
-if ! cmp -s "$HERE/k8s/package-lock.json" "$CACHE/installed.lock" || [[ ! -d "$CACHE/node_modules" ]]; then
-  cp "$HERE/k8s/package.json" "$HERE/k8s/package-lock.json" "$CACHE/"
-  if ! out="$(cd "$CACHE" && npm ci --no-audit --no-fund --ignore-scripts 2>&1)"; then
-    if grep -Eq 'ENOTFOUND|EAI_AGAIN|ECONNREFUSED|ECONNRESET|ETIMEDOUT|ENETUNREACH|network|proxy' <<<"$out"; then
-      echo "SKIP: npm cannot reach its registry to install kubernetes-models (needed once):"
-      tail -n 5 <<<"$out"
-      exit "$SKIP"
-    fi
-    echo "FAIL: npm ci in $CACHE:" >&2
-    echo "$out" >&2
-    exit 1
-  fi
-  cp "$HERE/k8s/package-lock.json" "$CACHE/installed.lock"
-fi
+# shellcheck source=npm_pinned.sh
+source "$HERE/npm_pinned.sh"
+npm_pinned_install "$HERE/k8s" "$CACHE" kubernetes-models
 export ANIMA_NODE_MODULES="$CACHE/node_modules"
 
 WORK="$(mktemp -d /tmp/anima-ops-k8s.XXXXXX)"

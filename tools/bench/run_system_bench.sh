@@ -7,6 +7,8 @@
 #   DURATION=10 WARMUP=1 RATES="200 1000" tools/bench/run_system_bench.sh
 #   TARGET=sim tools/bench/run_system_bench.sh     # only the simulator (and only it is started)
 #   CLOSED=0 RATES=5000 CONNECTIONS=128 tools/bench/run_system_bench.sh   # fixed-rate runs only
+#   KEYS=10000 tools/bench/run_system_bench.sh     # auth on: a keys file of that many principals
+#                                                  # with quotas; the bench is one of them
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -18,6 +20,7 @@ rates=${RATES:-200 1000}
 target=${TARGET:-both}
 closed=${CLOSED:-1}
 connections=${CONNECTIONS:-64}
+keys=${KEYS:-0}
 mkdir -p "$out"
 
 pids=()
@@ -51,7 +54,27 @@ start anima-llm-sim --port 18080
 if [[ "$target" != sim ]]; then
   start anima-llm-broker --port 50052
   start anima-router --port 50051 --broker 127.0.0.1:50052
-  start anima-gateway --port 3002 --router 127.0.0.1:50051
+  gateway_auth=()
+  if ((keys > 0)); then
+    # Every principal has every quota (high enough not to refuse the bench), so each message pays
+    # the whole check: rates, in flight, token and cost budgets, and the charge of its answer.
+    python3 - "$keys" "$out/keys.json" <<'PY'
+import hashlib, json, sys
+n, path = int(sys.argv[1]), sys.argv[2]
+tier = {"requests_per_second": 100000, "requests_per_minute": 10000000,
+        "requests_in_flight": 100000, "tokens_per_minute": 1000000000,
+        "tokens_per_day": 10**12, "cost_per_day": 1e9, "cost_per_month": 1e10}
+doc = {"tiers": {"bench": tier}, "default_tier": "bench", "principals": {}, "keys": []}
+for i in range(n):
+    doc["principals"][f"p{i}"] = {}
+    doc["keys"].append({"principal": f"p{i}",
+                        "sha256": hashlib.sha256(f"bench-key-{i}".encode()).hexdigest()})
+json.dump(doc, open(path, "w"))
+PY
+    gateway_auth=(--auth-keys-file "$out/keys.json")
+    export ANIMA_BENCH_TOKEN="bench-key-$((keys / 2))"
+  fi
+  start anima-gateway --port 3002 --router 127.0.0.1:50051 "${gateway_auth[@]}"
 fi
 
 # run LABEL ARGS...: one anima-bench run, text report on stdout, JSON line in OUT/LABEL.json.

@@ -402,16 +402,6 @@ TEST_F(TenantsTest, TheApiHasTheConnectionsMessageRate) {
   EXPECT_EQ(statuses, (std::vector<int>{200, 200, 429}));
 }
 
-void RunGateway(const std::vector<std::string>& args, std::string* output) {
-  std::string log = "/tmp/anima-tenants-refusal.log";
-  std::string command = anima::testing::BinDir() + "/anima-gateway --port=0 --metrics-port=0";
-  for (const auto& a : args) command += " '" + a + "'";
-  command += " >" + log + " 2>&1 & pid=$!; sleep 2; kill $pid 2>/dev/null && wait $pid; exit 0";
-  std::system(("bash -c \"" + command + "\"").c_str());
-  std::ifstream in(log);
-  output->assign(std::istreambuf_iterator<char>(in), {});
-}
-
 TEST(TenantsStartTest, NoAuthBeyondLoopbackIsRefused) {
   std::string out;
   std::string command = anima::testing::BinDir() +
@@ -426,8 +416,11 @@ TEST(TenantsStartTest, NoAuthBeyondLoopbackIsRefused) {
   EXPECT_NE(out.find("--allow-unauthenticated"), std::string::npos) << out;
 
   // Loudly allowed.
-  RunGateway({"--bind=0.0.0.0", "--allow-unauthenticated"}, &out);
-  EXPECT_NE(out.find("AUTH IS OFF"), std::string::npos) << out;
+  auto gateway = anima::testing::Process::Start(
+      "anima-gateway",
+      {"--port=0", "--metrics-port=0", "--bind=0.0.0.0", "--allow-unauthenticated"});
+  ASSERT_NE(gateway, nullptr);
+  EXPECT_NE(gateway->Log().find("AUTH IS OFF"), std::string::npos) << gateway->Log();
 }
 
 TEST(TenantsStartTest, AKeysFileWithAnErrorNamesTheField) {

@@ -10,27 +10,14 @@ set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 : "${ANIMA_SOURCE_DIR:=$(cd "$HERE/../../.." && pwd)}"
 CACHE="${ANIMA_OPS_CACHE:-$ANIMA_SOURCE_DIR/.anima/ops-cache}/openai-sdk"
-SKIP=77
 if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
   echo "SKIP: node or npm is missing"
-  exit "$SKIP"
+  exit 77
 fi
 
-mkdir -p "$CACHE"
-if ! cmp -s "$HERE/package-lock.json" "$CACHE/installed.lock" || [[ ! -d "$CACHE/node_modules" ]]; then
-  cp "$HERE/package.json" "$HERE/package-lock.json" "$CACHE/"
-  if ! out="$(cd "$CACHE" && npm ci --no-audit --no-fund --ignore-scripts 2>&1)"; then
-    if grep -Eq 'ENOTFOUND|EAI_AGAIN|ECONNREFUSED|ECONNRESET|ETIMEDOUT|ENETUNREACH|network|proxy' <<<"$out"; then
-      echo "SKIP: npm cannot reach its registry to install openai (needed once):"
-      tail -n 5 <<<"$out"
-      exit "$SKIP"
-    fi
-    echo "FAIL: npm ci in $CACHE:" >&2
-    echo "$out" >&2
-    exit 1
-  fi
-  cp "$HERE/package-lock.json" "$CACHE/installed.lock"
-fi
+# shellcheck source=../../ops/npm_pinned.sh
+source "$ANIMA_SOURCE_DIR/tests/ops/npm_pinned.sh"
+npm_pinned_install "$HERE" "$CACHE" openai
 
 BIN="${ANIMA_BIN_DIR:-$ANIMA_SOURCE_DIR/build/bin}"
 # shellcheck source=../../../tools/bench/services.sh
