@@ -2,9 +2,11 @@
 
 #include <openssl/sha.h>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "services/common/config.h"
 #include "services/common/identity.h"
+#include "yaml-cpp/yaml.h"
 
 namespace anima::gateway {
 
@@ -78,8 +80,54 @@ std::string KeyRing::Sha256Hex(std::string_view key) {
   return out;
 }
 
+namespace {
+
+// A YAML document as the JSON it stands for: quoted scalars are strings; plain ones are null,
+// booleans or numbers when they read as such (YAML 1.2's core schema), else strings.
+nlohmann::json YamlToJson(const YAML::Node& node) {
+  switch (node.Type()) {
+    case YAML::NodeType::Map: {
+      nlohmann::json out = nlohmann::json::object();
+      for (const auto& kv : node) out[kv.first.as<std::string>()] = YamlToJson(kv.second);
+      return out;
+    }
+    case YAML::NodeType::Sequence: {
+      nlohmann::json out = nlohmann::json::array();
+      for (const auto& item : node) out.push_back(YamlToJson(item));
+      return out;
+    }
+    case YAML::NodeType::Scalar: {
+      const std::string& text = node.Scalar();
+      if (node.Tag() == "!") return text;  // quoted
+      if (text == "~" || text == "null" || text == "Null" || text == "NULL") return nullptr;
+      if (text == "true" || text == "True" || text == "TRUE") return true;
+      if (text == "false" || text == "False" || text == "FALSE") return false;
+      auto number = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+      if (number.is_number()) return number;
+      return text;
+    }
+    default:
+      return nullptr;
+  }
+}
+
+absl::StatusOr<nlohmann::json> LoadKeysDocument(const std::string& path) {
+  bool yaml = absl::EndsWith(path, ".yaml") || absl::EndsWith(path, ".yml");
+  if (!yaml) return common::LoadJsonFile(path);
+  try {
+    return YamlToJson(YAML::LoadFile(path));
+  } catch (const YAML::BadFile&) {
+    return absl::InvalidArgumentError(absl::StrCat("cannot read ", path));
+  } catch (const YAML::Exception& e) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, ": not valid YAML at line ", e.mark.line + 1, ": ", e.msg));
+  }
+}
+
+}  // namespace
+
 absl::StatusOr<std::shared_ptr<const KeyRing>> KeyRing::Load(const std::string& path) {
-  auto document = common::LoadJsonFile(path);
+  auto document = LoadKeysDocument(path);
   if (!document.ok()) return document.status();
   auto ring = Parse(*document);
   if (!ring.ok())

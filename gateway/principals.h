@@ -57,6 +57,7 @@ class KeyRing {
  public:
   // Errors name the field ("keys[2].sha256: expected 64 hex digits").
   static absl::StatusOr<std::shared_ptr<const KeyRing>> Parse(const nlohmann::json& document);
+  // A file ending in .yaml or .yml is read as YAML (the same document), any other as JSON.
   static absl::StatusOr<std::shared_ptr<const KeyRing>> Load(const std::string& path);
 
   // The principal whose key has the SHA-256 (raw, 32 bytes) `hash`, or null. Keys are looked up

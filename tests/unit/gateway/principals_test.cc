@@ -1,5 +1,7 @@
 #include "gateway/principals.h"
 
+#include <cstdio>
+#include <fstream>
 #include <string>
 
 #include "gtest/gtest.h"
@@ -83,6 +85,45 @@ TEST(KeyRingTest, ErrorsNameTheField) {
   }
   EXPECT_FALSE(KeyRing::Parse(nlohmann::json::array()).ok());
   EXPECT_FALSE(KeyRing::Load("/nonexistent/keys.json").ok());
+}
+
+TEST(KeyRingTest, AYamlKeysFileIsTheSameDocument) {
+  std::string dir = ::testing::TempDir();
+  std::string path = dir + "/anima-keys-test.yaml";
+  std::ofstream(path) << "default_tier: free\n"
+                         "tiers:\n"
+                         "  free: {requests_per_minute: 60, cost_per_month: 2.5}\n"
+                         "principals:\n"
+                         "  acme: {role: admin, limits: {tokens_per_day: 1000}}\n"
+                         "  \"bob\": {}\n"
+                         "keys:\n"
+                         "  - principal: acme\n"
+                         "    sha256: \""
+                      << Hash("a1")
+                      << "\"\n"
+                         "    name: laptop # a comment\n";
+  auto ring = KeyRing::Load(path);
+  ASSERT_TRUE(ring.ok()) << ring.status();
+  auto acme = (*ring)->FindByKeyHash(KeyRing::Sha256("a1"));
+  ASSERT_NE(acme, nullptr);
+  EXPECT_EQ(acme->role, Role::kAdmin);
+  EXPECT_EQ(acme->limits.requests_per_minute, 60);
+  EXPECT_DOUBLE_EQ(acme->limits.cost_per_month, 2.5);
+  EXPECT_EQ(acme->limits.tokens_per_day, 1000);
+  EXPECT_NE((*ring)->FindById("bob"), nullptr);
+
+  // Errors name the field, as for JSON; a quoted number is a string, not a number.
+  std::ofstream(path) << "tiers:\n  free: {requests_per_minute: \"60\"}\n";
+  auto quoted = KeyRing::Load(path);
+  ASSERT_FALSE(quoted.ok());
+  EXPECT_NE(quoted.status().message().find("tiers.free.requests_per_minute"), std::string::npos)
+      << quoted.status();
+  std::ofstream(path) << "tiers: {free: [}\n";
+  auto broken = KeyRing::Load(path);
+  ASSERT_FALSE(broken.ok());
+  EXPECT_NE(broken.status().message().find("line 1"), std::string::npos) << broken.status();
+  EXPECT_FALSE(KeyRing::Load(dir + "/missing.yml").ok());
+  std::remove(path.c_str());
 }
 
 TEST(KeyRingTest, TenThousandPrincipals) {
