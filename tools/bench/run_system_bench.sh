@@ -9,6 +9,9 @@
 #   CLOSED=0 RATES=5000 CONNECTIONS=128 tools/bench/run_system_bench.sh   # fixed-rate runs only
 #   KEYS=10000 tools/bench/run_system_bench.sh     # auth on: a keys file of that many principals
 #                                                  # with quotas; the bench is one of them
+#   REDIS=1 KEYS=100 tools/bench/run_system_bench.sh
+#                                   # shared state: a redis-server started here holds the router's
+#                                   # conversation memory and the gateway's quotas
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -21,6 +24,7 @@ target=${TARGET:-both}
 closed=${CLOSED:-1}
 connections=${CONNECTIONS:-64}
 keys=${KEYS:-0}
+redis=${REDIS:-0}
 mkdir -p "$out"
 
 pids=()
@@ -52,8 +56,17 @@ start() {
 
 start anima-llm-sim --port 18080
 if [[ "$target" != sim ]]; then
+  shared=()
+  if [[ "$redis" == 1 ]]; then
+    redis_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    redis-server --bind 127.0.0.1 --port "$redis_port" --save "" --appendonly no \
+      --dir "$out" >"$out/redis.log" 2>&1 &
+    pids+=($!)
+    for _ in $(seq 100); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.1; done
+    shared=(--redis "redis://127.0.0.1:$redis_port")
+  fi
   start anima-llm-broker --port 50052
-  start anima-router --port 50051 --broker 127.0.0.1:50052
+  start anima-router --port 50051 --broker 127.0.0.1:50052 "${shared[@]}"
   gateway_auth=()
   if ((keys > 0)); then
     # Every principal has every quota (high enough not to refuse the bench), so each message pays
@@ -77,7 +90,7 @@ PY
   # The closed-loop runs send far more than 50 msg/s per connection: the per-connection limit
   # would be what they measure.
   start anima-gateway --port 3002 --router 127.0.0.1:50051 --messages-per-second 1000000 \
-    "${gateway_auth[@]}"
+    "${gateway_auth[@]}" "${shared[@]}"
 fi
 
 # run LABEL ARGS...: one anima-bench run, text report on stdout, JSON line in OUT/LABEL.json.
