@@ -1,19 +1,29 @@
 #!/usr/bin/env bash
 # Deploys Anima to Google Cloud: an Artifact Registry repository, a GKE Autopilot cluster, the
-# images built by Cloud Build, the provider keys as a Secret, and k8s/overlays/gke applied.
+# images built by Cloud Build, Memorystore for Redis and Cloud SQL for PostgreSQL on private IPs,
+# the provider keys and the state URLs as Secrets, and k8s/overlays/gke applied.
 # Every step reuses what exists, so running it again updates a deployment in place.
 #
 #   deploy/gcp/deploy.sh --project=ID [--region=europe-west1] [--cluster=anima]
 #                        [--repository=anima] [--tag=<git commit>] [--domain=anima.example.com]
-#                        [--dry-run]
+#                        [--network=default] [--redis-instance=anima] [--redis-size-gb=1]
+#                        [--sql-instance=anima] [--sql-tier=db-custom-1-3840]
+#                        [--cloud-sql-proxy] [--dry-run]
 #
 # Keys: OPENAI_API_KEY, VENICE_API_KEY, GEMINI_API_KEY from the environment; those set replace
 # the stored ones, and with none set the Secret is left as it is. Keys are never printed.
 # Clients: the gateway runs with auth on. The first run creates its keys file (the Secret
 # anima-gateway-auth) with one admin key, kept in the Secret anima-admin-key and never printed;
 # later runs leave both alone (edit the keys file with tools/anima keys, docs/security.md).
+# Shared state: the cluster's VPC (--network) gets a private services access range; Memorystore
+# (Redis 7, standard tier, AUTH on) and Cloud SQL (PostgreSQL 15, regional, private IP only,
+# backups with point-in-time recovery) take their addresses from it. The database user's password
+# is generated here and, with Redis's AUTH string, kept only in the Secret anima-state (the
+# URLs), never printed; later runs leave that Secret alone. --cloud-sql-proxy reaches Cloud SQL
+# through the Cloud SQL Auth Proxy sidecar with Workload Identity (k8s/overlays/gke-cloud-sql-proxy)
+# instead of its private IP directly.
 # --dry-run prints every command it would run and runs none (nothing is created or read).
-# Needs gcloud (authenticated) and kubectl; run from anywhere.
+# Needs gcloud (authenticated), kubectl and openssl; run from anywhere.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -23,15 +33,25 @@ CLUSTER="anima"
 REPOSITORY="anima"
 TAG=""
 DOMAIN=""
+NETWORK="default"
+REDIS_INSTANCE="anima"
+REDIS_SIZE_GB=1
+SQL_INSTANCE="anima"
+SQL_TIER="db-custom-1-3840"
+CLOUD_SQL_PROXY=0
 DRY_RUN=0
 NAMESPACE="anima"
 SERVICES=(gateway router llm-broker self-coding word-count)
 KEYS=(OPENAI_API_KEY VENICE_API_KEY GEMINI_API_KEY)
 # The placeholder registry of k8s/overlays/gke/kustomization.yaml, replaced here.
 OVERLAY_REGISTRY="europe-west1-docker.pkg.dev/anima-project/anima"
+# The private services access range (Memorystore and Cloud SQL), the database and its user.
+PSA_RANGE="anima-private-services"
+DB_NAME="anima"
+DB_USER="anima"
 
 usage() {
-  sed -n '2,18p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+  sed -n '2,26p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 
 log() { printf '\033[1mdeploy:\033[0m %s\n' "$*" >&2; }
@@ -48,6 +68,12 @@ for arg in "$@"; do
     --repository=*) REPOSITORY="${arg#*=}" ;;
     --tag=*) TAG="${arg#*=}" ;;
     --domain=*) DOMAIN="${arg#*=}" ;;
+    --network=*) NETWORK="${arg#*=}" ;;
+    --redis-instance=*) REDIS_INSTANCE="${arg#*=}" ;;
+    --redis-size-gb=*) REDIS_SIZE_GB="${arg#*=}" ;;
+    --sql-instance=*) SQL_INSTANCE="${arg#*=}" ;;
+    --sql-tier=*) SQL_TIER="${arg#*=}" ;;
+    --cloud-sql-proxy) CLOUD_SQL_PROXY=1 ;;
     --dry-run) DRY_RUN=1 ;;
     -h | --help)
       usage
@@ -67,7 +93,18 @@ if [[ -z "$TAG" ]]; then
 fi
 [[ "$TAG" =~ ^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$ && "$TAG" != latest ]] || die "--tag: '$TAG' is not a pinned image tag"
 [[ -z "$DOMAIN" || "$DOMAIN" =~ ^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$ ]] || die "--domain: '$DOMAIN' is not a domain name"
+[[ "$NETWORK" =~ ^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$ ]] || die "--network: '$NETWORK' is not a VPC network name"
+[[ "$REDIS_INSTANCE" =~ ^[a-z]([-a-z0-9]{0,38}[a-z0-9])?$ ]] || die "--redis-instance: '$REDIS_INSTANCE' is not a Memorystore instance id"
+[[ "$REDIS_SIZE_GB" =~ ^[1-9][0-9]{0,2}$ ]] || die "--redis-size-gb: '$REDIS_SIZE_GB' is not a size in GB (1 to 300)"
+[[ "$SQL_INSTANCE" =~ ^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$ ]] || die "--sql-instance: '$SQL_INSTANCE' is not a Cloud SQL instance name"
+[[ "$SQL_TIER" =~ ^db-[a-z0-9-]+$ ]] || die "--sql-tier: '$SQL_TIER' is not a Cloud SQL machine tier"
 REGISTRY="$REGION-docker.pkg.dev/$PROJECT/$REPOSITORY"
+NETWORK_PATH="projects/$PROJECT/global/networks/$NETWORK"
+# Workload Identity for the Cloud SQL Auth Proxy: the Kubernetes service account of
+# k8s/components/cloud-sql-proxy acts as this Google service account.
+PROXY_GSA="anima-cloud-sql@$PROJECT.iam.gserviceaccount.com"
+OVERLAY="k8s/overlays/gke"
+((CLOUD_SQL_PROXY == 0)) || OVERLAY="k8s/overlays/gke-cloud-sql-proxy"
 
 # run CMD...: runs a command, or with --dry-run prints it (shell-quoted) and runs nothing.
 run() {
@@ -90,11 +127,25 @@ exists() {
   "$@" >/dev/null 2>&1
 }
 
+# query PLACEHOLDER CMD...: the output of a command that reads something. With --dry-run it
+# prints the command (on stderr, as the caller captures stdout) and answers PLACEHOLDER.
+query() {
+  local placeholder="$1"
+  shift
+  if ((DRY_RUN)); then
+    run "$@" >&2
+    printf '%s' "$placeholder"
+  else
+    "$@"
+  fi
+}
+
 log "project $PROJECT, region $REGION, cluster $CLUSTER, images $REGISTRY/*:$TAG"
 
 log "enabling the APIs"
 run gcloud services enable artifactregistry.googleapis.com container.googleapis.com \
-  cloudbuild.googleapis.com --project="$PROJECT"
+  cloudbuild.googleapis.com compute.googleapis.com servicenetworking.googleapis.com \
+  redis.googleapis.com sqladmin.googleapis.com iamcredentials.googleapis.com --project="$PROJECT"
 
 if exists gcloud artifacts repositories describe "$REPOSITORY" --location="$REGION" --project="$PROJECT"; then
   log "Artifact Registry repository $REPOSITORY exists"
@@ -108,7 +159,8 @@ if exists gcloud container clusters describe "$CLUSTER" --region="$REGION" --pro
   log "GKE Autopilot cluster $CLUSTER exists"
 else
   log "creating the GKE Autopilot cluster $CLUSTER (takes several minutes)"
-  run gcloud container clusters create-auto "$CLUSTER" --region="$REGION" --project="$PROJECT"
+  run gcloud container clusters create-auto "$CLUSTER" --region="$REGION" --project="$PROJECT" \
+    --network="$NETWORK"
 fi
 run gcloud container clusters get-credentials "$CLUSTER" --region="$REGION" --project="$PROJECT"
 
@@ -120,6 +172,95 @@ else
   run gcloud builds submit "$ROOT" --project="$PROJECT" --region="$REGION" \
     --config="$ROOT/deploy/gcp/cloudbuild.yaml" \
     --substitutions="_REGISTRY=$REGISTRY,_TAG=$TAG"
+fi
+
+# Shared state. Memorystore and Cloud SQL take private IPs from one range allocated in the VPC and
+# peered with Google's service producer network (private services access); the pods reach them
+# there, and the NetworkPolicies are narrowed to that range below.
+if exists gcloud compute addresses describe "$PSA_RANGE" --global --project="$PROJECT"; then
+  log "private services access range $PSA_RANGE exists"
+else
+  log "allocating the private services access range $PSA_RANGE in the network $NETWORK"
+  run gcloud compute addresses create "$PSA_RANGE" --global --purpose=VPC_PEERING \
+    --prefix-length=16 --network="$NETWORK" --project="$PROJECT" \
+    --description="Anima: Memorystore and Cloud SQL private IPs"
+fi
+peered="$(query "" gcloud services vpc-peerings list --service=servicenetworking.googleapis.com \
+  --network="$NETWORK" --project="$PROJECT" --format='value(reservedPeeringRanges.join(","))')"
+if [[ ",$peered," == *",$PSA_RANGE,"* ]]; then
+  log "the network $NETWORK is peered with $PSA_RANGE"
+elif [[ -z "$peered" ]]; then
+  log "peering the network $NETWORK with Google's services (private services access)"
+  run gcloud services vpc-peerings connect --service=servicenetworking.googleapis.com \
+    --ranges="$PSA_RANGE" --network="$NETWORK" --project="$PROJECT"
+else
+  # The ranges already peered stay (other services use them); ours is added.
+  log "adding $PSA_RANGE to the peering of the network $NETWORK"
+  run gcloud services vpc-peerings update --service=servicenetworking.googleapis.com \
+    --ranges="$peered,$PSA_RANGE" --network="$NETWORK" --project="$PROJECT"
+fi
+psa_cidr="$(query "<the CIDR of $PSA_RANGE>" gcloud compute addresses describe "$PSA_RANGE" --global \
+  --project="$PROJECT" --format='value(address,prefixLength)')"
+if ((!DRY_RUN)); then
+  read -r psa_address psa_prefix <<<"$psa_cidr"
+  psa_cidr="$psa_address/$psa_prefix"
+  [[ "$psa_cidr" =~ ^[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+/[0-9]+$ ]] || die "$PSA_RANGE: unexpected address '$psa_cidr'"
+fi
+
+# Redis: the router's conversation memory and the gateways' quotas. Standard tier (a replica,
+# automatic failover). AUTH on; no in-transit encryption, as the services' hiredis (Debian's
+# 0.14) has no TLS: traffic stays inside the VPC. volatile-lru: under memory pressure Redis drops
+# the least recently used keys that have a TTL (conversations, quota windows), as sized in
+# docs/operations.md.
+if exists gcloud redis instances describe "$REDIS_INSTANCE" --region="$REGION" --project="$PROJECT"; then
+  log "Memorystore instance $REDIS_INSTANCE exists"
+else
+  log "creating the Memorystore for Redis instance $REDIS_INSTANCE (takes several minutes)"
+  run gcloud redis instances create "$REDIS_INSTANCE" --region="$REGION" --project="$PROJECT" \
+    --tier=standard --size="$REDIS_SIZE_GB" --redis-version=redis_7_0 \
+    --network="$NETWORK_PATH" --connect-mode=private-service-access \
+    --reserved-ip-range="$PSA_RANGE" --enable-auth --transit-encryption-mode=disabled \
+    --redis-config=maxmemory-policy=volatile-lru
+fi
+
+# PostgreSQL: self-coding's jobs and events, the gateways' usage ledger. Regional (a standby in
+# another zone), private IP only, TLS required, room for every replica's pool (docs/operations.md,
+# "Sizing PostgreSQL"), daily backups kept 14 days and the write-ahead log kept 7 days for
+# point-in-time recovery ("Backing up and restoring PostgreSQL").
+if exists gcloud sql instances describe "$SQL_INSTANCE" --project="$PROJECT"; then
+  log "Cloud SQL instance $SQL_INSTANCE exists"
+else
+  log "creating the Cloud SQL for PostgreSQL instance $SQL_INSTANCE (takes several minutes)"
+  run gcloud sql instances create "$SQL_INSTANCE" --project="$PROJECT" --region="$REGION" \
+    --database-version=POSTGRES_15 --edition=enterprise --tier="$SQL_TIER" \
+    --availability-type=regional --storage-auto-increase \
+    --network="$NETWORK_PATH" --allocated-ip-range-name="$PSA_RANGE" --no-assign-ip \
+    --ssl-mode=ENCRYPTED_ONLY --database-flags=max_connections=200 \
+    --backup-start-time=02:00 --retained-backups-count=14 \
+    --enable-point-in-time-recovery --retained-transaction-log-days=7
+fi
+if exists gcloud sql databases describe "$DB_NAME" --instance="$SQL_INSTANCE" --project="$PROJECT"; then
+  log "database $DB_NAME exists"
+else
+  log "creating the database $DB_NAME"
+  run gcloud sql databases create "$DB_NAME" --instance="$SQL_INSTANCE" --project="$PROJECT"
+fi
+
+if ((CLOUD_SQL_PROXY)); then
+  # The proxy sidecars act as $PROXY_GSA (Workload Identity), which may connect to Cloud SQL.
+  if exists gcloud iam service-accounts describe "$PROXY_GSA" --project="$PROJECT"; then
+    log "service account $PROXY_GSA exists"
+  else
+    log "creating the service account $PROXY_GSA for the Cloud SQL Auth Proxy"
+    run gcloud iam service-accounts create "${PROXY_GSA%%@*}" --project="$PROJECT" \
+      --display-name="Anima Cloud SQL Auth Proxy"
+  fi
+  log "granting $PROXY_GSA roles/cloudsql.client, and anima/anima-cloud-sql the right to act as it"
+  run gcloud projects add-iam-policy-binding "$PROJECT" --member="serviceAccount:$PROXY_GSA" \
+    --role=roles/cloudsql.client --condition=None --format=none
+  run gcloud iam service-accounts add-iam-policy-binding "$PROXY_GSA" --project="$PROJECT" \
+    --role=roles/iam.workloadIdentityUser \
+    --member="serviceAccount:$PROJECT.svc.id.goog[$NAMESPACE/anima-cloud-sql]" --format=none
 fi
 
 # The overlay with this deployment's images and domain, in a kustomization of its own so the
@@ -137,25 +278,44 @@ kustomization() {
     printf '  - {name: %s, newName: %s, newTag: "%s"}\n' \
       "$OVERLAY_REGISTRY/anima-$s" "$REGISTRY/anima-$s" "$TAG"
   done
+  printf 'patches:\n'
   if [[ -n "$DOMAIN" ]]; then
-    printf 'patches:\n  - target: {kind: ManagedCertificate, name: anima}\n'
+    printf '  - target: {kind: ManagedCertificate, name: anima}\n'
     printf '    patch: |-\n      - {op: replace, path: /spec/domains, value: ["%s"]}\n' "$DOMAIN"
+  fi
+  # The engines' egress narrowed from the private ranges to the range they live in.
+  local policies=(anima-redis-egress anima-postgres-egress) p
+  ((CLOUD_SQL_PROXY == 0)) || policies=(anima-redis-egress anima-cloud-sql-proxy-egress)
+  for p in "${policies[@]}"; do
+    printf '  - target: {kind: NetworkPolicy, name: %s}\n' "$p"
+    printf '    patch: |-\n      - {op: replace, path: /spec/egress/0/to, value: [{ipBlock: {cidr: "%s"}}]}\n' "$psa_cidr"
+  done
+  if ((CLOUD_SQL_PROXY)); then
+    printf '  - target: {kind: ConfigMap, name: anima-cloud-sql}\n'
+    printf '    patch: |-\n      - {op: replace, path: /data/instance, value: "%s"}\n' "$PROJECT:$REGION:$SQL_INSTANCE"
+    printf '  - target: {kind: ServiceAccount, name: anima-cloud-sql}\n'
+    printf '    patch: |-\n      - {op: replace, path: /metadata/annotations/iam.gke.io~1gcp-service-account, value: "%s"}\n' "$PROXY_GSA"
   fi
 }
 if ((DRY_RUN)); then
   WORK_SHOWN="<temporary directory>"
   log "the kustomization $WORK_SHOWN/kustomization.yaml would be:"
-  kustomization "$ROOT/k8s/overlays/gke"
+  kustomization "$ROOT/$OVERLAY"
 else
   WORK="$(mktemp -d)"
   WORK_SHOWN="$WORK"
   # kustomize resolves resources relative to the kustomization; link the repository's k8s/.
   ln -s "$ROOT/k8s" "$WORK/k8s"
-  kustomization "k8s/overlays/gke" >"$WORK/kustomization.yaml"
+  kustomization "$OVERLAY" >"$WORK/kustomization.yaml"
 fi
 [[ -n "$DOMAIN" ]] || log "no --domain: the managed certificate keeps its placeholder and will not provision"
 
-log "applying k8s/overlays/gke"
+# Before the Deployment anima-self-coding exists: the StatefulSet it replaces (self-coding on
+# SQLite, before the jobs moved to PostgreSQL). Its volume is kept, with the jobs of that time
+# (docs/operations.md says how to read them); nothing else uses it.
+run kubectl delete statefulset anima-self-coding --namespace="$NAMESPACE" --ignore-not-found
+
+log "applying $OVERLAY"
 run kubectl apply --server-side --field-manager=anima-deploy --force-conflicts \
   --kustomize="$WORK_SHOWN"
 
@@ -233,11 +393,89 @@ JSON
   log "the first admin key: kubectl get secret anima-admin-key --namespace=$NAMESPACE -o jsonpath='{.data.key}' | base64 -d"
 fi
 
+# The state URLs: written once (the database user's password generated here), then left alone,
+# so a password in use is never changed behind running pods. Rewritten when the Secret lacks a
+# URL or reaches PostgreSQL the other way (--cloud-sql-proxy or not); to rotate the password,
+# delete the Secret and run this again. The password and the AUTH string are never printed: they
+# go from gcloud to files readable by this user only, and from there to the Secret.
+state_is_current() {
+  if ((DRY_RUN)); then
+    run kubectl get secret anima-state --namespace="$NAMESPACE" -o 'jsonpath={.data}'
+    return 1
+  fi
+  local redis_url postgres_url
+  redis_url="$(kubectl get secret anima-state --namespace="$NAMESPACE" \
+    -o 'jsonpath={.data.redis-url}' 2>/dev/null | base64 -d)"
+  postgres_url="$(kubectl get secret anima-state --namespace="$NAMESPACE" \
+    -o 'jsonpath={.data.postgres-url}' 2>/dev/null | base64 -d)"
+  [[ -n "$redis_url" && -n "$postgres_url" ]] || return 1
+  local proxied=0
+  [[ "$postgres_url" != *@127.0.0.1:* ]] || proxied=1
+  ((proxied == CLOUD_SQL_PROXY))
+}
+if state_is_current; then
+  log "the state URLs exist (Secret anima-state): left as they are"
+else
+  log "storing the Redis and PostgreSQL URLs in the Secret anima-state (the password is generated, never printed)"
+  db_user_found="$(query "" gcloud sql users list --instance="$SQL_INSTANCE" --project="$PROJECT" \
+    --filter="name=$DB_USER" --format='value(name)')"
+  password="<generated; never printed>"
+  if ((!DRY_RUN)); then
+    umask 077
+    password="$(openssl rand -hex 24)"
+  fi
+  if [[ "$db_user_found" == "$DB_USER" ]]; then
+    run gcloud sql users set-password "$DB_USER" --instance="$SQL_INSTANCE" --project="$PROJECT" \
+      --password="$password"
+  else
+    run gcloud sql users create "$DB_USER" --instance="$SQL_INSTANCE" --project="$PROJECT" \
+      --password="$password"
+  fi
+  redis_where="$(query "<host> <port>" gcloud redis instances describe "$REDIS_INSTANCE" \
+    --region="$REGION" --project="$PROJECT" --format='value(host,port)')"
+  redis_auth="$(query "<AUTH string>" gcloud redis instances get-auth-string "$REDIS_INSTANCE" \
+    --region="$REGION" --project="$PROJECT" --format='value(authString)')"
+  # Up to three addresses (public, outgoing, private): the private one.
+  sql_addresses="$(query "PRIVATE <address>" gcloud sql instances describe "$SQL_INSTANCE" \
+    --project="$PROJECT" --format='value(ipAddresses[0].type,ipAddresses[0].ipAddress,ipAddresses[1].type,ipAddresses[1].ipAddress,ipAddresses[2].type,ipAddresses[2].ipAddress)')"
+  if ((DRY_RUN)); then
+    run kubectl create secret generic anima-state --namespace="$NAMESPACE" \
+      --from-file=redis-url="<temporary file: redis://:<AUTH string>@<host>:<port>/0>" \
+      --from-file=postgres-url="<temporary file: postgresql://$DB_USER:<password>@<address>:5432/$DB_NAME?...>" \
+      --dry-run=client -o yaml
+    run kubectl apply --server-side --field-manager=anima-state --force-conflicts -f -
+  else
+    read -r redis_host redis_port <<<"$redis_where"
+    [[ -n "$redis_host" && "$redis_port" =~ ^[0-9]+$ ]] || die "Memorystore $REDIS_INSTANCE: no host and port"
+    [[ -n "$redis_auth" ]] || die "Memorystore $REDIS_INSTANCE: no AUTH string (is AUTH enabled?)"
+    read -r -a fields <<<"$sql_addresses"
+    sql_ip=""
+    for ((i = 0; i + 1 < ${#fields[@]}; i += 2)); do
+      if [[ "${fields[i]}" == PRIVATE ]]; then sql_ip="${fields[i + 1]}"; fi
+    done
+    [[ -n "$sql_ip" ]] || die "Cloud SQL $SQL_INSTANCE: no private IP"
+    printf 'redis://:%s@%s:%s/0' "$redis_auth" "$redis_host" "$redis_port" >"$WORK/redis-url"
+    if ((CLOUD_SQL_PROXY)); then
+      # The sidecar listens in the pod and encrypts to the instance itself.
+      printf 'postgresql://%s:%s@127.0.0.1:5432/%s?sslmode=disable' "$DB_USER" "$password" "$DB_NAME"
+    else
+      printf 'postgresql://%s:%s@%s:5432/%s?sslmode=require' "$DB_USER" "$password" "$sql_ip" "$DB_NAME"
+    fi >"$WORK/postgres-url"
+    kubectl create secret generic anima-state --namespace="$NAMESPACE" \
+      --from-file=redis-url="$WORK/redis-url" --from-file=postgres-url="$WORK/postgres-url" \
+      --dry-run=client -o yaml |
+      kubectl apply --server-side --field-manager=anima-state --force-conflicts -f -
+    unset password redis_auth
+  fi
+  # The services read the URLs at start.
+  run kubectl rollout restart deployment/anima-gateway deployment/anima-router \
+    deployment/anima-self-coding --namespace="$NAMESPACE"
+fi
+
 log "waiting for the rollout"
-for s in gateway router llm-broker word-count; do
+for s in gateway router llm-broker self-coding word-count; do
   run kubectl rollout status "deployment/anima-$s" --namespace="$NAMESPACE" --timeout=10m
 done
-run kubectl rollout status statefulset/anima-self-coding --namespace="$NAMESPACE" --timeout=10m
 run kubectl get ingress anima --namespace="$NAMESPACE" \
   -o 'jsonpath={.status.loadBalancer.ingress[0].ip}{"\n"}'
 log "done: point ${DOMAIN:-your domain} at the address above; the certificate provisions once DNS resolves"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Renders k8s/base and k8s/overlays/gke with `kubectl kustomize`, validates every object against
-# the Kubernetes schemas (kubernetes-models 4.5.1, @kubernetes-models/gke 4.6.2; GMP's CRDs with
-# schemas of our own) on Node, and checks the project's policy (tests/ops/k8s/policy.py).
+# Renders k8s/base and every overlay (gke, gke-cloud-sql-proxy) with `kubectl kustomize`,
+# validates every object against the Kubernetes schemas (kubernetes-models 4.5.1,
+# @kubernetes-models/gke 4.6.2; GMP's CRDs with schemas of our own) on Node, and checks the
+# project's policy (tests/ops/k8s/policy.py).
 #
 # The npm packages are installed once, at the versions of tests/ops/k8s/package-lock.json, into
 # ANIMA_OPS_CACHE (default <source>/.anima/ops-cache, gitignored); later runs are offline.
@@ -30,21 +31,50 @@ WORK="$(mktemp -d /tmp/anima-ops-k8s.XXXXXX)"
 trap 'rm -rf "$WORK"' EXIT
 
 status=0
-for target in base overlays/gke; do
+targets=(base)
+for dir in "$ANIMA_SOURCE_DIR"/k8s/overlays/*/; do
+  targets+=("overlays/$(basename "$dir")")
+done
+for target in "${targets[@]}"; do
   echo "== k8s/$target"
+  json="$WORK/$(basename "$target").json"
   kubectl kustomize "$ANIMA_SOURCE_DIR/k8s/$target" >"$WORK/rendered.yaml"
   python3 -c 'import sys, yaml, json; json.dump([d for d in yaml.safe_load_all(sys.stdin) if d], sys.stdout)' \
-    <"$WORK/rendered.yaml" >"$WORK/rendered.json"
-  node "$HERE/k8s/validate.mjs" <"$WORK/rendered.json" | grep -v '^ok ' || status=1
+    <"$WORK/rendered.yaml" >"$json"
+  node "$HERE/k8s/validate.mjs" <"$json" | grep -v '^ok ' || status=1
   overlay=()
-  [[ "$target" == overlays/gke ]] && overlay=(--overlay gke)
-  python3 "$HERE/k8s/policy.py" "${overlay[@]}" <"$WORK/rendered.json" || status=1
+  [[ "$target" == overlays/gke* ]] && overlay=(--overlay gke)
+  python3 "$HERE/k8s/policy.py" "${overlay[@]}" <"$json" || status=1
 done
+[[ " ${targets[*]} " == *" overlays/gke-cloud-sql-proxy "* ]] || { echo "FAIL: no overlays/gke-cloud-sql-proxy"; status=1; }
+# The Cloud SQL Auth Proxy overlay differs from gke by exactly its component: the sidecars, their
+# account and policy, and anima-postgres-egress gone.
+python3 - "$WORK/gke.json" "$WORK/gke-cloud-sql-proxy.json" <<'PY' || status=1
+import json, sys
+gke, proxy = ({(o["kind"], o["metadata"]["name"]): o for o in json.load(open(f))} for f in sys.argv[1:])
+bad = []
+if set(proxy) - set(gke) != {("ServiceAccount", "anima-cloud-sql"), ("ConfigMap", "anima-cloud-sql"),
+                             ("NetworkPolicy", "anima-cloud-sql-proxy-egress")}:
+    bad.append(f"added {sorted(set(proxy) - set(gke))}")
+if set(gke) - set(proxy) != {("NetworkPolicy", "anima-postgres-egress")}:
+    bad.append(f"removed {sorted(set(gke) - set(proxy))}")
+for name in ("anima-gateway", "anima-self-coding", "anima-router"):
+    spec = proxy[("Deployment", name)]["spec"]["template"]["spec"]
+    sidecars = [c["name"] for c in spec.get("initContainers", [])]
+    want = [] if name == "anima-router" else ["cloud-sql-proxy"]
+    if sidecars != want:
+        bad.append(f"{name}: init containers {sidecars}, expected {want}")
+for b in bad:
+    print("FAIL gke-cloud-sql-proxy:", b)
+if not bad:
+    print("ok: gke-cloud-sql-proxy is gke plus the proxy sidecars of the PostgreSQL users")
+sys.exit(1 if bad else 0)
+PY
 # The checks themselves: a broken Deployment must fail validation, and every policy rule must
 # catch the manifests broken for it.
 echo '[{"apiVersion":"apps/v1","kind":"Deployment","metadata":{"name":"x"},"spec":{"replicas":"two"}}]' |
   node "$HERE/k8s/validate.mjs" >/dev/null && { echo "FAIL: schema validation accepts a broken Deployment"; status=1; }
-python3 "$HERE/k8s/policy.py" --self-test <"$WORK/rendered.json" || status=1
+python3 "$HERE/k8s/policy.py" --self-test <"$WORK/gke.json" || status=1
 # The GMP rules are rules.yml, unchanged.
 python3 "$ANIMA_SOURCE_DIR/deploy/prometheus/gmp_rules.py" --check || status=1
 exit "$status"

@@ -2,8 +2,9 @@
 # Checks everything in deploy/ that needs neither a cluster nor a Docker engine:
 # Prometheus configs and rules (promtool check, promtool test rules, one test and one runbook per
 # alert), Grafana dashboards (generated, well formed, provisioned where compose mounts them),
-# the Dockerfile (bookworm, non-root, one target per service, sources present) and
-# `docker-compose config` on the compose file.
+# the Dockerfile (bookworm, non-root, one target per service, sources present), the compose
+# file's shared state (Redis and PostgreSQL wired to the services that use them, replicas each
+# scraped) and `docker-compose config` on it.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 : "${ANIMA_SOURCE_DIR:=$(cd "$HERE/../.." && pwd)}"
@@ -115,6 +116,42 @@ for name, svc in compose["services"].items():
         bad.append(f"compose: {name}: image {image!r} not pinned")
     if "build" in svc and not svc.get("read_only"):
         bad.append(f"compose: {name}: root filesystem not read-only")
+
+# Compose's shared state: Redis and PostgreSQL with a healthcheck and a named volume; each service
+# that keeps shared state gets its engine's URL and waits for the engine to be healthy; more than
+# one gateway, router and self-coding; every replica scraped on its own.
+services = compose["services"]
+for engine, data in (("redis", "/data"), ("postgres", "/var/lib/postgresql/data")):
+    svc = services.get(engine, {})
+    if "healthcheck" not in svc:
+        bad.append(f"compose: {engine}: no healthcheck")
+    if not any(v.endswith(":" + data) and v.split(":")[0] in compose.get("volumes", {})
+               for v in svc.get("volumes", [])):
+        bad.append(f"compose: {engine}: {data} is not on a named volume")
+    if svc.get("ports"):
+        bad.append(f"compose: {engine}: published on the host")
+uses = {"gateway": {"ANIMA_REDIS_URL": "redis", "ANIMA_POSTGRES_URL": "postgres"},
+        "gateway-2": {"ANIMA_REDIS_URL": "redis", "ANIMA_POSTGRES_URL": "postgres"},
+        "router": {"ANIMA_REDIS_URL": "redis"}, "self-coding": {"ANIMA_POSTGRES_URL": "postgres"}}
+for name, urls in uses.items():
+    svc = services.get(name, {})
+    for var, engine in urls.items():
+        url = svc.get("environment", {}).get(var, "")
+        if f"@{engine}:" not in url and f"//{engine}:" not in url:
+            bad.append(f"compose: {name}: {var} is {url!r}, not the {engine} service")
+        if svc.get("depends_on", {}).get(engine, {}).get("condition") != "service_healthy":
+            bad.append(f"compose: {name}: does not wait for {engine} to be healthy")
+replicas = {n: svc.get("scale", 1) for n, svc in services.items()}
+if replicas.get("router", 1) < 2 or replicas.get("self-coding", 1) < 2:
+    bad.append(f"compose: one router or self-coding ({replicas.get('router')}, {replicas.get('self-coding')}), two expected")
+gateways = sorted(n for n, svc in services.items() if svc.get("build", {}).get("target") == "gateway")
+if len(gateways) < 2:
+    bad.append(f"compose: gateways {gateways}, two expected")
+scrape = yaml.safe_load((root / "deploy/prometheus/prometheus.compose.yml").read_text())
+discovered = {n for job in scrape["scrape_configs"] for sd in job.get("dns_sd_configs", []) for n in sd["names"]}
+for name in gateways + [n for n, r in replicas.items() if r > 1]:
+    if name not in discovered:
+        bad.append(f"compose: {name} has replicas, but prometheus.compose.yml does not discover each (dns_sd_configs)")
 for b in bad:
     print("FAIL:", b)
 sys.exit(1 if bad else 0)
