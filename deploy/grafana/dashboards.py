@@ -120,9 +120,53 @@ BREAKER_MAPPINGS = [{"type": "value", "options": {
     "2": {"text": "half-open", "color": "orange"}}}]
 
 
+UP_MAPPINGS = [{"type": "value", "options": {
+    "0": {"text": "down", "color": "red"},
+    "1": {"text": "up", "color": "green"}}}]
+
+
+def shared_state(b):
+    """Redis (gateway quotas, router memory) and PostgreSQL (self-coding jobs): the anima_store_*
+    metrics of every process with --redis / --postgres, and what the services do while those do
+    not answer. Empty where no service runs with a shared backend (plain `tools/anima up`)."""
+    sel = 'job=~"$job"'
+    b.row("Shared state (Redis, PostgreSQL)")
+    b.panel("stat", "Store up", [
+        (f"min by (job, backend) (anima_store_up{{{sel}}})", "{{job}} {{backend}}"),
+        (f"min by (job) (anima_gateway_quota_backend_up{{{sel}}})", "{{job}} quotas shared")],
+        w=6, description="Per service and backend, 0 while any of its replicas has no working "
+        "connection (min over replicas). \"quotas shared\" is 0 while a gateway decides quotas "
+        "with its local fallback. Empty without --redis / --postgres.",
+        defaults={"mappings": UP_MAPPINGS, "thresholds": {"mode": "absolute", "steps": [
+            {"color": "red", "value": None}, {"color": "green", "value": 1}]}})
+    b.panel("timeseries", "Store calls by backend, op and result", [
+        (f"sum by (backend, op, result) (rate(anima_store_calls_total{{{sel}}}[{RI}]))",
+         "{{backend}} {{op}} {{result}}")], unit="reqps", w=9,
+        description="Calls to Redis and PostgreSQL. error: refused at once (not connected, "
+        "client queue full), a lost connection or an error reply; timeout: no answer within "
+        "the call timeout.")
+    b.panel("timeseries", "Store call latency p99", quantiles(
+        "anima_store_call_seconds", "backend, op", sel, qs=(0.99,), legend="{{backend}} {{op}}"),
+        unit="s", w=9, description="From a call to its answer or failure, queueing in the client "
+        "included. AnimaStoreSlow fires over 50 ms (Redis) or 250 ms (PostgreSQL) for 10 minutes.")
+    b.panel("timeseries", "Quota checks on the local fallback", [
+        (f"sum by (job, reason) (rate(anima_gateway_quota_fallback_total{{{sel}}}[{RI}]))",
+         "{{job}} {{reason}}")], unit="reqps", w=12,
+        description="Quota admissions a gateway decided alone because Redis did not answer "
+        "(fail open to the local limits): while this is above 0 a principal may get up to N "
+        "times its limits over N gateways (docs/security.md, Quotas across replicas).")
+    b.panel("timeseries", "Conversation memory skipped", [
+        (f"sum by (job, op) (rate(anima_router_memory_unavailable_total{{{sel}}}[{RI}]))",
+         "{{job}} {{op}}")], unit="reqps", w=12,
+        description="Conversation memory the router could not read (history: the chat was "
+        "answered without its earlier turns) or write (append: the turn is not remembered) "
+        "because its store did not answer.")
+
+
 def overview():
     b = Board("anima-overview", "Anima / Overview",
-              "Harmony, module health and RED (rate, errors, duration) for every service.",
+              "Harmony, module health, RED (rate, errors, duration) for every service and the "
+              "shared-state backends (Redis, PostgreSQL).",
               [("job", "Service", 'label_values(up{job=~"anima-.*"}, job)')])
     b.row("System")
     b.panel("stat", "Harmony", [("min(anima_router_harmony)", "harmony")], unit="percentunit",
@@ -162,6 +206,7 @@ def overview():
     b.panel("timeseries", "Duration p99", quantiles(
         "anima_grpc_server_handling_seconds", "job", f'job=~"$job", {RPC}', qs=(0.99,),
         legend="{{job}}"), unit="s")
+    shared_state(b)
     b.row("Resources")
     b.panel("timeseries", "CPU", [
         (f'sum by (job) (rate(process_cpu_seconds_total{{job=~"$job"}}[{RI}]))', "{{job}}")],
