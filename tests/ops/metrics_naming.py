@@ -10,6 +10,11 @@ import re
 import sys
 
 
+# The parts of anima_<part>_...: one per service, grpc for the RPC metrics every service shares,
+# store for the shared-state clients (Redis, PostgreSQL) of whichever service uses them.
+PARTS = ("gateway", "router", "broker", "selfcoding", "sim", "grpc", "store")
+
+
 def check(doc_text, expositions):
     documented = set(re.findall(r"`([a-z_:]+)`", doc_text))
     bad = []
@@ -20,6 +25,8 @@ def check(doc_text, expositions):
                 continue
             if not re.fullmatch(r"(anima_[a-z]+|process)(_[a-z0-9]+)+", name):
                 bad.append(f"{where}: not anima_<part>_<what>[_<unit>] in snake case")
+            elif name.startswith("anima_") and name.split("_")[1] not in PARTS:
+                bad.append(f"{where}: the part is not one of {', '.join(PARTS)}")
             if (kind == "counter") != name.endswith("_total"):
                 bad.append(f"{where}: counters, and only counters, end in _total")
             if re.search(r"_(ms|milliseconds|us|microseconds|minutes|hours|kb|kib|mb|mib|percent)(_|$)", name):
@@ -32,17 +39,19 @@ def check(doc_text, expositions):
 
 
 def self_test():
-    doc = "`anima_x_good_total` `anima_x_latency_ms` `anima_x_requests` `anima_x_wait` `Anima_Bad_total`"
+    doc = ("`anima_store_good_total` `anima_store_latency_ms` `anima_store_requests` "
+           "`anima_store_wait` `Anima_Bad_total` `anima_nopart_calls_total`")
     cases = {
-        "anima_x_latency_ms gauge": "base units",
-        "anima_x_requests counter": "_total",
-        "anima_x_good_total gauge": "_total",
-        "anima_x_wait histogram": "names its unit",
+        "anima_store_latency_ms gauge": "base units",
+        "anima_store_requests counter": "_total",
+        "anima_store_good_total gauge": "_total",
+        "anima_store_wait histogram": "names its unit",
         "Anima_Bad_total counter": "snake case",
-        "anima_x_undocumented_total counter": "not in docs",
+        "anima_store_undocumented_total counter": "not in docs",
+        "anima_nopart_calls_total counter": "the part",
     }
     failed = []
-    if check(doc, {"ok": "# TYPE anima_x_good_total counter\n"}):
+    if check(doc, {"ok": "# TYPE anima_store_good_total counter\n"}):
         failed.append("a good family is refused")
     for family, expected in cases.items():
         errors = check(doc, {"svc": f"# TYPE {family}\n"})
