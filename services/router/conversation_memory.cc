@@ -23,20 +23,19 @@ std::string StorageKey(const ConversationKey& key) {
 
 }  // namespace
 
-ConversationMemory::ConversationMemory(Limits limits, Clock clock)
-    : limits_(limits), clock_(std::move(clock)) {}
-
-std::string ConversationMemory::Cap(std::string_view text) const {
-  if (text.size() <= limits_.max_message_bytes) return std::string(text);
-  size_t keep = limits_.max_message_bytes > kTruncatedMarker.size()
-                    ? limits_.max_message_bytes - kTruncatedMarker.size()
-                    : 0;
+std::string CapMessage(std::string_view text, size_t max_bytes) {
+  constexpr std::string_view kMarker = ConversationStore::kTruncatedMarker;
+  if (text.size() <= max_bytes) return std::string(text);
+  size_t keep = max_bytes > kMarker.size() ? max_bytes - kMarker.size() : 0;
   // Never cut inside a UTF-8 sequence: back up to the start of the character.
   while (keep > 0 && (static_cast<unsigned char>(text[keep]) & 0xC0) == 0x80) --keep;
   std::string out(text.substr(0, keep));
-  if (limits_.max_message_bytes >= kTruncatedMarker.size()) out.append(kTruncatedMarker);
+  if (max_bytes >= kMarker.size()) out.append(kMarker);
   return out;
 }
+
+ConversationMemory::ConversationMemory(Limits limits, Clock clock)
+    : limits_(limits), clock_(std::move(clock)) {}
 
 void ConversationMemory::EvictLocked(std::chrono::steady_clock::time_point now) {
   // The LRU order is also the order of last_used: the expired are all at the back.
@@ -52,9 +51,8 @@ void ConversationMemory::EvictLocked(std::chrono::steady_clock::time_point now) 
   }
 }
 
-google::protobuf::RepeatedPtrField<anima::v1::ChatMessage> ConversationMemory::History(
-    const ConversationKey& key) {
-  google::protobuf::RepeatedPtrField<anima::v1::ChatMessage> out;
+ChatHistory ConversationMemory::History(const ConversationKey& key) {
+  ChatHistory out;
   if (key.id.empty()) return out;
   std::string storage_key = StorageKey(key);
   std::lock_guard lock(mu_);
@@ -76,9 +74,9 @@ google::protobuf::RepeatedPtrField<anima::v1::ChatMessage> ConversationMemory::H
 void ConversationMemory::Append(const ConversationKey& key, std::string_view user,
                                 std::string_view assistant) {
   if (key.id.empty() || limits_.max_turns == 0 || limits_.max_conversations == 0) return;
-  Turn turn{Cap(user), 0};
+  Turn turn{CapMessage(user, limits_.max_message_bytes), 0};
   turn.user_size = static_cast<uint32_t>(turn.text.size());
-  turn.text += Cap(assistant);
+  turn.text += CapMessage(assistant, limits_.max_message_bytes);
   turn.text.shrink_to_fit();
   size_t turn_bytes = turn.text.size() + kTurnOverhead;
   std::string storage_key = StorageKey(key);
@@ -96,18 +94,44 @@ void ConversationMemory::Append(const ConversationKey& key, std::string_view use
   }
   c.lru_position = lru_.begin();
   c.last_used = now;
+  c.text_bytes += turn.text.size();
   c.turns.push_back(std::move(turn));
   c.bytes += turn_bytes;
   bytes_ += turn_bytes;
-  if (c.turns.size() > limits_.max_turns) {
-    size_t dropped = 0;
-    size_t excess = c.turns.size() - limits_.max_turns;
-    for (size_t i = 0; i < excess; ++i) dropped += c.turns[i].text.size() + kTurnOverhead;
+  // The oldest turns go while there are too many or they take too much (possibly all of them:
+  // a turn larger than the bound is not kept).
+  size_t excess = 0, dropped = 0;
+  while (excess < c.turns.size() && (c.turns.size() - excess > limits_.max_turns ||
+                                     c.text_bytes > limits_.max_conversation_bytes)) {
+    c.text_bytes -= c.turns[excess].text.size();
+    dropped += c.turns[excess].text.size() + kTurnOverhead;
+    ++excess;
+  }
+  if (excess > 0) {
     c.turns.erase(c.turns.begin(), c.turns.begin() + static_cast<std::ptrdiff_t>(excess));
     c.bytes -= dropped;
     bytes_ -= dropped;
   }
+  if (c.turns.empty()) {
+    bytes_ -= c.bytes;
+    lru_.erase(c.lru_position);
+    conversations_.erase(it);
+  }
   EvictLocked(now);
+}
+
+void ConversationMemory::History(const ConversationKey& key, HistoryCallback done) {
+  done(History(key));
+}
+
+void ConversationMemory::Append(const ConversationKey& key, std::string_view user,
+                                std::string_view assistant, AppendCallback done) {
+  Append(key, user, assistant);
+  if (done) done(absl::OkStatus());
+}
+
+store::BackendStatus ConversationMemory::status() const {
+  return {store::BackendHealth::kHealthy, "in-process"};
 }
 
 size_t ConversationMemory::size() {

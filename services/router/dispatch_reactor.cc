@@ -14,6 +14,30 @@ namespace {
 using anima::v1::Event;
 using Clock = std::chrono::steady_clock;
 
+constexpr std::chrono::seconds kMemoryWarningInterval{10};
+
+// The chat goes on without memory: counted always, logged at most every 10 s per process so an
+// outage of the store does not flood the log.
+void MemoryUnavailable(RouterMetrics* metrics, const char* op, const absl::Status& status,
+                       const std::string& request_id) {
+  metrics->MemoryUnavailable(op);
+  static std::atomic<int64_t> next_warning{0};
+  static std::atomic<int64_t> suppressed{0};
+  int64_t now = Clock::now().time_since_epoch().count();
+  int64_t next = next_warning.load();
+  if (now >= next &&
+      next_warning.compare_exchange_strong(
+          next,
+          now + std::chrono::duration_cast<Clock::duration>(kMemoryWarningInterval).count())) {
+    spdlog::warn(
+        "req={} conversation memory unavailable for {}: {}; the chat goes on without it ({} "
+        "more since the last warning)",
+        request_id, op, std::string(status.message()), suppressed.exchange(0));
+  } else {
+    suppressed++;
+  }
+}
+
 }  // namespace
 
 DispatchReactor::DispatchReactor(DispatchDeps deps, grpc::CallbackServerContext* context,
@@ -101,10 +125,24 @@ void DispatchReactor::StartChat() {
   }
   // Memory is read only when it is used: not for a stateless request, not when the client sent
   // its own turns (they replace it), not for a conversation this request just started.
-  google::protobuf::RepeatedPtrField<anima::v1::ChatMessage> remembered;
-  if (!chat.stateless() && chat.history_size() == 0 && !chat.conversation_id().empty()) {
-    remembered = deps_.memory->History({identity_.principal, conversation_id_});
+  if (chat.stateless() || chat.history_size() != 0 || chat.conversation_id().empty()) {
+    SendChat(ChatHistory());
+    return;
   }
+  // The reactor stays alive while the store answers; a cancellation meanwhile is applied when
+  // the broker call starts (PrepareDownstream).
+  refs_++;
+  deps_.memory->History(
+      {identity_.principal, conversation_id_}, [this](absl::StatusOr<ChatHistory> history) {
+        if (!history.ok()) {
+          MemoryUnavailable(deps_.metrics, "history", history.status(), request_id_);
+        }
+        SendChat(history.ok() ? *history : ChatHistory());
+        Release();
+      });
+}
+
+void DispatchReactor::SendChat(const ChatHistory& remembered) {
   request_ = ToCompletionRequest(envelope_, remembered);
   request_.set_request_id(request_id_);
   PrepareDownstream();
@@ -146,11 +184,28 @@ void DispatchReactor::StartChat() {
 }
 
 void DispatchReactor::ChatDone(const anima::v1::CompletionResponse& completion) {
-  if (!envelope_.chat().stateless()) {
-    deps_.memory->Append({identity_.principal, conversation_id_}, envelope_.chat().message(),
-                         completion.message());
-    deps_.metrics->ConversationsStored(static_cast<double>(deps_.memory->size()));
+  if (envelope_.chat().stateless()) {
+    EmitChatResponse(completion);
+    return;
   }
+  // The response waits for the store (one round trip, bounded by its timeout): a client that
+  // sends its next turn as soon as it has this answer finds this turn remembered, on any
+  // router. `completion` is response_, which lives as long as the reactor.
+  refs_++;
+  deps_.memory->Append({identity_.principal, conversation_id_}, envelope_.chat().message(),
+                       completion.message(), [this, &completion](absl::Status status) {
+                         if (!status.ok()) {
+                           MemoryUnavailable(deps_.metrics, "append", status, request_id_);
+                         }
+                         if (auto n = deps_.memory->conversations()) {
+                           deps_.metrics->ConversationsStored(static_cast<double>(*n));
+                         }
+                         EmitChatResponse(completion);
+                         Release();
+                       });
+}
+
+void DispatchReactor::EmitChatResponse(const anima::v1::CompletionResponse& completion) {
   Event event;
   *event.mutable_chat_response() = ToChatResponse(completion, conversation_id_);
   Emit(std::move(event), true);

@@ -13,7 +13,7 @@
 #include "anima/v1/router.grpc.pb.h"
 #include "anima/v1/self_coding.grpc.pb.h"
 #include "services/common/identity.h"
-#include "services/router/conversation_memory.h"
+#include "services/router/conversation_store.h"
 #include "services/router/priority_scheduler.h"
 #include "services/router/router_config.h"
 #include "services/router/router_metrics.h"
@@ -31,7 +31,7 @@ struct DispatchDeps {
   StatePoller* state;
   DispatchCounters* counters;
   RouterMetrics* metrics;
-  ConversationMemory* memory;
+  ConversationStore* memory;
 };
 
 // One Router.Dispatch call: admitted by the scheduler (started, queued or rejected with
@@ -39,11 +39,17 @@ struct DispatchDeps {
 // caller's identity (services/common/identity.h) goes with every downstream call it makes, and
 // its conversation memory is the caller's principal's.
 //
-// Lifetime: one reference for gRPC (dropped in OnDone) and one for each downstream call in
-// progress; the reactor deletes itself when the last goes. Threading: Emit() may be called from
-// any gRPC thread and from another reactor's thread (a queued request is started by whoever
-// frees its slot). The queue and flags are guarded by mu_; Start*/Finish and the scheduler are
-// called without holding it.
+// A chat asks the conversation store for its history and goes on in the store's callback (inline
+// for the in-process store, on a Redis I/O thread otherwise); after the answer, the turn is
+// stored and the response sent once the store has it, so the next turn reads it whichever
+// router replica serves it. A store that fails costs the memory, never the chat
+// (anima_router_memory_unavailable_total).
+//
+// Lifetime: one reference for gRPC (dropped in OnDone), one for each downstream call in progress
+// and one while the conversation store is asked; the reactor deletes itself when the last goes.
+// Threading: Emit() may be called from any gRPC thread, from the conversation store's thread and
+// from another reactor's thread (a queued request is started by whoever frees its slot). The queue
+// and flags are guarded by mu_; Start*/Finish and the scheduler are called without holding it.
 class DispatchReactor final : public grpc::ServerWriteReactor<anima::v1::Event> {
  public:
   DispatchReactor(DispatchDeps deps, grpc::CallbackServerContext* context,
@@ -55,9 +61,12 @@ class DispatchReactor final : public grpc::ServerWriteReactor<anima::v1::Event> 
  private:
   void Route(uint64_t ticket);
   void StartChat();
+  // Sends the chat to the broker with `remembered` as its earlier turns.
+  void SendChat(const ChatHistory& remembered);
   void StartSelfCoding();
   void StartModule();
   void ChatDone(const anima::v1::CompletionResponse& completion);
+  void EmitChatResponse(const anima::v1::CompletionResponse& completion);
   // Sets the downstream deadline (the type's, lowered by timeout_ms and by the caller's own
   // deadline), request id and identity, and takes the reference the downstream call holds.
   void PrepareDownstream();

@@ -7,10 +7,13 @@
 #include "services/common/metrics.h"
 #include "services/common/process.h"
 #include "services/common/service_flags.h"
+#include "services/router/conversation_memory.h"
+#include "services/router/redis_conversation_store.h"
 #include "services/router/router_config.h"
 #include "services/router/router_metrics.h"
 #include "services/router/router_service.h"
 #include "services/router/state_poller.h"
+#include "services/store/redis_client.h"
 #include "spdlog/spdlog.h"
 
 namespace {
@@ -28,6 +31,8 @@ struct Options {
   int64_t memory_max_age_s = 3600;
   int64_t memory_max_bytes = int64_t{64} << 20;
   int64_t memory_max_message_bytes = 16384;
+  int64_t memory_max_conversation_bytes = 262144;
+  std::string redis;
 };
 
 int Run(int argc, char** argv) {
@@ -60,6 +65,13 @@ int Run(int argc, char** argv) {
   flags.Add("memory-max-message-bytes", &o.memory_max_message_bytes,
             "ANIMA_ROUTER_MEMORY_MAX_MESSAGE_BYTES",
             "a remembered user message or answer longer than this is cut (64 to 1048576)");
+  flags.Add("memory-max-conversation-bytes", &o.memory_max_conversation_bytes,
+            "ANIMA_ROUTER_MEMORY_MAX_CONVERSATION_BYTES",
+            "bytes the turns of one conversation may take; the oldest go first (at least twice "
+            "--memory-max-message-bytes)");
+  flags.Add("redis", &o.redis, "ANIMA_REDIS_URL",
+            "conversation memory in Redis, shared by every router replica: "
+            "redis://[:password@]host:port[/db] (no TLS); empty: in this process");
   if (auto s = flags.Parse(argc, argv); !s.ok()) {
     std::cerr << "anima-router: " << s.message() << "\n";
     return 2;
@@ -78,6 +90,24 @@ int Run(int argc, char** argv) {
   if (o.memory_max_message_bytes < 64 || o.memory_max_message_bytes > (1 << 20)) {
     std::cerr << "anima-router: --memory-max-message-bytes must be between 64 and 1048576\n";
     return 2;
+  }
+  if (o.memory_max_conversation_bytes < 2 * o.memory_max_message_bytes) {
+    std::cerr << "anima-router: --memory-max-conversation-bytes must be at least twice "
+                 "--memory-max-message-bytes (one whole turn)\n";
+    return 2;
+  }
+  anima::router::MemoryLimits memory_limits;
+  memory_limits.max_turns = static_cast<size_t>(o.memory_turns);
+  memory_limits.max_conversations = static_cast<size_t>(o.memory_conversations);
+  memory_limits.max_age = std::chrono::seconds(o.memory_max_age_s);
+  memory_limits.max_bytes = static_cast<size_t>(o.memory_max_bytes);
+  memory_limits.max_message_bytes = static_cast<size_t>(o.memory_max_message_bytes);
+  memory_limits.max_conversation_bytes = static_cast<size_t>(o.memory_max_conversation_bytes);
+  if (!o.redis.empty()) {
+    if (auto url = anima::store::ParseRedisUrl(o.redis); !url.ok()) {
+      std::cerr << "anima-router: --redis: " << url.status().message() << "\n";
+      return 2;
+    }
   }
   if (auto s = anima::common::InitService(o.service, "router"); !s.ok()) {
     std::cerr << "anima-router: " << s.message() << "\n";
@@ -116,21 +146,33 @@ int Run(int argc, char** argv) {
     downstreams.modules[m.name] = channel;
     backends.push_back({m.name, m.address, channel});
   }
+  // Conversation memory: in this process, or in Redis when --redis is set. The client connects
+  // in the background; until it does, chats go on without memory.
+  std::unique_ptr<anima::store::RedisClient> redis;
+  std::unique_ptr<anima::router::ConversationStore> memory;
+  if (o.redis.empty()) {
+    memory = std::make_unique<anima::router::ConversationMemory>(memory_limits);
+  } else {
+    auto client = anima::store::RedisClient::Create({.url = o.redis}, &(*metrics)->registry());
+    if (!client.ok()) {
+      spdlog::error("--redis: {}", std::string(client.status().message()));
+      return 2;
+    }
+    redis = std::move(*client);
+    memory = std::make_unique<anima::router::RedisConversationStore>(redis.get(), memory_limits);
+  }
+
   anima::router::DispatchCounters counters;
   anima::router::StatePoller poller(backends, std::chrono::milliseconds(o.poll_interval_ms),
-                                    &counters);
+                                    &counters, memory.get());
 
   anima::router::RouterOptions options;
   if (o.chat_deadline_ms > 0)
     config.deadlines["chat"] = std::chrono::milliseconds(o.chat_deadline_ms);
   options.watch_interval = std::chrono::milliseconds(o.state_interval_ms);
-  options.memory.max_turns = static_cast<size_t>(o.memory_turns);
-  options.memory.max_conversations = static_cast<size_t>(o.memory_conversations);
-  options.memory.max_age = std::chrono::seconds(o.memory_max_age_s);
-  options.memory.max_bytes = static_cast<size_t>(o.memory_max_bytes);
-  options.memory.max_message_bytes = static_cast<size_t>(o.memory_max_message_bytes);
+  options.memory = memory_limits;
   anima::router::RouterService service(downstreams, &config, &poller, &counters,
-                                       (*metrics)->registry(), options);
+                                       (*metrics)->registry(), options, memory.get());
   poller.SetScheduler(&service.scheduler(), config.scheduler);
   anima::router::StateMetrics state_metrics((*metrics)->registry());
   poller.Subscribe(
@@ -143,9 +185,11 @@ int Run(int argc, char** argv) {
     return 1;
   }
   poller.Start();
-  spdlog::info("listening on {}:{} (gRPC), metrics on :{}, llm-broker at {}, self-coding {}",
-               o.service.bind, (*server)->port(), (*metrics)->port(), o.broker,
-               o.self_coding.empty() ? "not deployed" : "at " + o.self_coding);
+  spdlog::info(
+      "listening on {}:{} (gRPC), metrics on :{}, llm-broker at {}, self-coding {}, memory {}",
+      o.service.bind, (*server)->port(), (*metrics)->port(), o.broker,
+      o.self_coding.empty() ? "not deployed" : "at " + o.self_coding,
+      redis ? "in redis " + redis->endpoint() : std::string("in-process"));
   if (auto s = anima::common::WriteReadyFile(
           o.service.ready_file, {{"grpc", (*server)->port()}, {"metrics", (*metrics)->port()}});
       !s.ok()) {

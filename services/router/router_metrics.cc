@@ -1,6 +1,7 @@
 #include "services/router/router_metrics.h"
 
 #include <array>
+#include <string_view>
 
 #include "services/common/metrics.h"
 
@@ -49,11 +50,24 @@ RouterMetrics::RouterMetrics(prometheus::Registry& registry)
       rejected_(prometheus::BuildCounter()
                     .Name("anima_router_rejected_total")
                     .Help("Requests answered overloaded because their queue was full.")
-                    .Register(registry)) {
+                    .Register(registry)),
+      memory_unavailable_(
+          prometheus::BuildCounter()
+              .Name("anima_router_memory_unavailable_total")
+              .Help("Conversation memory reads (history) and writes (append) that failed; the "
+                    "chat went on without memory.")
+              .Register(registry)),
+      memory_history_unavailable_(memory_unavailable_.Add({{"op", "history"}})),
+      memory_append_unavailable_(memory_unavailable_.Add({{"op", "append"}})) {
   for (Priority p : {Priority::kHigh, Priority::kNormal, Priority::kLow}) {
     queue_depth_.Add({{"priority", PriorityName(p)}});
     rejected_.Add({{"priority", PriorityName(p)}});
   }
+}
+
+void RouterMetrics::MemoryUnavailable(const char* op) {
+  (std::string_view(op) == "history" ? memory_history_unavailable_ : memory_append_unavailable_)
+      .Increment();
 }
 
 void RouterMetrics::QueueDepths(const PriorityScheduler::Stats& stats) {

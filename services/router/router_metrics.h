@@ -24,6 +24,8 @@ class RouterMetrics {
   void QueueDepths(const PriorityScheduler::Stats& stats);
   void QueueWait(const char* priority, double seconds);
   void Rejected(const char* priority);
+  // The conversation store failed a read or write ("history", "append"); the chat went on.
+  void MemoryUnavailable(const char* op);
 
  private:
   prometheus::Family<prometheus::Counter>& requests_;
@@ -33,6 +35,9 @@ class RouterMetrics {
   prometheus::Family<prometheus::Gauge>& queue_depth_;
   prometheus::Family<prometheus::Histogram>& queue_wait_;
   prometheus::Family<prometheus::Counter>& rejected_;
+  prometheus::Family<prometheus::Counter>& memory_unavailable_;
+  prometheus::Counter& memory_history_unavailable_;
+  prometheus::Counter& memory_append_unavailable_;
 };
 
 // The system state as metrics, recorded after every poll: anima_router_harmony (0..1) and

@@ -10,7 +10,8 @@ namespace anima::router {
 
 RouterService::RouterService(const Downstreams& downstreams, const RouterConfig* config,
                              StatePoller* state, DispatchCounters* counters,
-                             prometheus::Registry& registry, RouterOptions options)
+                             prometheus::Registry& registry, RouterOptions options,
+                             ConversationStore* memory)
     : broker_(anima::v1::LlmBroker::NewStub(downstreams.broker)),
       self_coding_(downstreams.self_coding ? anima::v1::SelfCoding::NewStub(downstreams.self_coding)
                                            : nullptr),
@@ -20,7 +21,9 @@ RouterService::RouterService(const Downstreams& downstreams, const RouterConfig*
       counters_(counters),
       metrics_(registry),
       options_(options),
-      memory_(options.memory) {
+      own_memory_(memory == nullptr ? std::make_unique<ConversationMemory>(options.memory)
+                                    : nullptr),
+      memory_(memory != nullptr ? memory : own_memory_.get()) {
   for (const auto& [name, channel] : downstreams.modules) {
     modules_[name] = anima::v1::Module::NewStub(channel);
   }
@@ -32,7 +35,7 @@ grpc::ServerWriteReactor<anima::v1::Event>* RouterService::Dispatch(
     grpc::CallbackServerContext* context, const anima::v1::Envelope* envelope) {
   auto* reactor =
       new DispatchReactor(DispatchDeps{broker_.get(), self_coding_.get(), &modules_, config_,
-                                       &scheduler_, state_, counters_, &metrics_, &memory_},
+                                       &scheduler_, state_, counters_, &metrics_, memory_},
                           context, envelope);
   reactor->Admit();
   return reactor;

@@ -27,7 +27,7 @@ struct Downstreams {
 
 struct RouterOptions {
   std::chrono::milliseconds watch_interval{5000};
-  ConversationMemory::Limits memory;
+  MemoryLimits memory;  // of the in-process memory made when no store is given
 };
 
 // anima.v1.Router. Every envelope is admitted by the priority scheduler and routed by type:
@@ -37,8 +37,11 @@ struct RouterOptions {
 // become error events (error_mapping.h), never a failed Dispatch status.
 class RouterService final : public anima::v1::Router::CallbackService {
  public:
+  // `memory`: where conversations are remembered (outlives the service); null: an in-process
+  // ConversationMemory with options.memory, owned by the service.
   RouterService(const Downstreams& downstreams, const RouterConfig* config, StatePoller* state,
-                DispatchCounters* counters, prometheus::Registry& registry, RouterOptions options);
+                DispatchCounters* counters, prometheus::Registry& registry, RouterOptions options,
+                ConversationStore* memory = nullptr);
   ~RouterService() override;
 
   PriorityScheduler& scheduler() { return scheduler_; }
@@ -71,7 +74,8 @@ class RouterService final : public anima::v1::Router::CallbackService {
   DispatchCounters* counters_;
   RouterMetrics metrics_;
   RouterOptions options_;
-  ConversationMemory memory_;
+  std::unique_ptr<ConversationMemory> own_memory_;
+  ConversationStore* memory_;
 };
 
 }  // namespace anima::router

@@ -26,8 +26,8 @@ anima::v1::ModuleStatus ServiceModule(const Backend& backend, anima::v1::ModuleH
 }  // namespace
 
 StatePoller::StatePoller(std::vector<Backend> backends, std::chrono::milliseconds interval,
-                         const DispatchCounters* counters)
-    : backends_(std::move(backends)), interval_(interval), counters_(counters) {}
+                         const DispatchCounters* counters, const ConversationStore* memory)
+    : backends_(std::move(backends)), interval_(interval), counters_(counters), memory_(memory) {}
 
 StatePoller::~StatePoller() { Stop(); }
 
@@ -64,6 +64,27 @@ void StatePoller::AddQueueModules(std::vector<anima::v1::ModuleStatus>* modules)
     (*m.mutable_counters())["rejected_total"] = static_cast<double>(stats.rejected[i]);
     modules->push_back(std::move(m));
   }
+}
+
+anima::v1::ModuleStatus StatePoller::MemoryModule() const {
+  store::BackendStatus status = memory_->status();
+  anima::v1::ModuleStatus m;
+  m.set_name("router/memory");
+  m.set_service("router");
+  m.set_kind("store");
+  switch (status.health) {
+    case store::BackendHealth::kHealthy:
+      m.set_health(anima::v1::MODULE_HEALTH_HEALTHY);
+      break;
+    case store::BackendHealth::kDegraded:
+      m.set_health(anima::v1::MODULE_HEALTH_DEGRADED);
+      break;
+    case store::BackendHealth::kDown:
+      m.set_health(anima::v1::MODULE_HEALTH_DOWN);
+      break;
+  }
+  m.set_detail(status.detail);
+  return m;
 }
 
 void StatePoller::Start() {
@@ -156,9 +177,10 @@ void StatePoller::PollOnce() {
   {
     std::lock_guard lock(mu_);
     modules.insert(modules.begin(), RouterModule(now));
-    std::vector<anima::v1::ModuleStatus> queues;
-    AddQueueModules(&queues);
-    modules.insert(modules.begin() + 1, queues.begin(), queues.end());
+    std::vector<anima::v1::ModuleStatus> own;
+    AddQueueModules(&own);
+    if (memory_ != nullptr) own.push_back(MemoryModule());
+    modules.insert(modules.begin() + 1, own.begin(), own.end());
     double seconds = last_poll_ == std::chrono::steady_clock::time_point{}
                          ? 0
                          : std::chrono::duration<double>(now - last_poll_).count();

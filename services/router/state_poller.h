@@ -13,6 +13,7 @@
 
 #include "anima/v1/introspection.grpc.pb.h"
 #include "grpcpp/channel.h"
+#include "services/router/conversation_store.h"
 #include "services/router/priority_scheduler.h"
 
 namespace anima::router {
@@ -39,8 +40,9 @@ class StatePoller {
  public:
   using Listener = std::function<void(const anima::v1::ConsciousnessState&)>;
 
+  // `memory` (may be null; outlives the poller) is reported as the module "router/memory".
   StatePoller(std::vector<Backend> backends, std::chrono::milliseconds interval,
-              const DispatchCounters* counters);
+              const DispatchCounters* counters, const ConversationStore* memory = nullptr);
   ~StatePoller();
 
   // The scheduler whose queues are reported (depth in `load`, one module per class). Call
@@ -62,10 +64,12 @@ class StatePoller {
   std::vector<anima::v1::ModuleStatus> Describe(const Backend& backend);
   anima::v1::ModuleStatus RouterModule(std::chrono::steady_clock::time_point now);
   void AddQueueModules(std::vector<anima::v1::ModuleStatus>* modules);
+  anima::v1::ModuleStatus MemoryModule() const;
 
   std::vector<Backend> backends_;
   std::chrono::milliseconds interval_;
   const DispatchCounters* counters_;
+  const ConversationStore* memory_;
   PriorityScheduler* scheduler_ = nullptr;
   PriorityScheduler::Options scheduler_options_;
   uint64_t last_rejected_[kPriorityCount] = {0, 0, 0};

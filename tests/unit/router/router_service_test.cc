@@ -11,6 +11,7 @@
 #include "gtest/gtest.h"
 #include "services/common/grpc_server.h"
 #include "services/common/identity.h"
+#include "services/router/conversation_memory.h"
 #include "services/router/router_service.h"
 #include "services/router/state_poller.h"
 
@@ -108,6 +109,74 @@ class FakeBroker final : public anima::v1::LlmBroker::Service {
   }
 };
 
+// A conversation store that answers later on threads of its own, as the Redis store does, and
+// that can be told to fail (as Redis unreachable) or to hold History answers until released.
+class FakeStore final : public ConversationStore {
+ public:
+  ~FakeStore() override {
+    ReleaseHeld();
+    std::lock_guard lock(mu_);
+    for (auto& t : threads_) t.join();
+  }
+  void History(const ConversationKey& key, HistoryCallback done) override {
+    std::lock_guard lock(mu_);
+    if (hold) {
+      held_.push_back([this, key = Copy(key), done = std::move(done)] {
+        done(memory_.History({key.first, key.second}));
+      });
+      return;
+    }
+    if (fail) {
+      Later([done = std::move(done)] { done(absl::UnavailableError("store away")); });
+      return;
+    }
+    Later([this, key = Copy(key), done = std::move(done)] {
+      done(memory_.History({key.first, key.second}));
+    });
+  }
+  void Append(const ConversationKey& key, std::string_view user, std::string_view assistant,
+              AppendCallback done) override {
+    std::lock_guard lock(mu_);
+    if (fail) {
+      Later([done = std::move(done)] { done(absl::DeadlineExceededError("store slow")); });
+      return;
+    }
+    Later([this, key = Copy(key), user = std::string(user), assistant = std::string(assistant),
+           done = std::move(done)] {
+      memory_.Append({key.first, key.second}, user, assistant);
+      done(absl::OkStatus());
+    });
+  }
+  store::BackendStatus status() const override {
+    return fail ? store::BackendStatus{store::BackendHealth::kDown, "fake: away"}
+                : store::BackendStatus{store::BackendHealth::kHealthy, "fake"};
+  }
+  size_t held() {
+    std::lock_guard lock(mu_);
+    return held_.size();
+  }
+  void ReleaseHeld() {
+    std::lock_guard lock(mu_);
+    hold = false;
+    for (auto& f : held_) threads_.emplace_back(std::move(f));
+    held_.clear();
+  }
+
+  std::atomic<bool> fail{false};
+  std::atomic<bool> hold{false};
+
+ private:
+  static std::pair<std::string, std::string> Copy(const ConversationKey& key) {
+    return {std::string(key.principal), std::string(key.id)};
+  }
+  void Later(std::function<void()> f) { threads_.emplace_back(std::move(f)); }
+
+  std::mutex mu_;
+  std::vector<std::thread> threads_;
+  std::vector<std::function<void()>> held_;
+  ConversationMemory memory_{MemoryLimits{}};
+};
+
 class RouterServiceTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -121,11 +190,11 @@ class RouterServiceTest : public ::testing::Test {
     auto channel = common::MakeChannel(broker_address, nullptr);
     poller_ =
         std::make_unique<StatePoller>(std::vector<Backend>{{"llm-broker", broker_address, channel}},
-                                      std::chrono::milliseconds(100000), &counters_);
+                                      std::chrono::milliseconds(100000), &counters_, store_);
     Downstreams downstreams = std::move(others);
     downstreams.broker = channel;
     service_ = std::make_unique<RouterService>(downstreams, &config_, poller_.get(), &counters_,
-                                               registry_, RouterOptions{});
+                                               registry_, RouterOptions{}, store_);
     poller_->SetScheduler(&service_->scheduler(), config_.scheduler);
     poller_->PollOnce();
     router_server_ = *common::GrpcServer::Start("127.0.0.1:0", {service_.get()}, registry_);
@@ -157,6 +226,20 @@ class RouterServiceTest : public ::testing::Test {
     return env;
   }
 
+  double Counter(const std::string& name, const std::string& label, const std::string& value) {
+    double n = 0;
+    for (const auto& family : registry_.Collect()) {
+      if (family.name != name) continue;
+      for (const auto& metric : family.metric) {
+        for (const auto& l : metric.label) {
+          if (l.name == label && l.value == value) n += metric.counter.value;
+        }
+      }
+    }
+    return n;
+  }
+
+  ConversationStore* store_ = nullptr;  // null: the service's own in-process memory
   prometheus::Registry registry_;
   FakeBroker broker_;
   std::unique_ptr<common::GrpcServer> broker_server_;
@@ -213,8 +296,8 @@ TEST_F(RouterServiceTest, ChatStreamGivesDeltasThenResponse) {
 }
 
 TEST_F(RouterServiceTest, PrincipalsSharingAConversationIdNeverSeeEachOthersTurns) {
-  common::Identity alice{.principal = "alice"};
-  common::Identity bob{.principal = "bob"};
+  common::Identity alice{.principal = "alice", .job_limits = {}};
+  common::Identity bob{.principal = "bob", .job_limits = {}};
   Dispatch(Chat("alice secret", false, "conv-shared"), alice);
   Dispatch(Chat("bob asks", false, "conv-shared"), bob);
   ASSERT_EQ(broker_.last_request.messages_size(), 1) << "bob's conversation is new and empty";
@@ -243,7 +326,7 @@ TEST_F(RouterServiceTest, TheCallersIdentityGoesToTheBroker) {
     EXPECT_EQ(seen->job_limits, (common::JobLimits{2, 20})) << rpc;
   }
   grpc::ClientContext ctx;
-  common::AttachIdentity(common::Identity{.principal = "dave"}, &ctx);
+  common::AttachIdentity(common::Identity{.principal = "dave", .job_limits = {}}, &ctx);
   anima::v1::ListModelsResponse res;
   ASSERT_TRUE(stub_->ListModels(&ctx, anima::v1::ListModelsRequest(), &res).ok());
   ASSERT_TRUE(broker_.identities.Of("ListModels").has_value());
@@ -549,7 +632,7 @@ TEST_F(RouterDownstreamsTest, AJobQuotaRefusalReachesTheClientWithItsLimit) {
   anima::v1::Envelope run;
   run.set_type("self_coding_request");
   run.mutable_self_coding()->set_task("over quota");
-  auto events = Dispatch(run, common::Identity{.principal = "frank"});
+  auto events = Dispatch(run, common::Identity{.principal = "frank", .job_limits = {}});
   ASSERT_EQ(events.size(), 1u);
   ASSERT_TRUE(events[0].has_error());
   EXPECT_EQ(events[0].error().code(), "quota_exceeded");
@@ -579,6 +662,99 @@ TEST_F(RouterDownstreamsTest, ModuleTrafficIsCountedUnderTheModuleType) {
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
   EXPECT_EQ(counted(), 1);
+}
+
+// The router on a store that answers on its own threads, later, as Redis does.
+class RouterMemoryStoreTest : public RouterServiceTest {
+ protected:
+  void SetUp() override {
+    store_ = &fake_;
+    RouterServiceTest::SetUp();
+  }
+  void TearDown() override {
+    router_server_->Shutdown(std::chrono::seconds(5));
+    fake_.ReleaseHeld();
+  }
+  FakeStore fake_;
+};
+
+TEST_F(RouterMemoryStoreTest, AnAsynchronousStoreCarriesTheConversation) {
+  for (bool stream : {false, true}) {
+    std::string conversation = stream ? "conv-stream" : "conv-unary";
+    auto first = Dispatch(Chat("one", stream, conversation));
+    ASSERT_TRUE(first.back().has_chat_response());
+    auto second = Dispatch(Chat("two", stream, conversation));
+    ASSERT_TRUE(second.back().has_chat_response());
+    const auto& msgs = broker_.last_request.messages();
+    ASSERT_EQ(msgs.size(), 3) << stream;
+    EXPECT_EQ(msgs[0].content(), "one");
+    EXPECT_EQ(msgs[1].content(), "eno");
+    EXPECT_EQ(msgs[2].content(), "two");
+  }
+  EXPECT_EQ(Counter("anima_router_memory_unavailable_total", "op", "history"), 0);
+}
+
+TEST_F(RouterMemoryStoreTest, AFailingStoreCostsTheMemoryNotTheChat) {
+  fake_.fail = true;
+  for (bool stream : {false, true}) {
+    auto events = Dispatch(Chat("hello", stream, "conv-1"));
+    ASSERT_FALSE(events.empty());
+    ASSERT_TRUE(events.back().has_chat_response()) << "the client is told nothing false";
+    EXPECT_EQ(events.back().chat_response().message(), "olleh");
+    for (const auto& e : events) EXPECT_FALSE(e.has_error());
+    EXPECT_EQ(broker_.last_request.messages_size(), 1);
+  }
+  EXPECT_EQ(Counter("anima_router_memory_unavailable_total", "op", "history"), 2);
+  EXPECT_EQ(Counter("anima_router_memory_unavailable_total", "op", "append"), 2);
+
+  poller_->PollOnce();
+  auto state = poller_->Snapshot(0);
+  const anima::v1::ModuleStatus* memory = nullptr;
+  for (const auto& m : state.modules()) {
+    if (m.name() == "router/memory") memory = &m;
+  }
+  ASSERT_NE(memory, nullptr);
+  EXPECT_EQ(memory->kind(), "store");
+  EXPECT_EQ(memory->health(), anima::v1::MODULE_HEALTH_DOWN);
+  EXPECT_EQ(memory->detail(), "fake: away");
+
+  // Back: remembered again from the next turn on.
+  fake_.fail = false;
+  Dispatch(Chat("again", false, "conv-1"));
+  Dispatch(Chat("and again", false, "conv-1"));
+  EXPECT_EQ(broker_.last_request.messages_size(), 3);
+}
+
+TEST_F(RouterMemoryStoreTest, AClientThatCancelsWhileTheStoreIsAskedEndsCleanly) {
+  fake_.hold = true;
+  grpc::ClientContext ctx;
+  auto reader = stub_->Dispatch(&ctx, Chat("hello", false, "conv-cancel"));
+  for (int i = 0; i < 5000 && fake_.held() == 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  ASSERT_EQ(fake_.held(), 1u);
+  ctx.TryCancel();
+  fake_.ReleaseHeld();
+  Event e;
+  while (reader->Read(&e)) {
+  }
+  EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  // The router is none the worse: the next chat is answered.
+  auto events = Dispatch(Chat("after", false, "conv-cancel"));
+  ASSERT_FALSE(events.empty());
+  EXPECT_TRUE(events.back().has_chat_response());
+}
+
+TEST_F(RouterServiceTest, StateReportsTheInProcessMemory) {
+  ConversationMemory memory(MemoryLimits{});
+  StatePoller poller({}, std::chrono::milliseconds(100000), &counters_, &memory);
+  poller.PollOnce();
+  auto state = poller.Snapshot(0);
+  ASSERT_EQ(state.modules_size(), 2);
+  EXPECT_EQ(state.modules(1).name(), "router/memory");
+  EXPECT_EQ(state.modules(1).kind(), "store");
+  EXPECT_EQ(state.modules(1).health(), anima::v1::MODULE_HEALTH_HEALTHY);
+  EXPECT_EQ(state.modules(1).detail(), "in-process");
 }
 
 }  // namespace
