@@ -1,125 +1,35 @@
 #include "services/self_coding/job_manager.h"
 
-#include <algorithm>
-#include <filesystem>
+#include <unistd.h>
 
-#include "absl/strings/cord.h"
+#include <algorithm>
+
 #include "absl/strings/str_cat.h"
 #include "anima/v1/llm_broker.pb.h"
 #include "services/common/process.h"
-#include "services/self_coding/file_blocks.h"
-#include "services/self_coding/prompts.h"
+#include "services/self_coding/job_manager_internal.h"
 #include "spdlog/spdlog.h"
 
 namespace anima::selfcoding {
+
+using internal::FromStore;
+using internal::kPruneEvery;
+using internal::StoreUnavailable;
+using internal::Transient;
+using internal::UnknownJob;
+
 namespace {
 
-namespace fs = std::filesystem;
-
 constexpr int kWatchBatch = 64;
-constexpr size_t kMaxTaskBytes = 16 * 1024;
-constexpr size_t kMaxTestsBytes = 32 * 1024;
-constexpr size_t kMaxSeedBytes = 48 * 1024;
-constexpr int kPruneEvery = 20;
-// A progress frame stays far below the gateway's 64 KiB frame limit.
-constexpr size_t kMaxMessageBytes = 4096;
 
-// What another principal's job and an unknown id both get, word for word.
-absl::Status UnknownJob(const std::string& job_id) {
-  return absl::NotFoundError("unknown job " + job_id);
-}
-
-// The store's NotFound, in the words of UnknownJob.
-absl::Status FromStore(const absl::Status& status, const std::string& job_id) {
-  return status.code() == absl::StatusCode::kNotFound ? UnknownJob(job_id) : status;
-}
-
-// A refused Submit: ResourceExhausted carrying the BrokerFailure the client is to see.
-absl::Status Refusal(const std::string& code, const std::string& limit, const std::string& message,
-                     int64_t retry_after_ms) {
-  anima::v1::BrokerFailure failure;
-  failure.set_code(code);
-  failure.set_message(message);
-  failure.set_limit(limit);
-  failure.set_retry_after_ms(retry_after_ms);
-  absl::Status status = absl::ResourceExhaustedError(message);
-  status.SetPayload(kFailurePayloadUrl, absl::Cord(failure.SerializeAsString()));
-  return status;
-}
-
-absl::Status Validate(anima::v1::SubmitRequest& spec) {
-  if (spec.task().empty()) return absl::InvalidArgumentError("task is required");
-  if (spec.task().size() > kMaxTaskBytes) {
-    return absl::InvalidArgumentError(absl::StrCat("task is over ", kMaxTaskBytes, " bytes"));
-  }
-  const LanguageProfile* lang = FindLanguage(spec.language());
-  if (lang == nullptr) {
-    return absl::InvalidArgumentError("language must be python or cpp, not \"" +
-                                      spec.language().substr(0, 40) + "\"");
-  }
-  spec.set_language(lang->name);
-  if (spec.max_attempts() == 0) spec.set_max_attempts(3);
-  if (spec.max_attempts() < 1 || spec.max_attempts() > 5) {
-    return absl::InvalidArgumentError("max_attempts must be from 1 to 5");
-  }
-  if (spec.tests().size() > kMaxTestsBytes) {
-    return absl::InvalidArgumentError(absl::StrCat("tests are over ", kMaxTestsBytes, " bytes"));
-  }
-  size_t seed = 0;
-  for (const auto& [path, content] : spec.files()) {
-    if (!FileBlockParser::IsSafePath(path) || path == "_anima_run_tests.py") {
-      return absl::InvalidArgumentError("files: \"" + path.substr(0, 100) +
-                                        "\" is not a safe relative path");
-    }
-    seed += content.size();
-  }
-  if (seed > kMaxSeedBytes) {
-    return absl::InvalidArgumentError(absl::StrCat("files are over ", kMaxSeedBytes, " bytes"));
-  }
-  return absl::OkStatus();
-}
-
-std::string FinalMessage(const anima::v1::SelfCodingResult& r) {
-  if (r.status() == kSucceeded) {
-    return absl::StrCat(r.tests().passed(), " passed, ", r.tests().failed(), " failed on attempt ",
-                        r.attempts());
-  }
-  return r.reason().empty() ? r.status() : r.reason();
+std::string DefaultReplicaId() {
+  char host[256] = {};
+  if (gethostname(host, sizeof(host) - 1) != 0) host[0] = '\0';
+  return absl::StrCat(host[0] != '\0' ? host : "replica", "-", getpid(), "-",
+                      common::NewSecureId("").substr(0, 6));
 }
 
 }  // namespace
-
-// Turns the pipeline's progress into stored events of one job.
-class JobManager::Sink : public ProgressSink {
- public:
-  Sink(JobManager* manager, std::shared_ptr<LiveJob> job) : manager_(manager), job_(job) {}
-  void Progress(const std::string& stage, int attempt, int percent,
-                const std::string& message) override {
-    std::vector<std::function<void()>> wake;
-    {
-      std::lock_guard lock(manager_->mu_);
-      JobUpdate update;
-      update.attempts = attempt;
-      if (job_->status == kQueued) {
-        job_->status = kRunning;
-        update.status = kRunning;
-      }
-      job_->attempts = attempt;
-      if (auto s = manager_->EmitLocked(*job_, stage, attempt, percent, message, update, &wake);
-          !s.ok()) {
-        spdlog::error("job {}: cannot store an event: {}", job_->job_id, std::string(s.message()));
-      }
-    }
-    for (auto& w : wake) w();
-  }
-  void StageDone(const std::string& stage, double seconds) override {
-    if (manager_->metrics_ != nullptr) manager_->metrics_->StageDone(stage, seconds);
-  }
-
- private:
-  JobManager* manager_;
-  std::shared_ptr<LiveJob> job_;
-};
 
 JobManager::JobManager(JobStore* store, JobPipeline* pipeline, Sandbox* sandbox,
                        ManagerOptions options, SelfCodingMetrics* metrics)
@@ -128,9 +38,11 @@ JobManager::JobManager(JobStore* store, JobPipeline* pipeline, Sandbox* sandbox,
       sandbox_(sandbox),
       options_(std::move(options)),
       metrics_(metrics),
-      max_queued_per_principal_(options_.max_queued_per_principal > 0
-                                    ? options_.max_queued_per_principal
-                                    : std::max(1, (options_.queue_size + 1) / 2)) {
+      limits_{.queue_size = options_.queue_size,
+              .max_queued_per_principal = options_.max_queued_per_principal > 0
+                                              ? options_.max_queued_per_principal
+                                              : std::max(1, (options_.queue_size + 1) / 2)},
+      replica_id_(options_.replica_id.empty() ? DefaultReplicaId() : options_.replica_id) {
   totals_.queue_capacity = options_.queue_size;
   totals_.workers = options_.workers;
 }
@@ -138,69 +50,65 @@ JobManager::JobManager(JobStore* store, JobPipeline* pipeline, Sandbox* sandbox,
 JobManager::~JobManager() { Stop(); }
 
 absl::Status JobManager::Start() {
-  std::vector<std::function<void()>> wake;
   {
     std::lock_guard lock(mu_);
-    if (started_) return absl::OkStatus();
-    auto running =
-        store_->List({.limit = 0, .status = kRunning, .oldest_first = true, .principal = ""});
-    if (!running.ok()) return running.status();
-    for (const auto& record : *running) {
-      auto job = std::make_shared<LiveJob>();
-      job->job_id = record.job_id;
-      job->principal = record.principal;
-      job->spec = record.spec;
-      job->status = kRunning;
-      job->attempts = record.attempts;
-      job->last_seq = record.last_seq;
-      job->last_percent = 0;
-      live_[job->job_id] = job;
-      in_flight_[job->principal]++;
-      anima::v1::SelfCodingResult result;
-      result.set_job_id(record.job_id);
-      result.set_status(kFailed);
-      result.set_attempts(record.attempts);
-      result.set_reason("interrupted");
-      auto w = FinishLocked(job, std::move(result));
-      wake.insert(wake.end(), w.begin(), w.end());
-      spdlog::warn("job {} was running when the service stopped: failed (interrupted)",
-                   record.job_id);
-    }
-    auto queued =
-        store_->List({.limit = 0, .status = kQueued, .oldest_first = true, .principal = ""});
-    if (!queued.ok()) return queued.status();
-    for (const auto& record : *queued) {
-      auto job = std::make_shared<LiveJob>();
-      job->job_id = record.job_id;
-      job->principal = record.principal;
-      job->spec = record.spec;
-      job->last_seq = record.last_seq;
-      EnqueueLocked(std::move(job));
-    }
-    if (!queued->empty()) spdlog::info("{} queued jobs recovered", queued->size());
+    if (started_ || stopping_) return absl::OkStatus();
     started_ = true;
     ended_since_prune_ = kPruneEvery;  // prune once at start
-    for (int i = 0; i < options_.workers; ++i) workers_.emplace_back([this] { WorkerLoop(); });
-    UpdateGauges();
   }
-  for (auto& w : wake) w();
-  MaybePrune();
+  subscription_ = store_->Subscribe([this](const JobChange& change) { OnStoreChange(change); });
+  // A replica that cannot sandbox must not take jobs that another replica could run.
+  int workers = options_.workers;
+  if (auto s = sandbox_->Available(); !s.ok() && workers > 0) {
+    spdlog::warn("the sandbox is unavailable, so this replica claims no jobs: {}",
+                 std::string(s.message()));
+    workers = 0;
+  }
+  for (int i = 0; i < workers; ++i) workers_.emplace_back([this, i] { WorkerLoop(i); });
+  maintenance_ = std::thread([this] { MaintenanceLoop(); });
+  spdlog::info("self-coding replica {}: {} workers, lease {} ms, heartbeat {} ms", replica_id_,
+               workers, options_.lease.count(), options_.heartbeat.count());
   return absl::OkStatus();
 }
 
 void JobManager::Stop() {
+  std::vector<std::shared_ptr<Run>> runs;
   {
     std::lock_guard lock(mu_);
     if (stopping_) return;
     stopping_ = true;
-    // Everything live and not waiting in the queue is on a worker: stop it.
-    for (auto& [id, job] : live_) {
-      if (!queue_.Contains(job->principal, job)) job->token.Cancel();
-    }
+    // Writes that cannot get through are given up after a lease: the job is then claimed again
+    // elsewhere, as if this replica had died.
+    give_up_at_ = std::chrono::steady_clock::now() + options_.lease;
+    for (auto& [id, run] : runs_) runs.push_back(run);
+  }
+  for (auto& run : runs) {
+    run->giving_back = true;
+    run->token.Cancel();
   }
   work_cv_.notify_all();
   for (auto& t : workers_) t.join();
   workers_.clear();
+  {
+    std::lock_guard lock(mu_);
+    maintenance_stop_ = true;
+  }
+  maint_cv_.notify_all();
+  if (maintenance_.joinable()) maintenance_.join();
+  if (subscription_ >= 0) store_->Unsubscribe(subscription_);
+  subscription_ = -1;
+  std::map<std::string, std::vector<DoneFn>> waiters;
+  {
+    std::lock_guard lock(mu_);
+    waiters.swap(cancel_waiters_);
+  }
+  for (auto& [id, dones] : waiters) {
+    for (auto& done : dones) {
+      done(absl::UnavailableError("the self-coding service is shutting down; job " + id +
+                                  " is to be cancelled by whichever replica runs it"));
+    }
+  }
+  WakeAllWatchers();
 }
 
 int64_t JobManager::NowUnixMs() const {
@@ -210,284 +118,259 @@ int64_t JobManager::NowUnixMs() const {
       .count();
 }
 
-void JobManager::EnqueueLocked(std::shared_ptr<LiveJob> job) {
-  live_[job->job_id] = job;
-  in_flight_[job->principal]++;
-  std::string principal = job->principal;
-  queue_.Push(principal, std::move(job));
-}
-
-absl::Status JobManager::AdmitLocked(const common::Identity& who, int64_t now_unix_ms) {
-  const common::JobLimits& limits = who.job_limits;
-  if (limits.in_flight > 0) {
-    auto it = in_flight_.find(who.principal);
-    int64_t in_flight = it == in_flight_.end() ? 0 : it->second;
-    if (in_flight >= limits.in_flight) {
-      if (metrics_ != nullptr) metrics_->QuotaRefused("jobs_in_flight");
-      return Refusal("quota_exceeded", "jobs_in_flight",
-                     absl::StrCat("you have ", in_flight,
-                                  " self-coding jobs queued or running, the most your quota "
-                                  "allows; submit again when one has ended"),
-                     kRetryWhenBusy.count());
-    }
-  }
-  if (limits.per_day > 0) {
-    auto created = store_->CreatedOn(who.principal, UtcDayOf(now_unix_ms));
-    if (!created.ok()) return created.status();
-    if (*created >= limits.per_day) {
-      if (metrics_ != nullptr) metrics_->QuotaRefused("jobs_per_day");
-      return Refusal("quota_exceeded", "jobs_per_day",
-                     absl::StrCat("you have submitted ", *created,
-                                  " self-coding jobs today (UTC), the most your quota allows"),
-                     kDayMs - now_unix_ms % kDayMs);
-    }
-  }
-  size_t queued = queue_.size(who.principal);
-  if (queued >= static_cast<size_t>(max_queued_per_principal_)) {
-    return Refusal("overloaded", "",
-                   absl::StrCat("you have ", queued,
-                                " self-coding jobs waiting, the most one principal may hold in "
-                                "this queue of ",
-                                options_.queue_size),
-                   kRetryWhenBusy.count());
-  }
-  if (queue_.size() >= static_cast<size_t>(options_.queue_size)) {
-    return Refusal(
-        "overloaded", "",
-        absl::StrCat("the self-coding queue is full (", options_.queue_size, " jobs waiting)"),
-        kRetryWhenBusy.count());
-  }
-  return absl::OkStatus();
-}
-
 absl::StatusOr<std::string> JobManager::Submit(const common::Identity& who,
                                                anima::v1::SubmitRequest spec) {
-  if (auto s = Validate(spec); !s.ok()) return s;
+  if (auto s = ValidateRequest(spec); !s.ok()) return s;
   // Unavailable (the client sees `unavailable`): this service cannot run jobs, the request is fine.
   if (auto s = sandbox_->Available(); !s.ok()) return absl::UnavailableError(s.message());
-  std::vector<std::function<void()>> wake;
-  std::string job_id = common::NewSecureId("job-");
   {
     std::lock_guard lock(mu_);
     if (stopping_) return absl::UnavailableError("the self-coding service is shutting down");
-    int64_t now = NowUnixMs();
-    if (auto s = AdmitLocked(who, now); !s.ok()) return s;
-    JobRecord record;
-    record.job_id = job_id;
-    record.principal = who.principal;
-    record.status = kQueued;
-    record.spec = spec;
-    record.created_at = record.updated_at = common::Rfc3339Now();
-    record.created_unix_ms = now;
-    if (auto s = store_->Create(record); !s.ok()) return s;
-    auto job = std::make_shared<LiveJob>();
-    job->job_id = job_id;
-    job->principal = who.principal;
-    job->spec = std::move(spec);
-    std::string message =
-        queue_.empty() && running_ < options_.workers
-            ? "queued"
-            : absl::StrCat("queued (", queue_.size(), " jobs waiting, ", running_, " running)");
-    if (auto s = EmitLocked(*job, kStageQueued, 0, 0, message, {}, &wake); !s.ok()) return s;
-    EnqueueLocked(std::move(job));
+  }
+  std::string job_id = common::NewSecureId("job-");
+  int64_t now = NowUnixMs();
+  JobRecord record;
+  record.job_id = job_id;
+  record.principal = who.principal;
+  record.status = kQueued;
+  record.spec = std::move(spec);
+  record.created_at = record.updated_at = common::Rfc3339Now();
+  record.created_unix_ms = now;
+  anima::v1::SelfCodingProgress first;
+  first.set_job_id(job_id);
+  first.set_seq(1);
+  first.set_stage(kStageQueued);
+  first.set_message("queued");
+  first.set_ts(record.created_at);
+  int64_t queued = 0;
+  auto status = store_->Create(
+      record, &first, [&](const AdmissionCounts& counts, anima::v1::SelfCodingProgress& event) {
+        if (auto s = Admit(who, counts, limits_, now); !s.ok()) return s;
+        queued = counts.queued + 1;
+        if (counts.queued > 0) {
+          event.set_message(absl::StrCat("queued (", counts.queued, " jobs waiting, ",
+                                         counts.running, " running)"));
+        }
+        return absl::OkStatus();
+      });
+  if (!status.ok()) {
+    if (auto payload = status.GetPayload(kFailurePayloadUrl); payload && metrics_ != nullptr) {
+      anima::v1::BrokerFailure failure;
+      if (failure.ParseFromString(std::string(*payload)) && !failure.limit().empty()) {
+        metrics_->QuotaRefused(failure.limit());
+      }
+    }
+    if (Transient(status)) return StoreUnavailable(status);
+    return status;
+  }
+  {
+    std::lock_guard lock(mu_);
     totals_.submitted++;
     totals_.last_active = common::Rfc3339Now();
+    last_queued_ = queued;
     UpdateGauges();
   }
-  work_cv_.notify_one();
-  for (auto& w : wake) w();
+  WakeClaimers(false);
   return job_id;
 }
 
-absl::Status JobManager::EmitLocked(LiveJob& job, const std::string& stage, int attempt,
-                                    int percent, const std::string& message,
-                                    const JobUpdate& update,
-                                    std::vector<std::function<void()>>* wake) {
-  anima::v1::SelfCodingProgress event;
-  event.set_job_id(job.job_id);
-  event.set_seq(job.last_seq + 1);
-  event.set_stage(stage);
-  event.set_attempt(attempt);
-  job.last_percent = std::max(job.last_percent, std::min(percent, 100));
-  event.set_percent(job.last_percent);
-  event.set_message(message.size() > kMaxMessageBytes ? Tail(message, kMaxMessageBytes) : message);
-  event.set_ts(common::Rfc3339Now());
-  if (auto s = store_->Append(job.job_id, event, update); !s.ok()) return s;
-  job.last_seq = event.seq();
-  for (auto& w : job.watchers) wake->push_back(std::move(w));
-  job.watchers.clear();
-  return absl::OkStatus();
-}
-
-std::vector<std::function<void()>> JobManager::FinishLocked(const std::shared_ptr<LiveJob>& job,
-                                                            anima::v1::SelfCodingResult result) {
-  std::vector<std::function<void()>> wake;
-  result.set_job_id(job->job_id);
-  JobUpdate update;
-  update.status = result.status();
-  update.attempts = result.attempts();
-  update.result = result;
-  if (auto s = EmitLocked(*job, result.status(), result.attempts(), 100, FinalMessage(result),
-                          update, &wake);
-      !s.ok()) {
-    spdlog::error("job {}: cannot store its result: {}", job->job_id, std::string(s.message()));
-  }
-  live_.erase(job->job_id);
-  if (auto it = in_flight_.find(job->principal); it != in_flight_.end() && --it->second == 0) {
-    in_flight_.erase(it);
-  }
-  job->status = result.status();
-  for (auto& done : job->on_end) {
-    wake.push_back([done = std::move(done), result] { done(result); });
-  }
-  job->on_end.clear();
-  if (result.status() == kSucceeded) totals_.succeeded++;
-  if (result.status() == kFailed) totals_.failed++;
-  if (result.status() == kCancelled) totals_.cancelled++;
-  totals_.last_active = common::Rfc3339Now();
-  if (metrics_ != nullptr) metrics_->JobEnded(result.status());
-  ended_since_prune_++;
-  return wake;
-}
-
-void JobManager::WorkerLoop() {
-  while (true) {
-    std::shared_ptr<LiveJob> job;
-    {
-      std::unique_lock lock(mu_);
-      work_cv_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
-      if (stopping_) return;
-      job = *queue_.Pop();
-      running_++;
-      UpdateGauges();
-    }
-    RunJob(job);
-    {
-      std::lock_guard lock(mu_);
-      running_--;
-      UpdateGauges();
-    }
-    MaybePrune();
-  }
-}
-
-void JobManager::RunJob(const std::shared_ptr<LiveJob>& job) {
-  fs::path work_dir = fs::path(options_.work_dir) / job->job_id;
-  std::error_code ec;
-  fs::create_directories(work_dir, ec);
-  Sink sink(this, job);
-  spdlog::info("req={} job {} started ({}, {} attempts at most)", job->spec.request_id(),
-               job->job_id, job->spec.language(), job->spec.max_attempts());
-  anima::v1::SelfCodingResult result;
-  if (ec) {
-    result.set_status(kFailed);
-    result.set_reason("cannot create the workspace: " + ec.message());
-  } else {
-    result = pipeline_->Run(job->spec, job->job_id, work_dir.string(), &sink, &job->token);
-  }
-  fs::remove_all(work_dir, ec);
-  std::vector<std::function<void()>> wake;
+void JobManager::WakeClaimers(bool all) {
   {
     std::lock_guard lock(mu_);
-    if (result.status() == kCancelled && stopping_ && job->on_end.empty()) {
-      result.set_status(kFailed);
-      result.set_reason("interrupted");
-    }
-    wake = FinishLocked(job, std::move(result));
+    claim_epoch_++;
   }
-  spdlog::info("req={} job {} ended {}", job->spec.request_id(), job->job_id, job->status);
-  for (auto& w : wake) w();
+  if (all) {
+    work_cv_.notify_all();
+  } else {
+    work_cv_.notify_one();
+  }
+}
+
+void JobManager::OnStoreChange(const JobChange& change) {
+  switch (change.kind) {
+    case JobChange::Kind::kQueued:
+      WakeClaimers(false);
+      break;
+    case JobChange::Kind::kEvent: {
+      WakeWatchers(change.job_id);
+      bool check = false;
+      {
+        std::lock_guard lock(mu_);
+        check = cancel_waiters_.count(change.job_id) != 0;
+        if (check) cancel_checks_.insert(change.job_id);
+      }
+      if (check) maint_cv_.notify_all();
+      break;
+    }
+    case JobChange::Kind::kCancelRequested: {
+      std::shared_ptr<Run> run;
+      {
+        std::lock_guard lock(mu_);
+        if (auto it = runs_.find(change.job_id); it != runs_.end()) run = it->second;
+      }
+      if (run && !run->cancel_requested.exchange(true)) run->token.Cancel();
+      break;
+    }
+    case JobChange::Kind::kResync: {
+      WakeAllWatchers();
+      WakeClaimers(true);
+      {
+        std::lock_guard lock(mu_);
+        for (const auto& [id, dones] : cancel_waiters_) cancel_checks_.insert(id);
+      }
+      maint_cv_.notify_all();
+      break;
+    }
+  }
+}
+
+void JobManager::WakeWatchers(const std::string& job_id) {
+  std::map<int, std::function<void()>> wake;
+  {
+    std::lock_guard lock(mu_);
+    auto it = watchers_.find(job_id);
+    if (it == watchers_.end()) return;
+    wake.swap(it->second);
+    watchers_.erase(it);
+  }
+  for (auto& [id, fn] : wake) fn();
+}
+
+void JobManager::WakeAllWatchers() {
+  std::map<std::string, std::map<int, std::function<void()>>> wake;
+  {
+    std::lock_guard lock(mu_);
+    wake.swap(watchers_);
+  }
+  for (auto& [job, fns] : wake) {
+    for (auto& [id, fn] : fns) fn();
+  }
+}
+
+void JobManager::RemoveWatcher(const std::string& job_id, int id) {
+  std::lock_guard lock(mu_);
+  auto it = watchers_.find(job_id);
+  if (it == watchers_.end()) return;
+  it->second.erase(id);
+  if (it->second.empty()) watchers_.erase(it);
 }
 
 absl::StatusOr<WatchBatch> JobManager::Next(const common::Identity& who, const std::string& job_id,
                                             int64_t after_seq, std::function<void()> on_more) {
-  bool live = false;
   {
     std::lock_guard lock(mu_);
-    auto it = live_.find(job_id);
-    if (it != live_.end()) {
-      if (!Visible(who, it->second->principal)) return UnknownJob(job_id);
-      if (it->second->last_seq <= after_seq) {
-        it->second->watchers.push_back(std::move(on_more));
-        return WatchBatch{};
-      }
-      // Stored already (events are stored before last_seq moves); read below, unlocked.
-      live = true;
+    if (stopping_) {
+      return absl::UnavailableError(
+          absl::StrCat("the self-coding service is shutting down; watch job ", job_id,
+                       " again from seq ", after_seq, " on another replica"));
     }
   }
-  // A job that is not live has ended, and its owner never changes: one read settles both.
-  std::optional<JobRecord> ended;
-  if (!live) {
-    auto record = store_->Get(job_id);
-    if (!record.ok()) return FromStore(record.status(), job_id);
-    if (!Visible(who, record->principal)) return UnknownJob(job_id);
-    ended = std::move(*record);
+  auto wait = [&]() -> absl::StatusOr<WatchBatch> {
+    std::lock_guard lock(mu_);
+    watchers_[job_id][next_watcher_++] = std::move(on_more);
+    return WatchBatch{};
+  };
+  auto record = store_->Get(job_id);
+  if (!record.ok()) {
+    // The store does not answer: keep the watcher waiting; it is woken to try again.
+    if (Transient(record.status())) return wait();
+    return FromStore(record.status(), job_id);
+  }
+  if (!Visible(who, record->principal)) return UnknownJob(job_id);
+  const bool ended = IsFinalStatus(record->status);
+  int watcher = -1;
+  if (!ended) {
+    // Registered before the events are read: an event stored in between wakes it.
+    std::lock_guard lock(mu_);
+    watcher = next_watcher_++;
+    watchers_[job_id][watcher] = std::move(on_more);
+  }
+  auto events = store_->Events(job_id, after_seq, kWatchBatch);
+  if (!events.ok()) {
+    if (!ended && Transient(events.status())) return WatchBatch{};  // woken to try again
+    if (watcher >= 0) RemoveWatcher(job_id, watcher);
+    return FromStore(events.status(), job_id);
   }
   WatchBatch batch;
-  auto events = store_->Events(job_id, after_seq, kWatchBatch);
-  if (!events.ok()) return events.status();
   if (!events->empty()) {
+    if (watcher >= 0) RemoveWatcher(job_id, watcher);
     batch.events = std::move(*events);
     return batch;
   }
-  if (!ended) {
-    auto record = store_->Get(job_id);
-    if (!record.ok()) return FromStore(record.status(), job_id);
-    ended = std::move(*record);
+  if (ended) {
+    if (!record->result) return absl::InternalError("job " + job_id + " ended without a result");
+    batch.result = *record->result;
   }
-  if (IsFinalStatus(ended->status) && ended->result) {
-    batch.result = *ended->result;
-    return batch;
-  }
-  // Not live and not ended cannot happen after Start(); if it did, waiting would never end.
-  return absl::InternalError("job " + job_id + " is neither live nor ended");
+  return batch;
 }
 
-void JobManager::Cancel(const common::Identity& who, const std::string& job_id,
-                        std::function<void(absl::StatusOr<anima::v1::SelfCodingResult>)> done) {
-  std::vector<std::function<void()>> wake;
-  std::shared_ptr<LiveJob> running;
-  bool hidden = false;
-  {
-    std::lock_guard lock(mu_);
-    auto it = live_.find(job_id);
-    if (it != live_.end() && !Visible(who, it->second->principal)) {
-      hidden = true;
-    } else if (it != live_.end()) {
-      std::shared_ptr<LiveJob> job = it->second;
-      job->on_end.push_back(std::move(done));
-      if (queue_.Remove(job->principal, job)) {
-        anima::v1::SelfCodingResult result;
-        result.set_status(kCancelled);
-        result.set_reason("cancelled");
-        result.set_attempts(job->attempts);
-        wake = FinishLocked(job, std::move(result));
-        UpdateGauges();
-      } else {
-        running = job;
-      }
-    }
-  }
-  if (hidden) {
-    done(UnknownJob(job_id));
-    return;
-  }
-  if (running) {
-    running->token.Cancel();
-    return;
-  }
-  if (!wake.empty()) {
-    for (auto& w : wake) w();
-    return;
-  }
+void JobManager::Cancel(const common::Identity& who, const std::string& job_id, DoneFn done) {
   auto record = store_->Get(job_id);
   if (!record.ok()) {
     done(FromStore(record.status(), job_id));
-  } else if (!Visible(who, record->principal)) {
+    return;
+  }
+  if (!Visible(who, record->principal)) {
     done(UnknownJob(job_id));
-  } else {
-    done(absl::FailedPreconditionError("job " + job_id + " has already ended (" + record->status +
-                                       ")"));
+    return;
+  }
+  auto already_ended = [&](const std::string& status) {
+    done(absl::FailedPreconditionError("job " + job_id + " has already ended (" + status + ")"));
+  };
+  if (IsFinalStatus(record->status)) {
+    already_ended(record->status);
+    return;
+  }
+  anima::v1::SelfCodingProgress event;
+  event.set_job_id(job_id);
+  event.set_stage(kCancelled);
+  event.set_attempt(record->attempts);
+  event.set_percent(100);
+  event.set_message("cancelled");
+  event.set_ts(common::Rfc3339Now());
+  anima::v1::SelfCodingResult result;
+  result.set_job_id(job_id);
+  result.set_status(kCancelled);
+  result.set_reason("cancelled");
+  result.set_attempts(record->attempts);
+  auto outcome = store_->RequestCancel(job_id, event, result);
+  if (!outcome.ok()) {
+    done(FromStore(outcome.status(), job_id));
+    return;
+  }
+  switch (outcome->kind) {
+    case CancelOutcome::Kind::kFinal:
+      already_ended(outcome->job.status);
+      return;
+    case CancelOutcome::Kind::kEnded: {
+      {
+        std::lock_guard lock(mu_);
+        totals_.cancelled++;
+        totals_.last_active = common::Rfc3339Now();
+        ended_since_prune_++;
+      }
+      if (metrics_ != nullptr) metrics_->JobEnded(kCancelled);
+      WakeWatchers(job_id);
+      done(outcome->job.result ? *outcome->job.result : result);
+      return;
+    }
+    case CancelOutcome::Kind::kRequested: {
+      std::shared_ptr<Run> run;
+      {
+        std::lock_guard lock(mu_);
+        if (stopping_) {
+          done(absl::UnavailableError("the self-coding service is shutting down"));
+          return;
+        }
+        cancel_waiters_[job_id].push_back(std::move(done));
+        // It may have ended before the waiter was in place: look once more.
+        cancel_checks_.insert(job_id);
+        if (auto it = runs_.find(job_id); it != runs_.end()) run = it->second;
+      }
+      maint_cv_.notify_all();
+      if (run && !run->cancel_requested.exchange(true)) run->token.Cancel();
+      return;
+    }
   }
 }
 
@@ -502,24 +385,28 @@ absl::StatusOr<std::vector<JobRecord>> JobManager::List(const common::Identity& 
                                                         const std::string& status,
                                                         bool all_principals) {
   if (limit <= 0 || limit > 500) limit = limit <= 0 ? 50 : 500;
-  return store_->List({.limit = limit,
-                       .status = status,
-                       .oldest_first = false,
-                       .principal = all_principals && who.admin ? "" : who.principal});
+  auto jobs = store_->List({.limit = limit,
+                            .status = status,
+                            .oldest_first = false,
+                            .principal = all_principals && who.admin ? "" : who.principal});
+  if (!jobs.ok() && Transient(jobs.status())) return StoreUnavailable(jobs.status());
+  return jobs;
 }
 
 ManagerStats JobManager::stats() {
+  auto counts = store_->Counts("", 0);
   std::lock_guard lock(mu_);
+  if (counts.ok()) last_queued_ = counts->queued;
   ManagerStats s = totals_;
-  s.queued = static_cast<int>(queue_.size());
-  s.running = running_;
+  s.queued = static_cast<int>(last_queued_);
+  s.running = static_cast<int>(runs_.size());
   return s;
 }
 
 void JobManager::UpdateGauges() {
   if (metrics_ == nullptr) return;
-  metrics_->SetQueueDepth(static_cast<double>(queue_.size()));
-  metrics_->SetRunning(running_);
+  metrics_->SetQueueDepth(static_cast<double>(last_queued_));
+  metrics_->SetRunning(static_cast<double>(runs_.size()));
 }
 
 void JobManager::MaybePrune() {

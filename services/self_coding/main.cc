@@ -7,10 +7,12 @@
 #include "services/common/metrics.h"
 #include "services/common/process.h"
 #include "services/common/service_flags.h"
+#include "services/self_coding/blocking_executor.h"
 #include "services/self_coding/broker_client.h"
 #include "services/self_coding/data_dir.h"
 #include "services/self_coding/job_manager.h"
 #include "services/self_coding/pipeline.h"
+#include "services/self_coding/postgres_job_store.h"
 #include "services/self_coding/sandbox.h"
 #include "services/self_coding/self_coding_metrics.h"
 #include "services/self_coding/self_coding_service.h"
@@ -38,6 +40,9 @@ struct Options {
   int workspace_max_files = 10000;
   int retention_days = 7;
   int retention_jobs = 1000;
+  std::string postgres;
+  int64_t lease_ms = 15000;
+  int64_t heartbeat_ms = 5000;
 };
 
 int Run(int argc, char** argv) {
@@ -77,6 +82,13 @@ int Run(int argc, char** argv) {
             "ended jobs older than this are pruned");
   flags.Add("retention-jobs", &o.retention_jobs, "ANIMA_SELF_CODING_RETENTION_JOBS",
             "jobs kept at most; the oldest ended ones are pruned");
+  flags.Add("postgres", &o.postgres, "ANIMA_POSTGRES_URL",
+            "jobs and events in this PostgreSQL (postgresql://user:password@host:port/db), shared "
+            "by every replica; empty: SQLite in --data-dir");
+  flags.Add("lease-ms", &o.lease_ms, "ANIMA_SELF_CODING_LEASE_MS",
+            "a running job whose worker sends no heartbeat for this long is claimed again");
+  flags.Add("heartbeat-ms", &o.heartbeat_ms, "ANIMA_SELF_CODING_HEARTBEAT_MS",
+            "how often the leases of running jobs are renewed (at most half of --lease-ms)");
   if (auto s = flags.Parse(argc, argv); !s.ok()) {
     std::cerr << "anima-self-coding: " << s.message() << "\n";
     return 2;
@@ -108,6 +120,9 @@ int Run(int argc, char** argv) {
     return bad("--retention-days and --retention-jobs must be positive");
   }
   if (o.data_dir.empty()) return bad("--data-dir must not be empty");
+  if (o.lease_ms < 200 || o.heartbeat_ms < 50 || o.heartbeat_ms * 2 > o.lease_ms) {
+    return bad("--lease-ms must be at least 200 and --heartbeat-ms from 50 to half of it");
+  }
   if (auto s = anima::common::InitService(o.service, "self-coding"); !s.ok()) {
     return bad(std::string(s.message()));
   }
@@ -123,12 +138,6 @@ int Run(int argc, char** argv) {
   std::filesystem::create_directories(std::filesystem::path(o.data_dir) / "work", ec);
   if (ec) {
     spdlog::error("cannot create {}/work: {}", o.data_dir, std::string(ec.message()));
-    return 1;
-  }
-  auto store = anima::selfcoding::SqliteJobStore::Open(
-      (std::filesystem::path(o.data_dir) / "jobs.db").string());
-  if (!store.ok()) {
-    spdlog::error("{}", std::string(store.status().message()));
     return 1;
   }
   auto sandbox = anima::selfcoding::MakeSandbox(o.sandbox == "none"
@@ -148,6 +157,34 @@ int Run(int argc, char** argv) {
   if (!metrics.ok()) {
     spdlog::error("{}", std::string(metrics.status().message()));
     return 1;
+  }
+  // The job store: PostgreSQL shared by every replica, or SQLite for this one alone.
+  std::unique_ptr<anima::selfcoding::JobStore> store;
+  std::string store_name;
+  if (!o.postgres.empty()) {
+    anima::store::PostgresOptions pg;
+    pg.url = o.postgres;
+    // Workers write events, the executor serves RPCs, the heartbeat renews leases.
+    pg.connections = o.workers + 4;
+    pg.application_name = "anima-self-coding";
+    auto client = anima::store::PostgresClient::Create(pg, &(*metrics)->registry());
+    if (!client.ok()) return bad("--postgres: " + std::string(client.status().message()));
+    store_name = "postgres " + (*client)->endpoint();
+    auto opened = anima::selfcoding::PostgresJobStore::Open(std::move(*client));
+    if (!opened.ok()) {
+      spdlog::error("job store {}: {}", store_name, std::string(opened.status().message()));
+      return 1;
+    }
+    store = std::move(*opened);
+  } else {
+    std::string path = (std::filesystem::path(o.data_dir) / "jobs.db").string();
+    auto opened = anima::selfcoding::SqliteJobStore::Open(path);
+    if (!opened.ok()) {
+      spdlog::error("{}", std::string(opened.status().message()));
+      return 1;
+    }
+    store = std::move(*opened);
+    store_name = "sqlite " + path;
   }
   anima::selfcoding::SelfCodingMetrics job_metrics((*metrics)->registry());
   auto broker = anima::selfcoding::MakeGrpcBrokerClient(
@@ -170,15 +207,21 @@ int Run(int argc, char** argv) {
   manager_options.work_dir = (std::filesystem::path(o.data_dir) / "work").string();
   manager_options.retention_age = std::chrono::hours(24 * o.retention_days);
   manager_options.retention_jobs = o.retention_jobs;
-  anima::selfcoding::JobManager manager(store->get(), &pipeline, sandbox.get(), manager_options,
+  manager_options.lease = std::chrono::milliseconds(o.lease_ms);
+  manager_options.heartbeat = std::chrono::milliseconds(o.heartbeat_ms);
+  manager_options.poll = std::min(std::chrono::milliseconds(2000), manager_options.heartbeat);
+  anima::selfcoding::JobManager manager(store.get(), &pipeline, sandbox.get(), manager_options,
                                         &job_metrics);
   if (auto s = manager.Start(); !s.ok()) {
     spdlog::error("cannot start the job manager: {}", std::string(s.message()));
     return 1;
   }
 
-  anima::selfcoding::SelfCodingService service(&manager);
-  anima::selfcoding::SelfCodingIntrospection introspection(&manager);
+  // Store calls leave the gRPC callback threads for these. Declared before the server, so it
+  // goes after the server has finished every call.
+  anima::selfcoding::BlockingExecutor executor(8, 1024);
+  anima::selfcoding::SelfCodingService service(&manager, &executor);
+  anima::selfcoding::SelfCodingIntrospection introspection(&manager, &executor);
   auto server =
       anima::common::GrpcServer::Start(o.service.bind + ":" + std::to_string(o.service.port),
                                        {&service, &introspection}, (*metrics)->registry());
@@ -188,9 +231,9 @@ int Run(int argc, char** argv) {
   }
   spdlog::info(
       "listening on {}:{} (gRPC), metrics on :{}, llm-broker at {}, sandbox {}, "
-      "{} workers, queue {}, data in {}",
+      "{} workers, queue {}, jobs in {}, data in {}",
       o.service.bind, (*server)->port(), (*metrics)->port(), o.broker, sandbox->name(), o.workers,
-      o.queue_size, o.data_dir);
+      o.queue_size, store_name, o.data_dir);
   if (auto s = anima::common::WriteReadyFile(
           o.service.ready_file, {{"grpc", (*server)->port()}, {"metrics", (*metrics)->port()}});
       !s.ok()) {
@@ -200,7 +243,8 @@ int Run(int argc, char** argv) {
 
   int sig = anima::common::WaitForShutdownSignal();
   spdlog::info("signal {}: draining", sig);
-  // Running jobs end "interrupted" first, so open streams get their result before the drain.
+  // Running jobs go back to the queue first (another replica, or this one after a restart,
+  // continues them); open Watch streams then end UNAVAILABLE, so clients watch again elsewhere.
   manager.Stop();
   (*server)->Shutdown(std::chrono::seconds(5));
   spdlog::info("stopped");

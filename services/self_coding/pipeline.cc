@@ -73,9 +73,44 @@ std::string Tail(const std::string& text, size_t max_bytes) {
   return kMark + text.substr(start);
 }
 
+// The checkpoint travels as a SelfCodingResult, a message that already holds each of its parts:
+// status = the failed stage, reason, tests.output_tail = the output, files, usage, attempts =
+// the next attempt. A Feedback without a stage is absent.
+std::string EncodeCheckpoint(const Checkpoint& checkpoint) {
+  anima::v1::SelfCodingResult carrier;
+  carrier.set_attempts(checkpoint.next_attempt);
+  *carrier.mutable_usage() = checkpoint.usage;
+  if (checkpoint.feedback) {
+    carrier.set_status(checkpoint.feedback->stage);
+    carrier.set_reason(checkpoint.feedback->reason);
+    carrier.mutable_tests()->set_output_tail(checkpoint.feedback->output);
+    *carrier.mutable_files() = {checkpoint.feedback->files.begin(),
+                                checkpoint.feedback->files.end()};
+  }
+  return carrier.SerializeAsString();
+}
+
+std::optional<Checkpoint> DecodeCheckpoint(const std::string& bytes) {
+  anima::v1::SelfCodingResult carrier;
+  if (bytes.empty() || !carrier.ParseFromString(bytes) || carrier.attempts() < 1) {
+    return std::nullopt;
+  }
+  Checkpoint checkpoint;
+  checkpoint.next_attempt = carrier.attempts();
+  checkpoint.usage = carrier.usage();
+  if (!carrier.status().empty()) {
+    checkpoint.feedback = Feedback{carrier.status(),
+                                   carrier.reason(),
+                                   carrier.tests().output_tail(),
+                                   {carrier.files().begin(), carrier.files().end()}};
+  }
+  return checkpoint;
+}
+
 anima::v1::SelfCodingResult JobPipeline::Run(const anima::v1::SubmitRequest& spec,
                                              const std::string& job_id, const std::string& work_dir,
-                                             ProgressSink* sink, CancelToken* cancel) {
+                                             ProgressSink* sink, CancelToken* cancel,
+                                             const Checkpoint* resume) {
   anima::v1::SelfCodingResult result;
   result.set_job_id(job_id);
   const LanguageProfile* lang = FindLanguage(spec.language());
@@ -93,7 +128,14 @@ anima::v1::SelfCodingResult JobPipeline::Run(const anima::v1::SubmitRequest& spe
   }
   std::optional<Feedback> feedback;
   AttemptOutcome last;
-  for (int attempt = 1; attempt <= max_attempts; ++attempt) {
+  int first_attempt = 1;
+  if (resume != nullptr) {
+    first_attempt = std::clamp(resume->next_attempt, 1, max_attempts);
+    feedback = resume->feedback;
+    *usage = resume->usage;
+    if (feedback) last.files = feedback->files;
+  }
+  for (int attempt = first_attempt; attempt <= max_attempts; ++attempt) {
     if (cancel->cancelled()) return cancelled();
     result.set_attempts(attempt);
     auto pct = [&](double f) { return PercentAt(attempt, max_attempts, f); };
@@ -277,11 +319,12 @@ anima::v1::SelfCodingResult JobPipeline::Run(const anima::v1::SubmitRequest& spe
       std::string message =
           absl::StrCat("attempt ", attempt, " failed while ", out.stage, ": ", out.reason);
       if (!out.output.empty()) absl::StrAppend(&message, "\n", Tail(out.output, kMessageTailBytes));
-      sink->Progress(kStageRetrying, attempt, pct(1.0), message);
       // A broker failure gives the model nothing to fix: keep the previous feedback, if any.
       if (!out.files.empty() || out.stage != kStageGenerating || !feedback) {
         feedback = Feedback{out.stage, out.reason, out.output, last.files};
       }
+      sink->Checkpointed(Checkpoint{attempt + 1, feedback, *usage});
+      sink->Progress(kStageRetrying, attempt, pct(1.0), message);
     }
   }
   result.set_status("failed");

@@ -1,11 +1,13 @@
 #pragma once
 
 #include <cstddef>
+#include <optional>
 #include <string>
 
 #include "anima/v1/self_coding.pb.h"
 #include "services/self_coding/broker_client.h"
 #include "services/self_coding/cancel_token.h"
+#include "services/self_coding/prompts.h"
 #include "services/self_coding/sandbox.h"
 
 namespace anima::selfcoding {
@@ -19,6 +21,19 @@ inline constexpr char kStageBuilding[] = "building";
 inline constexpr char kStageTesting[] = "testing";
 inline constexpr char kStageRetrying[] = "retrying";
 
+// Where a job continues when it is run again after its worker was lost or gave it back: the
+// attempt to run, and what the attempt before it left (its failure for the retry prompt, its
+// files, the tokens spent so far). Stored with the job (JobUpdate::checkpoint) in the same
+// transaction as the `retrying` event, so a re-run asks the model what the lost run would have.
+struct Checkpoint {
+  int next_attempt = 1;
+  std::optional<Feedback> feedback;
+  anima::v1::Usage usage;
+};
+std::string EncodeCheckpoint(const Checkpoint& checkpoint);
+// nullopt for an empty or unreadable one (the job then re-runs its attempt without feedback).
+std::optional<Checkpoint> DecodeCheckpoint(const std::string& bytes);
+
 // Receives the pipeline's progress. Called on the job's worker thread.
 class ProgressSink {
  public:
@@ -27,6 +42,8 @@ class ProgressSink {
                         const std::string& message) = 0;
   // How long a stage took (for metrics).
   virtual void StageDone(const std::string& stage, double seconds) {}
+  // Called just before the `retrying` Progress, which should store it with its event.
+  virtual void Checkpointed(const Checkpoint& checkpoint) {}
 };
 
 struct PipelineOptions {
@@ -58,9 +75,10 @@ class JobPipeline {
   // `work_dir` is a directory this job owns (a sandbox that keeps workspaces on disk makes each
   // attempt's there; bubblewrap keeps them in memory). The result has status succeeded, failed
   // (with reason) or cancelled; job_id is left to the caller.
+  // `resume`: run from that checkpoint's attempt (a job run again), else from attempt 1.
   anima::v1::SelfCodingResult Run(const anima::v1::SubmitRequest& spec, const std::string& job_id,
                                   const std::string& work_dir, ProgressSink* sink,
-                                  CancelToken* cancel);
+                                  CancelToken* cancel, const Checkpoint* resume = nullptr);
 
  private:
   BrokerClient* broker_;

@@ -17,9 +17,14 @@ SelfCodingMetrics::SelfCodingMetrics(prometheus::Registry& registry)
                           .Name("anima_selfcoding_quota_refusals_total")
                           .Help("Jobs refused because a principal was over a job quota, by quota")
                           .Register(registry)),
+      lease_events_(prometheus::BuildCounter()
+                        .Name("anima_selfcoding_lease_events_total")
+                        .Help("Job leases reclaimed from lost workers, lost by workers here, or "
+                              "released by a stopping replica")
+                        .Register(registry)),
       queue_depth_(prometheus::BuildGauge()
                        .Name("anima_selfcoding_queue_depth")
-                       .Help("Jobs waiting for a worker")
+                       .Help("Jobs waiting for a worker, on every replica")
                        .Register(registry)
                        .Add({})),
       running_(prometheus::BuildGauge()
@@ -30,6 +35,11 @@ SelfCodingMetrics::SelfCodingMetrics(prometheus::Registry& registry)
   for (const char* status : {"succeeded", "failed", "cancelled"}) jobs_.Add({{"status", status}});
   for (const char* limit : {"jobs_in_flight", "jobs_per_day"})
     quota_refusals_.Add({{"limit", limit}});
+  for (const char* event : {"reclaimed", "lost", "released"}) lease_events_.Add({{"event", event}});
+}
+
+void SelfCodingMetrics::LeaseEvent(const std::string& event) {
+  lease_events_.Add({{"event", event}}).Increment();
 }
 
 void SelfCodingMetrics::JobEnded(const std::string& status) {

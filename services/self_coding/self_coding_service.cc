@@ -22,27 +22,27 @@ grpc::Status ToGrpc(const absl::Status& s) {
   return grpc::Status(static_cast<grpc::StatusCode>(s.code()), std::string(s.message()), details);
 }
 
-// Streams a job's events: an optional first event (Run's accepted), the stored events after
-// `after_seq`, live ones as they are stored, then the result, then OK. One write in flight; the
-// next batch is pulled from the manager only when the previous write is done, so a slow reader
-// costs memory for one batch at most. Owns itself; deleted in OnDone().
+absl::Status Busy() { return absl::UnavailableError("the self-coding service is busy; try again"); }
+
+// Streams a job's events: for Run, the job is submitted first and an `accepted` event leads;
+// then the stored events after `after_seq`, live ones as they are stored, then the result, then
+// OK. One write in flight; the next batch is pulled from the manager (on the executor: it reads
+// the store) only when the previous writes are done, so a slow reader costs memory for one batch
+// at most. Owns itself; deleted in OnDone().
 class EventStream : public grpc::ServerWriteReactor<JobEvent> {
  public:
-  EventStream(JobManager* manager, common::Identity who, std::string job_id, int64_t after_seq,
-              std::optional<JobEvent> first)
-      : manager_(manager),
-        who_(std::move(who)),
-        job_id_(std::move(job_id)),
-        after_seq_(after_seq),
-        guard_(std::make_shared<Guard>()) {
-    guard_->self = this;
-    if (first) pending_.push_back(std::move(*first));
-    std::unique_lock lock(guard_->mu);
-    PumpLocked(lock);
+  // Watch: job_id's events after after_seq.
+  EventStream(JobManager* manager, BlockingExecutor* executor, common::Identity who,
+              std::string job_id, int64_t after_seq)
+      : EventStream(manager, executor, std::move(who), std::move(job_id), after_seq, std::nullopt) {
   }
+  // Run: submits `spec`, then streams the new job from its first event.
+  EventStream(JobManager* manager, BlockingExecutor* executor, common::Identity who,
+              anima::v1::SubmitRequest spec)
+      : EventStream(manager, executor, std::move(who), "", 0, std::move(spec)) {}
 
   // Ends the stream at once with `status` (used when the request is invalid).
-  EventStream(grpc::Status status) : guard_(std::make_shared<Guard>()) {
+  explicit EventStream(grpc::Status status) : guard_(std::make_shared<Guard>()) {
     guard_->self = this;
     finished_ = true;
     Finish(status);
@@ -77,15 +77,37 @@ class EventStream : public grpc::ServerWriteReactor<JobEvent> {
   }
 
  private:
-  // Shared with the manager's wake-up callbacks, which may outlive the stream.
+  // Shared with the tasks on the executor and the manager's wake-ups, which may outlive the
+  // stream: they reach it only through `self`, under `mu`, and find null once it is done.
   struct Guard {
     std::mutex mu;
     EventStream* self = nullptr;
   };
 
+  EventStream(JobManager* manager, BlockingExecutor* executor, common::Identity who,
+              std::string job_id, int64_t after_seq, std::optional<anima::v1::SubmitRequest> spec)
+      : manager_(manager),
+        executor_(executor),
+        who_(std::move(who)),
+        job_id_(std::move(job_id)),
+        after_seq_(after_seq),
+        spec_(std::move(spec)),
+        guard_(std::make_shared<Guard>()) {
+    guard_->self = this;
+    std::unique_lock lock(guard_->mu);
+    PumpLocked(lock);
+  }
+
+  // The manager has something new (or may have): fetch again if the stream waits for it.
   static void Wake(const std::shared_ptr<Guard>& guard) {
     std::unique_lock lock(guard->mu);
-    if (guard->self != nullptr) guard->self->PumpLocked(lock);
+    EventStream* self = guard->self;
+    if (self == nullptr) return;
+    self->wakes_++;
+    if (self->waiting_) {
+      self->waiting_ = false;
+      self->PumpLocked(lock);
+    }
   }
 
   void FinishLocked(std::unique_lock<std::mutex>& lock, grpc::Status status) {
@@ -101,42 +123,99 @@ class EventStream : public grpc::ServerWriteReactor<JobEvent> {
       FinishLocked(lock, grpc::Status(grpc::StatusCode::CANCELLED, "cancelled"));
       return;
     }
-    if (pending_.empty()) {
-      std::shared_ptr<Guard> guard = guard_;
-      auto batch = manager_->Next(who_, job_id_, after_seq_, [guard] { Wake(guard); });
-      if (!batch.ok()) {
-        FinishLocked(lock, ToGrpc(batch.status()));
-        return;
-      }
-      for (auto& event : batch->events) {
-        after_seq_ = event.seq();
-        JobEvent e;
-        *e.mutable_progress() = std::move(event);
-        pending_.push_back(std::move(e));
-      }
-      if (batch->result) {
-        JobEvent e;
-        *e.mutable_result() = std::move(*batch->result);
-        pending_.push_back(std::move(e));
-      }
-      if (pending_.empty()) return;  // Wake() pumps again when there is more
+    if (!pending_.empty()) {
+      current_ = std::move(pending_.front());
+      pending_.pop_front();
+      writing_ = true;
+      if (current_.has_result()) result_written_ = true;
+      lock.unlock();
+      StartWrite(&current_);
+      return;
     }
-    current_ = std::move(pending_.front());
-    pending_.pop_front();
-    writing_ = true;
-    if (current_.has_result()) result_written_ = true;
-    lock.unlock();
-    StartWrite(&current_);
+    if (fetching_ || waiting_) return;
+    fetching_ = true;
+    bool posted = spec_ ? PostSubmit() : PostFetch();
+    if (!posted) {
+      fetching_ = false;
+      FinishLocked(lock, ToGrpc(Busy()));
+    }
+  }
+
+  bool PostSubmit() {
+    auto guard = guard_;
+    return executor_->Post(
+        [guard, manager = manager_, who = who_, spec = std::move(*spec_)]() mutable {
+          auto job_id = manager->Submit(who, std::move(spec));
+          std::unique_lock lock(guard->mu);
+          if (guard->self != nullptr) guard->self->OnSubmitted(lock, std::move(job_id));
+        });
+  }
+
+  void OnSubmitted(std::unique_lock<std::mutex>& lock, absl::StatusOr<std::string> job_id) {
+    fetching_ = false;
+    spec_.reset();
+    if (finished_) return;
+    if (!job_id.ok()) {
+      FinishLocked(lock, ToGrpc(job_id.status()));
+      return;
+    }
+    job_id_ = *job_id;
+    JobEvent accepted;
+    accepted.mutable_accepted()->set_job_id(job_id_);
+    pending_.push_back(std::move(accepted));
+    PumpLocked(lock);
+  }
+
+  bool PostFetch() {
+    auto guard = guard_;
+    return executor_->Post([guard, manager = manager_, who = who_, job_id = job_id_,
+                            after_seq = after_seq_, wakes = wakes_] {
+      auto batch = manager->Next(who, job_id, after_seq, [guard] { Wake(guard); });
+      std::unique_lock lock(guard->mu);
+      if (guard->self != nullptr) guard->self->OnFetched(lock, std::move(batch), wakes);
+    });
+  }
+
+  void OnFetched(std::unique_lock<std::mutex>& lock, absl::StatusOr<WatchBatch> batch,
+                 uint64_t wakes_before) {
+    fetching_ = false;
+    if (finished_) return;
+    if (!batch.ok()) {
+      FinishLocked(lock, ToGrpc(batch.status()));
+      return;
+    }
+    for (auto& event : batch->events) {
+      after_seq_ = event.seq();
+      JobEvent e;
+      *e.mutable_progress() = std::move(event);
+      pending_.push_back(std::move(e));
+    }
+    if (batch->result) {
+      JobEvent e;
+      *e.mutable_result() = std::move(*batch->result);
+      pending_.push_back(std::move(e));
+    }
+    // Nothing yet: wait for Wake(), unless it came while this fetch was under way.
+    if (pending_.empty() && wakes_ == wakes_before) {
+      waiting_ = true;
+      return;
+    }
+    PumpLocked(lock);
   }
 
   JobManager* manager_ = nullptr;
+  BlockingExecutor* executor_ = nullptr;
   common::Identity who_;
+  // Guarded by guard_->mu.
   std::string job_id_;
   int64_t after_seq_ = 0;
+  std::optional<anima::v1::SubmitRequest> spec_;  // Run, until submitted
   std::shared_ptr<Guard> guard_;
-  // Guarded by guard_->mu.
   std::deque<JobEvent> pending_;
   JobEvent current_;
+  uint64_t wakes_ = 0;     // Wake() calls so far
+  bool fetching_ = false;  // a task on the executor will call back
+  bool waiting_ = false;   // the manager will Wake() us
   bool writing_ = false;
   bool finished_ = false;
   bool cancelled_ = false;
@@ -166,9 +245,14 @@ grpc::ServerUnaryReactor* SelfCodingService::Submit(grpc::CallbackServerContext*
   auto* reactor = context->DefaultReactor();
   anima::v1::SubmitRequest spec = *request;
   if (spec.request_id().empty()) spec.set_request_id(common::RequestIdOf(*context));
-  auto job_id = manager_->Submit(common::IdentityOf(*context), std::move(spec));
-  if (job_id.ok()) response->set_job_id(*job_id);
-  reactor->Finish(ToGrpc(job_id.status()));
+  // The reactor and response live until Finish, which each path calls exactly once.
+  bool posted = executor_->Post([this, reactor, response, who = common::IdentityOf(*context),
+                                 spec = std::move(spec)]() mutable {
+    auto job_id = manager_->Submit(who, std::move(spec));
+    if (job_id.ok()) response->set_job_id(*job_id);
+    reactor->Finish(ToGrpc(job_id.status()));
+  });
+  if (!posted) reactor->Finish(ToGrpc(Busy()));
   return reactor;
 }
 
@@ -181,20 +265,15 @@ grpc::ServerWriteReactor<JobEvent>* SelfCodingService::Watch(
     return new EventStream(
         grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "after_seq must not be negative"));
   }
-  return new EventStream(manager_, common::IdentityOf(*context), request->job_id(),
-                         request->after_seq(), std::nullopt);
+  return new EventStream(manager_, executor_, common::IdentityOf(*context), request->job_id(),
+                         request->after_seq());
 }
 
 grpc::ServerWriteReactor<JobEvent>* SelfCodingService::Run(
     grpc::CallbackServerContext* context, const anima::v1::SubmitRequest* request) {
   anima::v1::SubmitRequest spec = *request;
   if (spec.request_id().empty()) spec.set_request_id(common::RequestIdOf(*context));
-  common::Identity who = common::IdentityOf(*context);
-  auto job_id = manager_->Submit(who, std::move(spec));
-  if (!job_id.ok()) return new EventStream(ToGrpc(job_id.status()));
-  JobEvent accepted;
-  accepted.mutable_accepted()->set_job_id(*job_id);
-  return new EventStream(manager_, std::move(who), *job_id, 0, std::move(accepted));
+  return new EventStream(manager_, executor_, common::IdentityOf(*context), std::move(spec));
 }
 
 grpc::ServerUnaryReactor* SelfCodingService::Cancel(grpc::CallbackServerContext* context,
@@ -206,11 +285,15 @@ grpc::ServerUnaryReactor* SelfCodingService::Cancel(grpc::CallbackServerContext*
     return reactor;
   }
   // The reactor and response live until Finish, which the callback always calls exactly once.
-  manager_->Cancel(common::IdentityOf(*context), request->job_id(),
-                   [reactor, response](absl::StatusOr<anima::v1::SelfCodingResult> result) {
-                     if (result.ok()) *response->mutable_result() = std::move(*result);
-                     reactor->Finish(ToGrpc(result.status()));
-                   });
+  auto done = [reactor, response](absl::StatusOr<anima::v1::SelfCodingResult> result) {
+    if (result.ok()) *response->mutable_result() = std::move(*result);
+    reactor->Finish(ToGrpc(result.status()));
+  };
+  bool posted =
+      executor_->Post([this, done, who = common::IdentityOf(*context), job_id = request->job_id()] {
+        manager_->Cancel(who, job_id, done);
+      });
+  if (!posted) done(Busy());
   return reactor;
 }
 
@@ -218,9 +301,13 @@ grpc::ServerUnaryReactor* SelfCodingService::Get(grpc::CallbackServerContext* co
                                                  const anima::v1::GetJobRequest* request,
                                                  anima::v1::Job* response) {
   auto* reactor = context->DefaultReactor();
-  auto record = manager_->Get(common::IdentityOf(*context), request->job_id());
-  if (record.ok()) *response = ToProto(*record);
-  reactor->Finish(ToGrpc(record.status()));
+  bool posted = executor_->Post(
+      [this, reactor, response, who = common::IdentityOf(*context), job_id = request->job_id()] {
+        auto record = manager_->Get(who, job_id);
+        if (record.ok()) *response = ToProto(*record);
+        reactor->Finish(ToGrpc(record.status()));
+      });
+  if (!posted) reactor->Finish(ToGrpc(Busy()));
   return reactor;
 }
 
@@ -234,12 +321,16 @@ grpc::ServerUnaryReactor* SelfCodingService::List(grpc::CallbackServerContext* c
                                  "status must be queued, running, succeeded, failed or cancelled"));
     return reactor;
   }
-  auto jobs = manager_->List(common::IdentityOf(*context), request->limit(), status,
-                             request->all_principals());
-  if (jobs.ok()) {
-    for (const auto& record : *jobs) *response->add_jobs() = ToProto(record);
-  }
-  reactor->Finish(ToGrpc(jobs.status()));
+  bool posted =
+      executor_->Post([this, reactor, response, who = common::IdentityOf(*context),
+                       limit = request->limit(), status, all = request->all_principals()] {
+        auto jobs = manager_->List(who, limit, status, all);
+        if (jobs.ok()) {
+          for (const auto& record : *jobs) *response->add_jobs() = ToProto(record);
+        }
+        reactor->Finish(ToGrpc(jobs.status()));
+      });
+  if (!posted) reactor->Finish(ToGrpc(Busy()));
   return reactor;
 }
 
@@ -266,10 +357,14 @@ anima::v1::DescribeResponse SelfCodingIntrospection::Snapshot() {
   int64_t ended = stats.succeeded + stats.failed + stats.cancelled;
   if (ended > 0) service->set_error_rate(static_cast<double>(stats.failed) / ended);
 
+  // From what recent calls saw (no round trip); the detail names the backend.
   auto* store = add("self-coding/job-store", "store");
-  if (auto s = manager_->store()->Ping(); !s.ok()) {
+  StoreHealth health = manager_->store()->Health();
+  store->set_detail(health.detail);
+  if (health.level == StoreHealth::Level::kDown) {
     store->set_health(anima::v1::MODULE_HEALTH_DOWN);
-    store->set_detail(std::string(s.message()));
+  } else if (health.level == StoreHealth::Level::kDegraded) {
+    store->set_health(anima::v1::MODULE_HEALTH_DEGRADED);
   }
 
   auto* sandbox = add("self-coding/sandbox", "sandbox");
@@ -284,6 +379,10 @@ anima::v1::DescribeResponse SelfCodingIntrospection::Snapshot() {
   if (sandbox->health() != anima::v1::MODULE_HEALTH_HEALTHY) {
     service->set_health(anima::v1::MODULE_HEALTH_DEGRADED);
     service->set_detail("sandbox: " + sandbox->detail());
+  } else if (store->health() == anima::v1::MODULE_HEALTH_DOWN) {
+    // New jobs are refused; running ones wait for the store.
+    service->set_health(anima::v1::MODULE_HEALTH_DEGRADED);
+    service->set_detail("job store: " + store->detail());
   }
 
   auto* queue = add("self-coding/queue", "queue");
@@ -302,8 +401,11 @@ grpc::ServerUnaryReactor* SelfCodingIntrospection::Describe(
     grpc::CallbackServerContext* context, const anima::v1::DescribeRequest* request,
     anima::v1::DescribeResponse* response) {
   auto* reactor = context->DefaultReactor();
-  *response = Snapshot();
-  reactor->Finish(grpc::Status::OK);
+  bool posted = executor_->Post([this, reactor, response] {
+    *response = Snapshot();
+    reactor->Finish(grpc::Status::OK);
+  });
+  if (!posted) reactor->Finish(ToGrpc(Busy()));
   return reactor;
 }
 

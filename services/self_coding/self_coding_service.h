@@ -4,6 +4,7 @@
 
 #include "anima/v1/introspection.grpc.pb.h"
 #include "anima/v1/self_coding.grpc.pb.h"
+#include "services/self_coding/blocking_executor.h"
 #include "services/self_coding/job_manager.h"
 
 namespace anima::selfcoding {
@@ -12,9 +13,14 @@ namespace anima::selfcoding {
 // acts for common::IdentityOf(context), which the manager holds to job ownership and quotas; a
 // refusal's BrokerFailure goes out as the status's binary error details. Watch and Run end with
 // the result event and then OK; a client that goes away just ends its stream (the job goes on).
+//
+// The manager's calls may wait on the job store's network: every one of them runs on
+// `executor`, never on a gRPC callback thread, and finishes the reactor from there. A full
+// executor answers UNAVAILABLE at once.
 class SelfCodingService : public anima::v1::SelfCoding::CallbackService {
  public:
-  explicit SelfCodingService(JobManager* manager) : manager_(manager) {}
+  SelfCodingService(JobManager* manager, BlockingExecutor* executor)
+      : manager_(manager), executor_(executor) {}
 
   grpc::ServerUnaryReactor* Submit(grpc::CallbackServerContext* context,
                                    const anima::v1::SubmitRequest* request,
@@ -35,12 +41,16 @@ class SelfCodingService : public anima::v1::SelfCoding::CallbackService {
 
  private:
   JobManager* manager_;
+  BlockingExecutor* executor_;
 };
 
 // anima.v1.Introspection for this service: the service, its job store, its sandbox, its queue.
+// Describe runs on `executor` (the queue depth is read from the store).
 class SelfCodingIntrospection : public anima::v1::Introspection::CallbackService {
  public:
-  explicit SelfCodingIntrospection(JobManager* manager) : manager_(manager) {}
+  SelfCodingIntrospection(JobManager* manager, BlockingExecutor* executor)
+      : manager_(manager), executor_(executor) {}
+  // May block on the job store: call it from a worker thread.
   anima::v1::DescribeResponse Snapshot();
   grpc::ServerUnaryReactor* Describe(grpc::CallbackServerContext* context,
                                      const anima::v1::DescribeRequest* request,
@@ -48,6 +58,7 @@ class SelfCodingIntrospection : public anima::v1::Introspection::CallbackService
 
  private:
   JobManager* manager_;
+  BlockingExecutor* executor_;
 };
 
 // The proto view of a stored job.

@@ -2,6 +2,7 @@
 
 #include <sqlite3.h>
 
+#include <chrono>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -57,6 +58,26 @@ CREATE TABLE job_days (
 INSERT INTO job_days (principal, day, created)
   SELECT principal, created_unix_ms / 86400000, COUNT(*) FROM jobs GROUP BY 1, 2;
 )sql",
+    // 2: the queue lives in the store, claimed under leases (job_store.h). enqueue_seq and
+    // claim_seq come from one counter, so that a principal's turn is comparable with another's;
+    // jobs from before keep their order.
+    R"sql(
+ALTER TABLE jobs ADD COLUMN lease_owner TEXT;
+ALTER TABLE jobs ADD COLUMN lease_token TEXT;
+ALTER TABLE jobs ADD COLUMN lease_expires_ms INTEGER;
+ALTER TABLE jobs ADD COLUMN reclaims INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE jobs ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE jobs ADD COLUMN checkpoint BLOB;
+ALTER TABLE jobs ADD COLUMN enqueue_seq INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE jobs ADD COLUMN claim_seq INTEGER NOT NULL DEFAULT 0;
+UPDATE jobs SET enqueue_seq = r.n FROM (
+  SELECT job_id, row_number() OVER (ORDER BY created_unix_ms, job_id) AS n FROM jobs) AS r
+  WHERE jobs.job_id = r.job_id;
+CREATE INDEX jobs_queue ON jobs(status, enqueue_seq);
+CREATE INDEX jobs_turns ON jobs(principal, claim_seq);
+CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+INSERT INTO counters (name, value) SELECT 'turn', COUNT(*) FROM jobs;
+)sql",
 };
 constexpr int kSchemaVersion = sizeof(kMigrations) / sizeof(kMigrations[0]);
 
@@ -103,7 +124,7 @@ class Statement {
 
 constexpr char kJobColumns[] =
     "job_id, status, spec, attempts, last_seq, created_at, updated_at, created_unix_ms, result, "
-    "principal";
+    "principal, checkpoint, reclaims, cancel_requested";
 
 absl::StatusOr<JobRecord> ReadJob(const Statement& s) {
   JobRecord job;
@@ -125,7 +146,23 @@ absl::StatusOr<JobRecord> ReadJob(const Statement& s) {
     job.result = std::move(result);
   }
   job.principal = s.Text(9);
+  job.checkpoint = s.Text(10);
+  job.reclaims = static_cast<int>(s.Int(11));
+  job.cancel_requested = s.Int(12) != 0;
   return job;
+}
+
+// This host's clock, which is the store's clock for leases: one file, one machine.
+int64_t NowMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+absl::Status LeaseLost(const std::string& job_id) {
+  return absl::AbortedError("job " + job_id +
+                            ": the lease is lost (another worker holds the job, "
+                            "or it has ended)");
 }
 
 }  // namespace
@@ -140,7 +177,7 @@ absl::StatusOr<std::unique_ptr<SqliteJobStore>> SqliteJobStore::Open(const std::
     sqlite3_close(db);
     return absl::UnavailableError(absl::StrCat("cannot open job store ", path, ": ", message));
   }
-  std::unique_ptr<SqliteJobStore> store(new SqliteJobStore(db));
+  std::unique_ptr<SqliteJobStore> store(new SqliteJobStore(db, path));
   sqlite3_busy_timeout(db, 5000);
   // WAL: readers never block the writer; NORMAL sync is durable across process crashes.
   if (auto s = store->Exec("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"); !s.ok()) {
@@ -197,44 +234,117 @@ absl::Status SqliteJobStore::Exec(const char* sql) {
   return absl::OkStatus();
 }
 
-absl::Status SqliteJobStore::Create(const JobRecord& job) {
-  std::lock_guard lock(mu_);
+absl::Status SqliteJobStore::InTransaction(const std::function<absl::Status()>& body) {
   if (auto s = Exec("BEGIN IMMEDIATE"); !s.ok()) return s;
-  auto fail = [&](absl::Status status) {
+  absl::Status status = body();
+  if (!status.ok()) {
     Exec("ROLLBACK").IgnoreError();
     return status;
-  };
-  {
-    Statement s(
-        db_,
-        "INSERT INTO jobs (job_id, principal, status, spec, attempts, last_seq, created_at, "
-        "updated_at, created_unix_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)");
-    if (auto st = s.status(); !st.ok()) return fail(st);
-    s.Bind(1, job.job_id);
-    s.Bind(2, job.principal);
-    s.Bind(3, job.status);
-    s.BindBlob(4, job.spec.SerializeAsString());
-    s.Bind(5, int64_t{job.attempts});
-    s.Bind(6, job.last_seq);
-    s.Bind(7, job.created_at);
-    s.Bind(8, job.updated_at.empty() ? job.created_at : job.updated_at);
-    s.Bind(9, job.created_unix_ms);
-    int rc = s.Step();
-    if (rc == SQLITE_CONSTRAINT) {
-      return fail(absl::AlreadyExistsError("job " + job.job_id + " exists"));
-    }
-    if (rc != SQLITE_DONE) return fail(s.Error("insert job"));
   }
-  {
-    Statement s(db_,
-                "INSERT INTO job_days (principal, day, created) VALUES (?, ?, 1) "
-                "ON CONFLICT (principal, day) DO UPDATE SET created = created + 1");
-    if (auto st = s.status(); !st.ok()) return fail(st);
-    s.Bind(1, job.principal);
-    s.Bind(2, UtcDayOf(job.created_unix_ms));
-    if (s.Step() != SQLITE_DONE) return fail(s.Error("count job"));
+  if (auto s = Exec("COMMIT"); !s.ok()) {
+    Exec("ROLLBACK").IgnoreError();
+    return s;
   }
-  return Exec("COMMIT");
+  return absl::OkStatus();
+}
+
+absl::StatusOr<int64_t> SqliteJobStore::NextTurnLocked() {
+  Statement s(db_, "UPDATE counters SET value = value + 1 WHERE name = 'turn' RETURNING value");
+  if (auto st = s.status(); !st.ok()) return st;
+  if (s.Step() != SQLITE_ROW) return s.Error("next turn");
+  return s.Int(0);
+}
+
+absl::StatusOr<AdmissionCounts> SqliteJobStore::CountsLocked(const std::string& principal,
+                                                             int64_t utc_day) {
+  Statement s(
+      db_,
+      "SELECT (SELECT COUNT(*) FROM jobs WHERE status = 'queued'), "
+      "(SELECT COUNT(*) FROM jobs WHERE status = 'running'), "
+      "(SELECT COUNT(*) FROM jobs WHERE status = 'queued' AND principal = ?1), "
+      "(SELECT COUNT(*) FROM jobs WHERE status IN ('queued', 'running') AND principal = ?1), "
+      "(SELECT COALESCE(MAX(created), 0) FROM job_days WHERE principal = ?1 AND day = ?2)");
+  if (auto st = s.status(); !st.ok()) return st;
+  s.Bind(1, principal);
+  s.Bind(2, utc_day);
+  if (s.Step() != SQLITE_ROW) return s.Error("count jobs");
+  AdmissionCounts counts;
+  counts.queued = s.Int(0);
+  counts.running = s.Int(1);
+  counts.principal_queued = s.Int(2);
+  counts.principal_in_flight = s.Int(3);
+  counts.principal_today = s.Int(4);
+  return counts;
+}
+
+absl::StatusOr<AdmissionCounts> SqliteJobStore::Counts(const std::string& principal,
+                                                       int64_t utc_day) {
+  std::lock_guard lock(mu_);
+  return CountsLocked(principal, utc_day);
+}
+
+absl::Status SqliteJobStore::Create(const JobRecord& job,
+                                    const anima::v1::SelfCodingProgress* first_event,
+                                    const AdmitFn& admit) {
+  std::optional<anima::v1::SelfCodingProgress> event;
+  if (first_event != nullptr) event = *first_event;
+  absl::Status status;
+  {
+    std::lock_guard lock(mu_);
+    status = InTransaction([&]() -> absl::Status {
+      if (admit) {
+        auto counts = CountsLocked(job.principal, UtcDayOf(job.created_unix_ms));
+        if (!counts.ok()) return counts.status();
+        anima::v1::SelfCodingProgress scratch;
+        if (auto s = admit(*counts, event ? *event : scratch); !s.ok()) return s;
+      }
+      auto turn = NextTurnLocked();
+      if (!turn.ok()) return turn.status();
+      {
+        Statement s(db_,
+                    "INSERT INTO jobs (job_id, principal, status, spec, attempts, last_seq, "
+                    "created_at, updated_at, created_unix_ms, enqueue_seq) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
+        if (auto st = s.status(); !st.ok()) return st;
+        s.Bind(1, job.job_id);
+        s.Bind(2, job.principal);
+        s.Bind(3, job.status);
+        s.BindBlob(4, job.spec.SerializeAsString());
+        s.Bind(5, int64_t{job.attempts});
+        s.Bind(6, event ? int64_t{0} : job.last_seq);
+        s.Bind(7, job.created_at);
+        s.Bind(8, job.updated_at.empty() ? job.created_at : job.updated_at);
+        s.Bind(9, job.created_unix_ms);
+        s.Bind(10, *turn);
+        int rc = s.Step();
+        if (rc == SQLITE_CONSTRAINT)
+          return absl::AlreadyExistsError("job " + job.job_id + " exists");
+        if (rc != SQLITE_DONE) return s.Error("insert job");
+      }
+      {
+        Statement s(db_,
+                    "INSERT INTO job_days (principal, day, created) VALUES (?, ?, 1) "
+                    "ON CONFLICT (principal, day) DO UPDATE SET created = created + 1");
+        if (auto st = s.status(); !st.ok()) return st;
+        s.Bind(1, job.principal);
+        s.Bind(2, UtcDayOf(job.created_unix_ms));
+        if (s.Step() != SQLITE_DONE) return s.Error("count job");
+      }
+      if (event) {
+        event->set_job_id(job.job_id);
+        event->set_seq(1);
+        JobRecord fresh = job;
+        fresh.last_seq = 0;
+        if (auto s = WriteEventLocked(fresh, *event, {}, false); !s.ok()) return s;
+      }
+      return absl::OkStatus();
+    });
+  }
+  if (status.ok()) {
+    if (event) hub_.Publish({JobChange::Kind::kEvent, job.job_id});
+    if (job.status == kQueued) hub_.Publish({JobChange::Kind::kQueued, job.job_id});
+  }
+  return status;
 }
 
 absl::StatusOr<int64_t> SqliteJobStore::CreatedOn(const std::string& principal, int64_t utc_day) {
@@ -249,43 +359,243 @@ absl::StatusOr<int64_t> SqliteJobStore::CreatedOn(const std::string& principal, 
   return s.Int(0);
 }
 
+absl::Status SqliteJobStore::WriteEventLocked(const JobRecord& job,
+                                              const anima::v1::SelfCodingProgress& event,
+                                              const JobUpdate& update, bool release) {
+  {
+    Statement s(db_, "INSERT INTO events (job_id, seq, body) VALUES (?, ?, ?)");
+    if (auto st = s.status(); !st.ok()) return st;
+    s.Bind(1, job.job_id);
+    s.Bind(2, event.seq());
+    s.BindBlob(3, event.SerializeAsString());
+    if (s.Step() != SQLITE_DONE) return s.Error("insert event");
+  }
+  std::string status = release ? std::string(kQueued) : update.status.value_or(job.status);
+  // A final status or a release ends the lease; the token stays, so that a retry of this very
+  // write by its worker is recognised.
+  bool lease_ends = release || IsFinalStatus(status);
+  Statement s(db_,
+              "UPDATE jobs SET last_seq = ?, status = ?, attempts = ?, updated_at = ?, "
+              "result = COALESCE(?, result), checkpoint = COALESCE(?, checkpoint), "
+              "lease_expires_ms = CASE WHEN ? THEN NULL ELSE lease_expires_ms END, "
+              "lease_owner = CASE WHEN ? THEN NULL ELSE lease_owner END WHERE job_id = ?");
+  if (auto st = s.status(); !st.ok()) return st;
+  s.Bind(1, event.seq());
+  s.Bind(2, status);
+  s.Bind(3, int64_t{update.attempts.value_or(job.attempts)});
+  s.Bind(4, event.ts().empty() ? common::Rfc3339Now() : event.ts());
+  if (update.result) s.BindBlob(5, update.result->SerializeAsString());
+  if (update.checkpoint) s.BindBlob(6, *update.checkpoint);
+  s.Bind(7, int64_t{lease_ends});
+  s.Bind(8, int64_t{lease_ends});
+  s.Bind(9, job.job_id);
+  if (s.Step() != SQLITE_DONE) return s.Error("update job");
+  return absl::OkStatus();
+}
+
 absl::Status SqliteJobStore::Append(const std::string& job_id,
                                     const anima::v1::SelfCodingProgress& event,
                                     const JobUpdate& update) {
+  absl::Status status;
+  {
+    std::lock_guard lock(mu_);
+    status = InTransaction([&]() -> absl::Status {
+      auto job = GetLocked(job_id);
+      if (!job.ok()) return job.status();
+      if (event.seq() != job->last_seq + 1) {
+        return absl::FailedPreconditionError(
+            absl::StrCat("job ", job_id, ": event seq ", event.seq(), " after ", job->last_seq));
+      }
+      return WriteEventLocked(*job, event, update, false);
+    });
+  }
+  if (status.ok()) hub_.Publish({JobChange::Kind::kEvent, job_id});
+  return status;
+}
+
+absl::StatusOr<std::optional<ClaimedJob>> SqliteJobStore::Claim(const std::string& worker_id,
+                                                                std::chrono::milliseconds lease) {
   std::lock_guard lock(mu_);
-  if (auto s = Exec("BEGIN IMMEDIATE"); !s.ok()) return s;
-  auto fail = [&](absl::Status status) {
-    Exec("ROLLBACK").IgnoreError();
-    return status;
-  };
-  auto job = GetLocked(job_id);
-  if (!job.ok()) return fail(job.status());
-  if (event.seq() != job->last_seq + 1) {
-    return fail(absl::FailedPreconditionError(
-        absl::StrCat("job ", job_id, ": event seq ", event.seq(), " after ", job->last_seq)));
+  std::optional<ClaimedJob> claimed;
+  absl::Status status = InTransaction([&]() -> absl::Status {
+    const int64_t now = NowMs();
+    std::string job_id;
+    bool reclaim = false;
+    {
+      // A running job whose worker is gone comes first: it was started already.
+      Statement s(db_,
+                  "SELECT job_id FROM jobs WHERE status = 'running' AND "
+                  "(lease_expires_ms IS NULL OR lease_expires_ms <= ?) ORDER BY enqueue_seq "
+                  "LIMIT 1");
+      if (auto st = s.status(); !st.ok()) return st;
+      s.Bind(1, now);
+      int rc = s.Step();
+      if (rc == SQLITE_ROW) {
+        job_id = s.Text(0);
+        reclaim = true;
+      } else if (rc != SQLITE_DONE) {
+        return s.Error("select expired job");
+      }
+    }
+    if (job_id.empty()) {
+      // Round robin: a principal's turn is its last claim or, when it joined the line after
+      // that, its oldest waiting job; the earliest turn goes first, then that principal's
+      // oldest job.
+      Statement s(db_,
+                  "SELECT j.job_id FROM jobs j JOIN ("
+                  "  SELECT q.principal, MAX(COALESCE((SELECT MAX(c.claim_seq) FROM jobs c "
+                  "    WHERE c.principal = q.principal), 0), MIN(q.enqueue_seq)) AS turn "
+                  "  FROM jobs q WHERE q.status = 'queued' GROUP BY q.principal) t "
+                  "ON t.principal = j.principal WHERE j.status = 'queued' "
+                  "ORDER BY t.turn, j.enqueue_seq LIMIT 1");
+      if (auto st = s.status(); !st.ok()) return st;
+      int rc = s.Step();
+      if (rc == SQLITE_DONE) return absl::OkStatus();
+      if (rc != SQLITE_ROW) return s.Error("select queued job");
+      job_id = s.Text(0);
+    }
+    auto turn = NextTurnLocked();
+    if (!turn.ok()) return turn.status();
+    std::string token = common::NewSecureId("lease-");
+    {
+      Statement s(db_,
+                  "UPDATE jobs SET status = 'running', lease_owner = ?, lease_token = ?, "
+                  "lease_expires_ms = ?, claim_seq = ?, reclaims = reclaims + ? WHERE job_id = ?");
+      if (auto st = s.status(); !st.ok()) return st;
+      s.Bind(1, worker_id);
+      s.Bind(2, token);
+      s.Bind(3, now + static_cast<int64_t>(lease.count()));
+      s.Bind(4, *turn);
+      s.Bind(5, int64_t{reclaim ? 1 : 0});
+      s.Bind(6, job_id);
+      if (s.Step() != SQLITE_DONE) return s.Error("claim job");
+    }
+    auto job = GetLocked(job_id);
+    if (!job.ok()) return job.status();
+    ClaimedJob c;
+    c.job = std::move(*job);
+    c.lease = Lease{job_id, token};
+    c.reclaimed = reclaim;
+    if (c.job.last_seq > 0) {
+      Statement s(db_, "SELECT body FROM events WHERE job_id = ? AND seq = ?");
+      if (auto st = s.status(); !st.ok()) return st;
+      s.Bind(1, job_id);
+      s.Bind(2, c.job.last_seq);
+      anima::v1::SelfCodingProgress last;
+      if (s.Step() == SQLITE_ROW && last.ParseFromString(s.Text(0))) {
+        c.last_percent = last.percent();
+      }
+    }
+    claimed = std::move(c);
+    return absl::OkStatus();
+  });
+  if (!status.ok()) return status;
+  return claimed;
+}
+
+absl::StatusOr<HeartbeatReply> SqliteJobStore::Heartbeat(const Lease& lease,
+                                                         std::chrono::milliseconds lease_for) {
+  std::lock_guard lock(mu_);
+  Statement s(db_,
+              "UPDATE jobs SET lease_expires_ms = ? WHERE job_id = ? AND lease_token = ? AND "
+              "status = 'running' RETURNING cancel_requested");
+  if (auto st = s.status(); !st.ok()) return st;
+  s.Bind(1, NowMs() + static_cast<int64_t>(lease_for.count()));
+  s.Bind(2, lease.job_id);
+  s.Bind(3, lease.token);
+  HeartbeatReply reply;
+  int rc = s.Step();
+  if (rc == SQLITE_DONE) {
+    reply.lost = true;
+    return reply;
   }
+  if (rc != SQLITE_ROW) return s.Error("heartbeat");
+  reply.cancel_requested = s.Int(0) != 0;
+  while (s.Step() == SQLITE_ROW) {
+  }
+  return reply;
+}
+
+absl::Status SqliteJobStore::AppendLeased(const Lease& lease,
+                                          const anima::v1::SelfCodingProgress& event,
+                                          const JobUpdate& update, bool release) {
+  bool wrote = false;
+  absl::Status status;
   {
-    Statement s(db_, "INSERT INTO events (job_id, seq, body) VALUES (?, ?, ?)");
-    if (auto st = s.status(); !st.ok()) return fail(st);
-    s.Bind(1, job_id);
-    s.Bind(2, event.seq());
-    s.BindBlob(3, event.SerializeAsString());
-    if (s.Step() != SQLITE_DONE) return fail(s.Error("insert event"));
+    std::lock_guard lock(mu_);
+    status = InTransaction([&]() -> absl::Status {
+      auto job = GetLocked(lease.job_id);
+      if (!job.ok()) return job.status();
+      std::string token;
+      {
+        Statement s(db_, "SELECT COALESCE(lease_token, '') FROM jobs WHERE job_id = ?");
+        if (auto st = s.status(); !st.ok()) return st;
+        s.Bind(1, lease.job_id);
+        if (s.Step() != SQLITE_ROW) return s.Error("select lease");
+        token = s.Text(0);
+      }
+      if (token != lease.token) return LeaseLost(lease.job_id);
+      if (event.seq() <= job->last_seq) return absl::OkStatus();  // a retry that got through
+      if (job->status != kRunning) return LeaseLost(lease.job_id);
+      if (event.seq() != job->last_seq + 1) {
+        return absl::FailedPreconditionError(absl::StrCat("job ", lease.job_id, ": event seq ",
+                                                          event.seq(), " after ", job->last_seq));
+      }
+      wrote = true;
+      return WriteEventLocked(*job, event, update, release);
+    });
   }
+  if (status.ok() && wrote) {
+    hub_.Publish({JobChange::Kind::kEvent, lease.job_id});
+    if (release) hub_.Publish({JobChange::Kind::kQueued, lease.job_id});
+  }
+  return status;
+}
+
+absl::StatusOr<CancelOutcome> SqliteJobStore::RequestCancel(
+    const std::string& job_id, const anima::v1::SelfCodingProgress& event,
+    const anima::v1::SelfCodingResult& result) {
+  CancelOutcome outcome;
+  absl::Status status;
   {
-    Statement s(db_,
-                "UPDATE jobs SET last_seq = ?, status = ?, attempts = ?, updated_at = ?, "
-                "result = COALESCE(?, result) WHERE job_id = ?");
-    if (auto st = s.status(); !st.ok()) return fail(st);
-    s.Bind(1, event.seq());
-    s.Bind(2, update.status.value_or(job->status));
-    s.Bind(3, int64_t{update.attempts.value_or(job->attempts)});
-    s.Bind(4, event.ts().empty() ? common::Rfc3339Now() : event.ts());
-    if (update.result) s.BindBlob(5, update.result->SerializeAsString());
-    s.Bind(6, job_id);
-    if (s.Step() != SQLITE_DONE) return fail(s.Error("update job"));
+    std::lock_guard lock(mu_);
+    status = InTransaction([&]() -> absl::Status {
+      auto job = GetLocked(job_id);
+      if (!job.ok()) return job.status();
+      if (IsFinalStatus(job->status)) {
+        outcome.kind = CancelOutcome::Kind::kFinal;
+      } else if (job->status == kQueued) {
+        anima::v1::SelfCodingProgress e = event;
+        e.set_job_id(job_id);
+        e.set_seq(job->last_seq + 1);
+        anima::v1::SelfCodingResult r = result;
+        r.set_job_id(job_id);
+        JobUpdate update{.status = std::string(kCancelled),
+                         .attempts = r.attempts(),
+                         .result = r,
+                         .checkpoint = std::nullopt};
+        if (auto s = WriteEventLocked(*job, e, update, false); !s.ok()) return s;
+        outcome.kind = CancelOutcome::Kind::kEnded;
+      } else {
+        Statement s(db_, "UPDATE jobs SET cancel_requested = 1 WHERE job_id = ?");
+        if (auto st = s.status(); !st.ok()) return st;
+        s.Bind(1, job_id);
+        if (s.Step() != SQLITE_DONE) return s.Error("request cancel");
+        outcome.kind = CancelOutcome::Kind::kRequested;
+      }
+      auto now = GetLocked(job_id);
+      if (!now.ok()) return now.status();
+      outcome.job = std::move(*now);
+      return absl::OkStatus();
+    });
   }
-  return Exec("COMMIT");
+  if (!status.ok()) return status;
+  if (outcome.kind == CancelOutcome::Kind::kEnded) {
+    hub_.Publish({JobChange::Kind::kEvent, job_id});
+  } else if (outcome.kind == CancelOutcome::Kind::kRequested) {
+    hub_.Publish({JobChange::Kind::kCancelRequested, job_id});
+  }
+  return outcome;
 }
 
 absl::StatusOr<JobRecord> SqliteJobStore::GetLocked(const std::string& job_id) {
@@ -372,7 +682,7 @@ absl::StatusOr<std::vector<std::string>> SqliteJobStore::Prune(std::chrono::mill
   }
   std::vector<std::string> doomed;
   {
-    // Ended jobs, newest first: the ones past max_jobs (counting every job) or too old go.
+    // Ended jobs, oldest first: the ones past max_jobs (counting every job) or too old go.
     Statement count(db_, "SELECT COUNT(*) FROM jobs");
     if (auto st = count.status(); !st.ok()) return st;
     if (count.Step() != SQLITE_ROW) return count.Error("count jobs");
@@ -393,14 +703,13 @@ absl::StatusOr<std::vector<std::string>> SqliteJobStore::Prune(std::chrono::mill
     if (rc != SQLITE_DONE) return s.Error("select prunable jobs");
   }
   if (doomed.empty()) return doomed;
-  if (auto s = Exec("BEGIN IMMEDIATE"); !s.ok()) return s;
-  for (const auto& id : doomed) {
-    if (auto s = DeleteJobLocked(id); !s.ok()) {
-      Exec("ROLLBACK").IgnoreError();
-      return s;
+  auto status = InTransaction([&]() -> absl::Status {
+    for (const auto& id : doomed) {
+      if (auto s = DeleteJobLocked(id); !s.ok()) return s;
     }
-  }
-  if (auto s = Exec("COMMIT"); !s.ok()) return s;
+    return absl::OkStatus();
+  });
+  if (!status.ok()) return status;
   return doomed;
 }
 
@@ -410,6 +719,17 @@ absl::Status SqliteJobStore::Ping() {
   if (auto st = s.status(); !st.ok()) return st;
   if (s.Step() != SQLITE_ROW) return s.Error("ping");
   return absl::OkStatus();
+}
+
+StoreHealth SqliteJobStore::Health() {
+  StoreHealth health;
+  if (auto s = Ping(); !s.ok()) {
+    health.level = StoreHealth::Level::kDown;
+    health.detail = absl::StrCat("sqlite ", path_, ": ", s.message());
+  } else {
+    health.detail = "sqlite " + path_;
+  }
+  return health;
 }
 
 }  // namespace anima::selfcoding

@@ -15,10 +15,12 @@
 namespace anima::selfcoding::testing {
 
 // Answers with scripted replies in order (the last one repeats); records every prompt. A reply
-// of kBlock waits until the call is cancelled.
+// of kBlock waits until the call is cancelled; kGate waits until OpenGate() (then answers with
+// the next reply) or the call is cancelled.
 class FakeBroker : public BrokerClient {
  public:
   static constexpr char kBlock[] = "<block>";
+  static constexpr char kGate[] = "<gate>";
   explicit FakeBroker(std::vector<std::string> replies)
       : replies_(replies.begin(), replies.end()) {}
 
@@ -32,7 +34,8 @@ class FakeBroker : public BrokerClient {
       if (replies_.size() > 1) replies_.pop_front();
     }
     cv_.notify_all();
-    if (reply == kBlock) {
+    if (reply == kBlock || reply == kGate) {
+      bool gate = reply == kGate;
       int id = cancel->OnCancel([this] {
         { std::lock_guard lock(mu_); }
         cv_.notify_all();
@@ -41,10 +44,15 @@ class FakeBroker : public BrokerClient {
         std::unique_lock lock(mu_);
         blocked_++;
         cv_.notify_all();
-        cv_.wait_for(lock, std::chrono::seconds(30), [&] { return cancel->cancelled(); });
+        cv_.wait_for(lock, std::chrono::seconds(30),
+                     [&] { return cancel->cancelled() || (gate && gate_open_); });
+        if (gate && gate_open_ && !cancel->cancelled()) {
+          reply = replies_.front();
+          if (replies_.size() > 1) replies_.pop_front();
+        }
       }
       cancel->Remove(id);
-      return absl::CancelledError("cancelled");
+      if (reply == kBlock || reply == kGate) return absl::CancelledError("cancelled");
     }
     anima::v1::CompletionResponse response;
     response.set_message(reply);
@@ -52,6 +60,14 @@ class FakeBroker : public BrokerClient {
     response.mutable_usage()->set_completion_tokens(20);
     response.mutable_usage()->set_total_tokens(120);
     return response;
+  }
+
+  void OpenGate() {
+    {
+      std::lock_guard lock(mu_);
+      gate_open_ = true;
+    }
+    cv_.notify_all();
   }
 
   bool WaitBlocked(int n) {
@@ -69,6 +85,7 @@ class FakeBroker : public BrokerClient {
   std::deque<std::string> replies_;
   std::vector<std::string> prompts_;
   int blocked_ = 0;
+  bool gate_open_ = false;
 };
 
 // The sandbox the tests use: bubblewrap when it works here, else unsandboxed.

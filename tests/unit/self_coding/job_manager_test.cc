@@ -11,14 +11,20 @@
 #include "anima/v1/llm_broker.pb.h"
 #include "services/common/identity.h"
 #include "services/common/process.h"
+#include "services/self_coding/prompts.h"
 #include "services/self_coding/sqlite_job_store.h"
 #include "tests/unit/self_coding/fakes.h"
+#include "tests/unit/self_coding/manager_helpers.h"
 
 namespace anima::selfcoding {
 namespace {
 
+using testing::CancelAndWait;
 using testing::FakeBroker;
+using testing::PythonSpec;
 using testing::TempDir;
+using testing::Watched;
+using testing::WatchToEnd;
 
 common::Identity Who(const std::string& principal, common::JobLimits limits = {}) {
   return {.principal = principal, .admin = false, .job_limits = limits};
@@ -35,71 +41,6 @@ anima::v1::BrokerFailure FailureOf(const absl::Status& status) {
     EXPECT_TRUE(failure.ParseFromString(std::string(*payload)));
   }
   return failure;
-}
-
-// Every event of a job and its result, read through Next() like a watcher does.
-struct Watched {
-  std::vector<anima::v1::SelfCodingProgress> events;
-  anima::v1::SelfCodingResult result;
-  bool ended = false;
-};
-
-Watched WatchToEnd(JobManager& manager, const std::string& job_id, int64_t after_seq = 0,
-                   const common::Identity& who = kLocal) {
-  Watched out;
-  std::mutex mu;
-  std::condition_variable cv;
-  bool woken = false;
-  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
-  while (std::chrono::steady_clock::now() < deadline) {
-    auto batch = manager.Next(who, job_id, after_seq, [&] {
-      std::lock_guard lock(mu);
-      woken = true;
-      cv.notify_all();
-    });
-    EXPECT_TRUE(batch.ok()) << batch.status();
-    if (!batch.ok()) return out;
-    for (auto& e : batch->events) {
-      after_seq = e.seq();
-      out.events.push_back(e);
-    }
-    if (batch->result) {
-      out.result = *batch->result;
-      out.ended = true;
-      return out;
-    }
-    if (batch->events.empty()) {
-      std::unique_lock lock(mu);
-      cv.wait_until(lock, deadline, [&] { return woken; });
-      woken = false;
-    }
-  }
-  return out;
-}
-
-absl::StatusOr<anima::v1::SelfCodingResult> CancelAndWait(JobManager& manager,
-                                                          const std::string& job_id,
-                                                          const common::Identity& who = kLocal) {
-  std::mutex mu;
-  std::condition_variable cv;
-  std::optional<absl::StatusOr<anima::v1::SelfCodingResult>> out;
-  manager.Cancel(who, job_id, [&](absl::StatusOr<anima::v1::SelfCodingResult> r) {
-    std::lock_guard lock(mu);
-    out = std::move(r);
-    cv.notify_all();
-  });
-  std::unique_lock lock(mu);
-  cv.wait_for(lock, std::chrono::seconds(30), [&] { return out.has_value(); });
-  if (!out) return absl::DeadlineExceededError("cancel did not answer");
-  return *out;
-}
-
-anima::v1::SubmitRequest PythonSpec(int max_attempts = 3) {
-  anima::v1::SubmitRequest spec;
-  spec.set_task("Write add(a, b) in solution.py.");
-  spec.set_tests(testing::kPythonTests);
-  spec.set_max_attempts(max_attempts);
-  return spec;
 }
 
 class JobManagerTest : public ::testing::Test {
@@ -220,8 +161,9 @@ TEST_F(JobManagerTest, FullQueueIsRefusedAndCancelEndsQueuedAndRunningJobs) {
             absl::StatusCode::kFailedPrecondition);
 }
 
-TEST_F(JobManagerTest, RestartEndsRunningJobsInterruptedAndRunsQueuedOnes) {
-  // What a crash leaves behind: one job mid-run, one still queued.
+TEST_F(JobManagerTest, RestartRerunsTheAttemptThatWasRunningAndRunsQueuedJobs) {
+  // What a crash leaves behind: one job mid-run (attempt 2, with the checkpoint of attempt 1),
+  // one still queued.
   auto make = [&](const std::string& id, const std::string& status, int events,
                   const std::string& principal) {
     JobRecord job;
@@ -240,8 +182,17 @@ TEST_F(JobManagerTest, RestartEndsRunningJobsInterruptedAndRunsQueuedOnes) {
       e.set_job_id(id);
       e.set_seq(i);
       e.set_stage(i == 1 ? "queued" : "planning");
-      e.set_percent(i * 5);
-      ASSERT_TRUE(store_->Append(id, e, {}).ok());
+      e.set_attempt(i == 1 ? 0 : 2);
+      e.set_percent(i * 20);
+      JobUpdate update;
+      if (i > 1) update.attempts = 2;
+      if (i == 2) {
+        Checkpoint checkpoint;
+        checkpoint.next_attempt = 2;
+        checkpoint.feedback = Feedback{"testing", "1 test failed", "assert 5 == -1", {}};
+        update.checkpoint = EncodeCheckpoint(checkpoint);
+      }
+      ASSERT_TRUE(store_->Append(id, e, update).ok());
     }
   };
   make("job-was-running", kRunning, 3, "local");
@@ -251,13 +202,27 @@ TEST_F(JobManagerTest, RestartEndsRunningJobsInterruptedAndRunsQueuedOnes) {
   auto manager = MakeManager(&broker);
   ASSERT_TRUE(manager->Start().ok());
 
-  Watched interrupted = WatchToEnd(*manager, "job-was-running");
-  ASSERT_TRUE(interrupted.ended);
-  EXPECT_EQ(interrupted.result.status(), "failed");
-  EXPECT_EQ(interrupted.result.reason(), "interrupted");
-  ASSERT_EQ(interrupted.events.size(), 4u);
-  EXPECT_EQ(interrupted.events[3].seq(), 4);
-  EXPECT_EQ(interrupted.events[3].stage(), "failed");
+  // Its worker is gone (no lease): attempt 2 runs again, continuing the same events.
+  Watched rerun = WatchToEnd(*manager, "job-was-running");
+  ASSERT_TRUE(rerun.ended);
+  EXPECT_EQ(rerun.result.status(), "succeeded") << rerun.result.reason();
+  EXPECT_EQ(rerun.result.attempts(), 2);
+  ASSERT_GT(rerun.events.size(), 4u);
+  for (size_t i = 0; i < rerun.events.size(); ++i) {
+    EXPECT_EQ(rerun.events[i].seq(), static_cast<int64_t>(i + 1));
+    if (i > 0) {
+      EXPECT_GE(rerun.events[i].percent(), rerun.events[i - 1].percent());
+    }
+  }
+  EXPECT_EQ(rerun.events[3].stage(), "retrying");
+  EXPECT_EQ(rerun.events[3].message(), "worker lost; attempt 2 re-run");
+  EXPECT_EQ(rerun.events[4].stage(), "planning");
+  EXPECT_EQ(rerun.events[4].attempt(), 2);
+  // The re-run asked what the lost run would have: a retry, with attempt 1's failure.
+  ASSERT_FALSE(broker.prompts().empty());
+  EXPECT_NE(broker.prompts()[0].find(kRetryMarker), std::string::npos) << broker.prompts()[0];
+  EXPECT_NE(broker.prompts()[0].find("assert 5 == -1"), std::string::npos);
+  EXPECT_EQ(store_->Get("job-was-running")->reclaims, 1);
 
   EXPECT_EQ(manager->Next(Who("bob"), "job-was-queued", 0, [] {}).status().code(),
             absl::StatusCode::kNotFound);
@@ -267,7 +232,7 @@ TEST_F(JobManagerTest, RestartEndsRunningJobsInterruptedAndRunsQueuedOnes) {
   EXPECT_EQ(resumed.events.front().seq(), 2);
 }
 
-TEST_F(JobManagerTest, StopInterruptsRunningJobsAndKeepsQueuedOnesForTheNextStart) {
+TEST_F(JobManagerTest, StopGivesRunningJobsBackAndTheNextStartRunsThem) {
   FakeBroker blocking({FakeBroker::kBlock});
   std::string running_id, queued_id;
   {
@@ -277,17 +242,61 @@ TEST_F(JobManagerTest, StopInterruptsRunningJobsAndKeepsQueuedOnesForTheNextStar
     ASSERT_TRUE(blocking.WaitBlocked(1));
     queued_id = *manager->Submit(kLocal, PythonSpec());
     manager->Stop();
+    EXPECT_EQ(manager->Next(kLocal, running_id, 0, [] {}).status().code(),
+              absl::StatusCode::kUnavailable);
   }
-  EXPECT_EQ(store_->Get(running_id)->status, "failed");
-  EXPECT_EQ(store_->Get(running_id)->result->reason(), "interrupted");
+  EXPECT_EQ(store_->Get(running_id)->status, "queued");
+  auto given_back = store_->Events(running_id, 0, 0);
+  ASSERT_FALSE(given_back->empty());
+  EXPECT_EQ(given_back->back().stage(), "queued");
+  EXPECT_NE(given_back->back().message().find("back in the queue"), std::string::npos)
+      << given_back->back().message();
   EXPECT_EQ(store_->Get(queued_id)->status, "queued");
 
   FakeBroker good({testing::kGoodPython});
   auto manager = MakeManager(&good);
   ASSERT_TRUE(manager->Start().ok());
-  Watched w = WatchToEnd(*manager, queued_id);
+  for (const auto& id : {running_id, queued_id}) {
+    Watched w = WatchToEnd(*manager, id);
+    ASSERT_TRUE(w.ended);
+    EXPECT_EQ(w.result.status(), "succeeded") << w.result.reason();
+    for (size_t i = 0; i < w.events.size(); ++i) {
+      EXPECT_EQ(w.events[i].seq(), static_cast<int64_t>(i + 1));
+    }
+  }
+  // Given back is not lost: no worker was.
+  EXPECT_EQ(store_->Get(running_id)->reclaims, 0);
+}
+
+TEST_F(JobManagerTest, AJobWhoseWorkersKeepDyingEndsFailedAfterThreeLosses) {
+  JobRecord job;
+  job.job_id = "job-poison";
+  job.status = kQueued;
+  job.spec = PythonSpec();
+  job.spec.set_language("python");
+  job.created_at = common::Rfc3339Now();
+  job.created_unix_ms = 1;
+  ASSERT_TRUE(store_->Create(job).ok());
+  // Three workers claim it in turn and die before their lease runs out.
+  for (int dead = 0; dead < 3; ++dead) {
+    std::optional<ClaimedJob> claimed;
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+    while (!claimed && std::chrono::steady_clock::now() < deadline) {
+      auto c = store_->Claim("dying-" + std::to_string(dead), std::chrono::milliseconds(50));
+      ASSERT_TRUE(c.ok());
+      if (c->has_value()) claimed = std::move(**c);
+    }
+    ASSERT_TRUE(claimed.has_value());
+    EXPECT_EQ(claimed->job.reclaims, dead);
+  }
+  FakeBroker broker({testing::kGoodPython});
+  auto manager = MakeManager(&broker);
+  ASSERT_TRUE(manager->Start().ok());
+  Watched w = WatchToEnd(*manager, "job-poison");
   ASSERT_TRUE(w.ended);
-  EXPECT_EQ(w.result.status(), "succeeded");
+  EXPECT_EQ(w.result.status(), "failed");
+  EXPECT_EQ(w.result.reason(), "interrupted: workers lost 3 times");
+  EXPECT_TRUE(broker.prompts().empty());  // not run a fourth time
 }
 
 TEST_F(JobManagerTest, JobIdsAre128RandomBitsAfterTheJobPrefix) {

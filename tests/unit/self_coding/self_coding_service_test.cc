@@ -34,8 +34,8 @@ class SelfCodingServiceTest : public ::testing::Test {
     manager_ = std::make_unique<JobManager>(store_.get(), pipeline_.get(), sandbox_.get(), options,
                                             &metrics_);
     ASSERT_TRUE(manager_->Start().ok());
-    service_ = std::make_unique<SelfCodingService>(manager_.get());
-    introspection_ = std::make_unique<SelfCodingIntrospection>(manager_.get());
+    service_ = std::make_unique<SelfCodingService>(manager_.get(), &executor_);
+    introspection_ = std::make_unique<SelfCodingIntrospection>(manager_.get(), &executor_);
     auto server =
         common::GrpcServer::Start("127.0.0.1:0", {service_.get(), introspection_.get()}, registry_);
     ASSERT_TRUE(server.ok()) << server.status();
@@ -119,6 +119,7 @@ class SelfCodingServiceTest : public ::testing::Test {
   std::unique_ptr<FakeBroker> broker_;
   std::unique_ptr<JobPipeline> pipeline_;
   std::unique_ptr<JobManager> manager_;
+  BlockingExecutor executor_{4, 256};
   std::unique_ptr<SelfCodingService> service_;
   std::unique_ptr<SelfCodingIntrospection> introspection_;
   prometheus::Registry registry_;
