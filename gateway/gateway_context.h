@@ -13,7 +13,7 @@
 #include "gateway/admission.h"
 #include "gateway/frame_translator.h"
 #include "gateway/gateway_metrics.h"
-#include "gateway/quota.h"
+#include "gateway/quota_store.h"
 #include "gateway/readiness_probe.h"
 #include "gateway/router_client.h"
 #include "gateway/settings.h"
@@ -60,6 +60,7 @@ struct GatewayContext {
   explicit GatewayContext(GatewaySettings s)
       : settings(std::move(s)),
         access(settings.auth, settings.access),
+        quotas(settings.quotas ? settings.quotas : std::make_shared<LocalQuotaStore>()),
         new_connections(settings.max_new_connections_per_second) {}
 
   const GatewaySettings settings;
@@ -69,9 +70,10 @@ struct GatewayContext {
   ReadinessProbe* readiness = nullptr;
   Admission* admission = nullptr;
   SessionRegistry sessions;
-  // Both front doors: who a request acts for, and that principal's quotas.
+  // Both front doors: who a request acts for, and that principal's quotas (asked
+  // asynchronously: a shared store answers over the network).
   AccessPolicy access;
-  QuotaTracker quotas;
+  const std::shared_ptr<QuotaStore> quotas;
   SharedRateLimiter new_connections;
   // TCP connections open (ConnectionSlot), WebSocket and HTTP: max_connections bounds it.
   std::atomic<int64_t> connections{0};

@@ -157,6 +157,8 @@ void GatewayServer::Shutdown() {
   // Calls still open post their last events to the stopped io_context, which must outlive
   // them; destroying it then releases the sessions those handlers hold.
   router_->CancelAllAndWait();
+  // Quota answers still on their way post to the io_context too.
+  context_->quotas->Quiesce();
   listener_.reset();
   batch_timer_.reset();
   broadcast_timer_.reset();

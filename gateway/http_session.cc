@@ -103,6 +103,9 @@ void HttpSession::DoRead() {
 }
 
 void HttpSession::OnRead(beast::error_code ec, size_t) {
+  // Who the previous request on this connection acted for, and its headers, belong to it.
+  principal_.reset();
+  rate_headers_.reset();
   if (ec == http::error::end_of_stream) {
     stream_.socket().shutdown(tcp::socket::shutdown_send, ec);
     return;
@@ -191,6 +194,30 @@ void HttpSession::OnRead(beast::error_code ec, size_t) {
 
 void HttpSession::Respond(http::status status, std::string body, std::string_view retry_after,
                           bool bearer_challenge, std::string_view content_type) {
+  if (principal_ && !rate_headers_ && HasRateLimitHeaders(principal_->limits)) {
+    // An answer that admitted nothing (a bad request, the model list) still carries the
+    // principal's x-ratelimit-* values: one question to the store first.
+    context_.quotas->Usage(
+        *principal_,
+        [self = shared_from_this(), executor = stream_.get_executor(), status,
+         body = std::move(body), retry_after = std::string(retry_after), bearer_challenge,
+         content_type = std::string(content_type)](UsageReport report) mutable {
+          net::dispatch(executor, [self = std::move(self), status, body = std::move(body),
+                                   retry_after = std::move(retry_after), bearer_challenge,
+                                   content_type = std::move(content_type),
+                                   report = std::move(report)]() mutable {
+            self->rate_headers_ = HeadersFromUsage(report);
+            self->WriteResponse(status, std::move(body), retry_after, bearer_challenge,
+                                content_type);
+          });
+        });
+    return;
+  }
+  WriteResponse(status, std::move(body), retry_after, bearer_challenge, content_type);
+}
+
+void HttpSession::WriteResponse(http::status status, std::string body, std::string_view retry_after,
+                                bool bearer_challenge, std::string_view content_type) {
   const auto& request = parser_->get();
   response_ = std::make_shared<http::response<http::string_body>>(status, request.version());
   response_->set(http::field::server, "anima-gateway/0.1.0");
@@ -213,8 +240,8 @@ void HttpSession::Respond(http::status status, std::string body, std::string_vie
 
 std::vector<std::pair<std::string, std::string>> HttpSession::RateLimitHeaderFields() {
   std::vector<std::pair<std::string, std::string>> fields;
-  if (!principal_) return fields;
-  RateLimitHeaders h = context_.quotas.Headers(*principal_);
+  if (!principal_ || !rate_headers_) return fields;
+  const RateLimitHeaders& h = *rate_headers_;
   auto add = [&](const char* what, const std::optional<RateLimitHeaders::Trio>& trio) {
     if (!trio) return;
     fields.emplace_back(absl::StrCat("x-ratelimit-limit-", what), absl::StrCat(trio->limit));
@@ -375,8 +402,14 @@ void HttpSession::Usage() {
       return;
     }
   }
-  Respond(http::status::ok, FrameTranslator::RenderUsage(context_.quotas.Usage(*subject), ""), {},
-          false, "application/json");
+  context_.quotas->Usage(*subject, [self = shared_from_this(), executor = stream_.get_executor(),
+                                    own = subject == principal_](UsageReport report) mutable {
+    net::dispatch(executor, [self = std::move(self), own, report = std::move(report)] {
+      if (own) self->rate_headers_ = HeadersFromUsage(report);
+      self->Respond(http::status::ok, FrameTranslator::RenderUsage(report, ""), {}, false,
+                    "application/json");
+    });
+  });
 }
 
 void HttpSession::ListModels() {
@@ -408,12 +441,27 @@ void HttpSession::StartChatCompletion() {
     RespondError(*error);
     return;
   }
-  if (auto refusal = context_.quotas.Admit(*principal_, /*spends=*/true)) {
-    context_.metrics->QuotaRefused(principal_->id, principal_->tier, refusal->limit);
-    RespondError(OpenAiApi::QuotaExceeded(*refusal));
+  // Nothing is read until the answer: the next request waits behind this one, as it would for
+  // the completion itself.
+  std::shared_ptr<const Principal> asking = principal_;
+  context_.quotas->Admit(
+      *asking, /*spends=*/true,
+      [self = shared_from_this(), executor = stream_.get_executor(),
+       req = std::move(std::get<ChatCompletionRequest>(parsed))](QuotaDecision decision) mutable {
+        net::dispatch(executor, [self = std::move(self), req = std::move(req),
+                                 decision = std::move(decision)]() mutable {
+          self->OnChatQuota(std::move(req), std::move(decision));
+        });
+      });
+}
+
+void HttpSession::OnChatQuota(ChatCompletionRequest req, QuotaDecision decision) {
+  rate_headers_ = decision.headers;
+  if (decision.refusal) {
+    context_.metrics->QuotaRefused(principal_->id, principal_->tier, decision.refusal->limit);
+    RespondError(OpenAiApi::QuotaExceeded(*decision.refusal));
     return;
   }
-  ChatCompletionRequest& req = std::get<ChatCompletionRequest>(parsed);
   const anima::v1::ChatBody& body = req.envelope.chat();
   std::string requested_model =
       body.provider().empty() ? body.model() : absl::StrCat(body.provider(), "/", body.model());
@@ -427,6 +475,7 @@ void HttpSession::StartChatCompletion() {
   chat_->include_usage = req.include_usage;
   chat_->start = std::chrono::steady_clock::now();
   chat_->principal = principal_;
+  chat_->ticket = decision.ticket;
   context_.in_flight.fetch_add(1);
   spdlog::debug("req={} http chat completion {} stream={}", req.envelope.request_id(),
                 chat_->renderer.id(), req.stream);
@@ -497,7 +546,7 @@ void HttpSession::ReleaseChat(bool answered) {
   if (chat_->admitted) {
     context_.admission->Release(chat_->admission_key, chat_->dispatched, answered);
   }
-  context_.quotas.Release(*chat_->principal);
+  context_.quotas->Release(*chat_->principal, chat_->ticket);
   context_.in_flight.fetch_sub(1);
 }
 
@@ -549,7 +598,7 @@ void HttpSession::OnChatEvent(uint64_t seq, anima::v1::Event event) {
     int64_t tokens = response.has_billed_usage() ? response.billed_usage().total_tokens()
                                                  : response.usage().total_tokens();
     if (tokens > 0 || response.cost_usd() > 0) {
-      context_.quotas.Charge(*chat_->principal, tokens, response.cost_usd());
+      context_.quotas->Charge(*chat_->principal, tokens, response.cost_usd());
       context_.metrics->Spent(chat_->principal->id, chat_->principal->tier, tokens,
                               response.cost_usd());
     }

@@ -32,7 +32,9 @@ struct AcceptRefusal {
 // Router.Dispatch per request, answered whole or as server-sent events), GET /v1/models and
 // /v1/usage, hands a WebSocket upgrade of / or /ws to a WsSession, and answers anything else 404.
 // The API is held to the same limits as WebSocket sessions: the connection's message rate, the
-// principal's quotas, admission, the connection cap. Runs on its connection's strand.
+// principal's quotas, admission, the connection cap. Runs on its connection's strand; a quota
+// question (QuotaStore) is answered on it later, while no read is pending, so requests are still
+// handled one at a time in order.
 class HttpSession : public std::enable_shared_from_this<HttpSession> {
  public:
   HttpSession(boost::asio::ip::tcp::socket&& socket, GatewayContext& context, ConnectionSlot slot,
@@ -48,7 +50,12 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
                std::string_view retry_after = {}, bool bearer_challenge = false,
                std::string_view content_type = "text/plain; charset=utf-8");
   void RespondError(const OpenAiError& error);
-  // OpenAI's x-ratelimit-* fields for principal_ (none without a principal or rate limits).
+  // Respond's second half, once the x-ratelimit-* values are known.
+  void WriteResponse(boost::beast::http::status status, std::string body,
+                     std::string_view retry_after, bool bearer_challenge,
+                     std::string_view content_type);
+  // OpenAI's x-ratelimit-* fields for principal_ from rate_headers_ (none without a principal or
+  // rate limits).
   std::vector<std::pair<std::string, std::string>> RateLimitHeaderFields();
   void OnWrite(bool keep_alive, boost::beast::error_code ec, size_t bytes);
   // Reads the next request once no read is pending.
@@ -70,8 +77,10 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
   void OnAdmissionSlot(uint64_t seq, const std::string& key);
   // The quota, admission and in-flight counts of the chat in flight end.
   void ReleaseChat(bool answered);
-  // POST /v1/chat/completions.
+  // POST /v1/chat/completions: checks the request, then asks the principal's quotas.
   void StartChatCompletion();
+  // The quotas answered: refused (429), or the chat goes to admission and the router.
+  void OnChatQuota(ChatCompletionRequest req, QuotaDecision decision);
   void OnChatEvent(uint64_t seq, anima::v1::Event event);
   void OnChatDone(uint64_t seq, const grpc::Status& status);
   void FailChat(const OpenAiError& error, bool answered);
@@ -99,6 +108,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     bool saw_delta = false;
     std::chrono::steady_clock::time_point start;
     std::shared_ptr<const Principal> principal;  // whose quotas count it
+    QuotaTicket ticket;                          // its admission by those quotas
     // Admission (gateway/admission.h), as for WebSocket requests.
     std::optional<anima::v1::Envelope> held;
     std::string admission_key;
@@ -113,8 +123,10 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
   const std::string client_address_;
   const std::string session_id_;  // "h-…", sent as the envelope's session_id
   TokenBucket rate_;              // messages_per_second, as a WebSocket session's
-  // The principal of the API request being answered; its x-ratelimit-* headers go on the answer.
+  // The principal of the API request being answered; its x-ratelimit-* headers go on the answer,
+  // with the values of rate_headers_: from the request's admission, else asked for (Respond).
   std::shared_ptr<const Principal> principal_;
+  std::optional<RateLimitHeaders> rate_headers_;
   boost::beast::flat_buffer buffer_;
   std::optional<boost::beast::http::request_parser<boost::beast::http::string_body>> parser_;
   std::shared_ptr<boost::beast::http::response<boost::beast::http::string_body>> response_;

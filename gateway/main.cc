@@ -1,5 +1,7 @@
 // anima-gateway: the WebSocket front door (PROTOCOL.md), translating client frames to
 // Router.Dispatch calls.
+#include <unistd.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -13,11 +15,15 @@
 #include "boost/asio/ip/address.hpp"
 #include "gateway/gateway_server.h"
 #include "gateway/keys_reloader.h"
+#include "gateway/redis_quota_store.h"
+#include "gateway/usage_ledger.h"
 #include "services/common/flags.h"
 #include "services/common/metrics.h"
 #include "services/common/process.h"
 #include "services/common/service_flags.h"
 #include "services/common/tls_front.h"
+#include "services/store/postgres_client.h"
+#include "services/store/redis_client.h"
 #include "spdlog/spdlog.h"
 
 namespace {
@@ -111,6 +117,14 @@ int Main(int argc, char** argv) {
   flags.Add("allow-unauthenticated", &allow_unauthenticated, "ANIMA_GATEWAY_ALLOW_UNAUTHENTICATED",
             "listen on a non-loopback address without auth (anyone who reaches it spends the "
             "provider keys)");
+  std::string redis_url;
+  flags.Add("redis", &redis_url, "ANIMA_REDIS_URL",
+            "redis://[:password@]host:port[/db]: principals' quotas shared with every gateway on "
+            "it (docs/security.md); empty: counted by this gateway alone");
+  std::string postgres_url;
+  flags.Add("postgres", &postgres_url, "ANIMA_POSTGRES_URL",
+            "postgresql://user:password@host:port/db: the usage ledger (requests, tokens and "
+            "dollars per principal per day, shared by every gateway); empty: none");
   flags.Add("tls-port", &tls_port, "ANIMA_GATEWAY_TLS_PORT",
             "also serve wss:// and https:// here (0: any free; -1: no TLS)");
   flags.Add("tls-cert", &tls_cert, "ANIMA_GATEWAY_TLS_CERT", "PEM certificate chain for TLS");
@@ -187,6 +201,11 @@ int Main(int argc, char** argv) {
   if (settings.access.forwarded_hops < 0 || settings.access.forwarded_hops > 16) {
     return Fail("--client-address-xff-hops: expected 0 to 16");
   }
+  if (!redis_url.empty()) {
+    if (auto endpoint = anima::store::ParseRedisUrl(redis_url); !endpoint.ok()) {
+      return Fail("--redis: " + std::string(endpoint.status().message()));
+    }
+  }
   auth_options.jwt_max_lifetime = std::chrono::seconds(jwt_max_lifetime_s);
   auto auth = anima::gateway::Authenticator::Load(auth_options);
   if (!auth.ok()) return Fail(std::string(auth.status().message()));
@@ -234,6 +253,43 @@ int Main(int argc, char** argv) {
   if (!metrics.ok()) {
     spdlog::error("{}", metrics.status().ToString());
     return 1;
+  }
+  if (!redis_url.empty()) {
+    anima::store::RedisOptions options;
+    options.url = redis_url;
+    // An admission waits for its answer: a Redis that hangs costs the requests waiting on it this
+    // much, then the local fallback answers at once (docs/security.md).
+    options.call_timeout = std::chrono::milliseconds(200);
+    auto client = anima::store::RedisClient::Create(options, &(*metrics)->registry());
+    if (!client.ok()) return Fail("--redis: " + std::string(client.status().message()));
+    std::string endpoint = (*client)->endpoint();
+    anima::gateway::RedisQuotaOptions quota_options;
+    // The pod's name in Kubernetes: says whose leases an in-flight set holds.
+    char host[256] = {};
+    if (gethostname(host, sizeof(host) - 1) == 0 && host[0] != '\0') quota_options.instance = host;
+    settings.quotas = std::make_shared<anima::gateway::RedisQuotaStore>(
+        std::move(*client), quota_options, &(*metrics)->registry());
+    spdlog::info("quotas: shared on redis {} (local limits while it cannot be reached)", endpoint);
+  }
+  if (!postgres_url.empty()) {
+    anima::store::PostgresOptions options;
+    options.url = postgres_url;
+    options.connections = 2;  // the ledger's thread, and a spare while one reconnects
+    // A usage answer waits for its read: keep a hung server from holding it for long.
+    options.connect_timeout = std::chrono::milliseconds(1000);
+    options.statement_timeout = std::chrono::milliseconds(2000);
+    options.call_timeout = std::chrono::milliseconds(3000);
+    options.acquire_timeout = std::chrono::milliseconds(3000);
+    options.application_name = "anima-gateway";
+    auto client = anima::store::PostgresClient::Create(options, &(*metrics)->registry());
+    if (!client.ok()) return Fail("--postgres: " + std::string(client.status().message()));
+    std::string endpoint = (*client)->endpoint();
+    std::shared_ptr<anima::gateway::QuotaStore> inner = settings.quotas;
+    if (!inner) inner = std::make_shared<anima::gateway::LocalQuotaStore>();
+    settings.quotas = std::make_shared<anima::gateway::LedgerQuotaStore>(
+        std::move(inner), std::make_unique<anima::gateway::UsageLedger>(
+                              std::move(*client), anima::gateway::UsageLedger::Options{}));
+    spdlog::info("usage ledger: postgres {}", endpoint);
   }
   std::string router = settings.router;
   int threads = settings.threads;

@@ -20,6 +20,61 @@ std::string Usd(double v) { return absl::StrFormat("$%.4f", v); }
 
 }  // namespace
 
+bool HasRateLimitHeaders(const QuotaLimits& l) {
+  return l.requests_per_minute > 0 || l.requests_per_second > 0 || l.tokens_per_minute > 0;
+}
+
+RateLimitHeaders HeadersFromUsage(const UsageReport& report) {
+  RateLimitHeaders h;
+  auto trio = [&](const UsageEntry& e) {
+    return RateLimitHeaders::Trio{
+        static_cast<int64_t>(e.limit_value), static_cast<int64_t>(e.remaining),
+        e.resets_at
+            ? std::max(milliseconds(0), std::chrono::ceil<milliseconds>(*e.resets_at - report.at))
+            : milliseconds(0)};
+  };
+  for (const UsageEntry& e : report.limits) {
+    if (e.limit == "requests_per_minute") {
+      h.requests = trio(e);
+    } else if (e.limit == "requests_per_second" && !h.requests) {
+      h.requests = trio(e);  // a per-minute entry, listed after it, takes its place
+    } else if (e.limit == "tokens_per_minute") {
+      h.tokens = trio(e);
+    }
+  }
+  return h;
+}
+
+QuotaRefusal MakeQuotaRefusal(const Principal& principal, std::string limit,
+                              milliseconds retry_after) {
+  const QuotaLimits& l = principal.limits;
+  QuotaRefusal r;
+  r.retry_after = retry_after;
+  if (limit == "requests_in_flight") {
+    r.message = absl::StrCat("over requests_in_flight (", l.requests_in_flight, ") for principal ",
+                             principal.id);
+  } else if (limit == "tokens_per_day") {
+    r.message = absl::StrCat("tokens_per_day (", l.tokens_per_day, ") used up");
+    r.budget = true;
+  } else if (limit == "cost_per_day") {
+    r.message = absl::StrCat("cost_per_day (", Usd(l.cost_per_day), ") used up");
+    r.budget = true;
+  } else if (limit == "cost_per_month") {
+    r.message = absl::StrCat("cost_per_month (", Usd(l.cost_per_month), ") used up");
+    r.budget = true;
+  } else if (limit == "tokens_per_minute") {
+    r.message = absl::StrCat("over tokens_per_minute (", l.tokens_per_minute, ")");
+  } else if (limit == "requests_per_second") {
+    r.message = absl::StrCat("over requests_per_second (", l.requests_per_second, ")");
+  } else if (limit == "requests_per_minute") {
+    r.message = absl::StrCat("over requests_per_minute (", l.requests_per_minute, ")");
+  } else {
+    r.message = absl::StrCat("over ", limit);
+  }
+  r.limit = std::move(limit);
+  return r;
+}
+
 QuotaTracker::QuotaTracker(SteadyClock steady, WallClock wall)
     : steady_(std::move(steady)), wall_(std::move(wall)) {}
 
@@ -96,38 +151,30 @@ std::optional<QuotaRefusal> QuotaTracker::Admit(const Principal& principal, bool
     const QuotaLimits& l = principal.limits;
     if (l.requests_in_flight > 0 && s.in_flight >= l.requests_in_flight) {
       // No clock frees a slot; a request ending does. A short wait is the honest hint.
-      return QuotaRefusal{"requests_in_flight", milliseconds(100), false,
-                          absl::StrCat("over requests_in_flight (", l.requests_in_flight,
-                                       ") for principal ", principal.id)};
+      return MakeQuotaRefusal(principal, "requests_in_flight", milliseconds(100));
     }
     if (spends) {
       if (l.tokens_per_day > 0 && s.day_totals.tokens >= l.tokens_per_day) {
-        return QuotaRefusal{"tokens_per_day", Until(wall, NextDay(wall)), true,
-                            absl::StrCat("tokens_per_day (", l.tokens_per_day, ") used up")};
+        return MakeQuotaRefusal(principal, "tokens_per_day", Until(wall, NextDay(wall)));
       }
       if (l.cost_per_day > 0 && s.day_totals.cost_usd >= l.cost_per_day) {
-        return QuotaRefusal{"cost_per_day", Until(wall, NextDay(wall)), true,
-                            absl::StrCat("cost_per_day (", Usd(l.cost_per_day), ") used up")};
+        return MakeQuotaRefusal(principal, "cost_per_day", Until(wall, NextDay(wall)));
       }
       if (l.cost_per_month > 0 && s.month_totals.cost_usd >= l.cost_per_month) {
-        return QuotaRefusal{"cost_per_month", Until(wall, NextMonth(wall)), true,
-                            absl::StrCat("cost_per_month (", Usd(l.cost_per_month), ") used up")};
+        return MakeQuotaRefusal(principal, "cost_per_month", Until(wall, NextMonth(wall)));
       }
       if (l.tokens_per_minute > 0 && s.tokens_per_minute.Available(now) < 1) {
-        return QuotaRefusal{"tokens_per_minute", s.tokens_per_minute.WaitFor(now), false,
-                            absl::StrCat("over tokens_per_minute (", l.tokens_per_minute, ")")};
+        return MakeQuotaRefusal(principal, "tokens_per_minute", s.tokens_per_minute.WaitFor(now));
       }
     }
     // Both rates are checked before either is taken, so a refusal costs no token.
     if (l.requests_per_second > 0 && s.per_second.Available(now) < 1) {
-      return QuotaRefusal{"requests_per_second",
-                          std::max(milliseconds(1), s.per_second.WaitFor(now)), false,
-                          absl::StrCat("over requests_per_second (", l.requests_per_second, ")")};
+      return MakeQuotaRefusal(principal, "requests_per_second",
+                              std::max(milliseconds(1), s.per_second.WaitFor(now)));
     }
     if (l.requests_per_minute > 0 && s.per_minute.Available(now) < 1) {
-      return QuotaRefusal{"requests_per_minute",
-                          std::max(milliseconds(1), s.per_minute.WaitFor(now)), false,
-                          absl::StrCat("over requests_per_minute (", l.requests_per_minute, ")")};
+      return MakeQuotaRefusal(principal, "requests_per_minute",
+                              std::max(milliseconds(1), s.per_minute.WaitFor(now)));
     }
     if (l.requests_per_second > 0) s.per_second.Charge(now, 1);
     if (l.requests_per_minute > 0) s.per_minute.Charge(now, 1);
@@ -170,6 +217,7 @@ UsageReport QuotaTracker::Usage(const Principal& principal) {
     r.month = s.month_totals;
     r.day_resets_at = NextDay(wall);
     r.month_resets_at = NextMonth(wall);
+    r.at = wall;
     auto bucket = [&](const char* name, const char* window, int64_t limit, TokenBucket& b) {
       if (limit <= 0) return;
       double available = b.Available(now);
@@ -201,9 +249,7 @@ UsageReport QuotaTracker::Usage(const Principal& principal) {
 
 RateLimitHeaders QuotaTracker::Headers(const Principal& principal) {
   const QuotaLimits& l = principal.limits;
-  if (l.requests_per_minute <= 0 && l.requests_per_second <= 0 && l.tokens_per_minute <= 0) {
-    return {};
-  }
+  if (!HasRateLimitHeaders(l)) return {};
   return WithState(principal, [&](State& s, auto now, auto wall) -> RateLimitHeaders {
     auto trio = [&](int64_t limit, TokenBucket& b) {
       double available = b.Available(now);

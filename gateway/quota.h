@@ -47,6 +47,9 @@ struct UsageReport {
   std::vector<UsageEntry> limits;  // configured limits only
   UsageTotals day, month;
   std::chrono::system_clock::time_point day_resets_at, month_resets_at;
+  // When the report was taken, by the clock of whoever keeps the counts (the gateway, or Redis):
+  // the rate entries' resets_at are `at` plus the time until their bucket is full.
+  std::chrono::system_clock::time_point at;
 };
 
 // OpenAI's x-ratelimit-* headers: requests from requests_per_minute (else per second), tokens
@@ -60,10 +63,23 @@ struct RateLimitHeaders {
   std::optional<Trio> requests, tokens;
 };
 
+// True when `limits` has a rate the x-ratelimit-* headers report.
+bool HasRateLimitHeaders(const QuotaLimits& limits);
+
+// The x-ratelimit-* values a usage report implies (what an answer that admitted nothing sends).
+RateLimitHeaders HeadersFromUsage(const UsageReport& report);
+
+// The refusal of `limit` for `principal`, with the message every quota store words the same way.
+// `budget` follows from the limit (tokens_per_day, cost_*: budgets; the rest: rates).
+QuotaRefusal MakeQuotaRefusal(const Principal& principal, std::string limit,
+                              std::chrono::milliseconds retry_after);
+
 // The per-principal quotas of one gateway (docs/security.md): rates as token buckets, requests in
 // flight as a counter, token and cost budgets as calendar windows (UTC day and month) charged
 // when a request's usage is known. Checked before dispatch; a request that would start over a
 // budget is refused. Jobs are counted by self-coding, which gets the job limits in metadata.
+// Sessions reach it through a QuotaStore (gateway/quota_store.h): LocalQuotaStore alone, or as
+// the fallback of RedisQuotaStore while Redis cannot be reached.
 //
 // Thread-safe: principals are spread over shards, each with its own mutex, so connections of
 // different principals rarely contend. Clocks are injected; tests never sleep.

@@ -8,6 +8,7 @@
 #include "gateway/access_policy.h"
 #include "gateway/admission.h"
 #include "gateway/auth.h"
+#include "gateway/quota_store.h"
 
 namespace anima::gateway {
 
@@ -61,6 +62,9 @@ struct GatewaySettings {
   // to the router (gateway/admission.h); off: every frame is dispatched as it arrives.
   bool admission = true;
   AdaptiveLimitOptions admission_limit;
+  // Where principals' quotas are kept (gateway/quota_store.h): main.cc sets a RedisQuotaStore
+  // for --redis; null: a LocalQuotaStore (this gateway's own counts).
+  std::shared_ptr<QuotaStore> quotas;
   // On shutdown: how long sessions get to finish their close handshake (1001).
   std::chrono::milliseconds shutdown_grace{3000};
 };

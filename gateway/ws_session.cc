@@ -178,7 +178,19 @@ void WsSession::OnRead(beast::error_code ec, size_t) {
   buffer_.consume(buffer_.size());
   // An idle connection should not keep the memory of the largest frame it ever sent.
   if (buffer_.capacity() > kIdleBufferBytes) buffer_.shrink_to_fit();
-  if (!close_after_flush_) DoRead();
+  if (close_after_flush_) return;
+  if (quota_pending_ > 0) {
+    read_paused_ = true;  // the next frame waits for the quota answer (QuotaAnswered)
+    return;
+  }
+  DoRead();
+}
+
+void WsSession::QuotaAnswered() {
+  --quota_pending_;
+  if (quota_pending_ > 0 || !read_paused_) return;
+  read_paused_ = false;
+  if (!close_after_flush_ && !torn_down_) DoRead();
 }
 
 void WsSession::HandleText(std::string_view text) {
@@ -250,11 +262,38 @@ void WsSession::StartRequest(ParsedFrame frame, std::chrono::steady_clock::time_
   std::shared_ptr<const Principal> principal = CurrentPrincipal(frame.id);
   if (!principal) return;  // revoked: the connection is closing
   bool spends = frame.type == "chat" || frame.type == "self_coding_request";
-  if (auto refusal = context_.quotas.Admit(*principal, spends)) {
-    context_.metrics->QuotaRefused(principal->id, principal->tier, refusal->limit);
+  ++quota_pending_;
+  // Held strongly: the answer comes within the store's deadline, and an admission must reach a
+  // live session to be released.
+  std::shared_ptr<const Principal> asking = principal;
+  context_.quotas->Admit(
+      *asking, spends,
+      [self = shared_from_this(), executor = ws_.get_executor(), frame = std::move(frame), start,
+       principal = std::move(principal)](QuotaDecision decision) mutable {
+        // Inline when the store answered at once and this is the strand already.
+        net::dispatch(executor, [self = std::move(self), frame = std::move(frame), start,
+                                 principal = std::move(principal),
+                                 decision = std::move(decision)]() mutable {
+          self->OnQuotaDecision(std::move(frame), start, std::move(principal), std::move(decision));
+          self->QuotaAnswered();
+        });
+      });
+}
+
+void WsSession::OnQuotaDecision(ParsedFrame frame, std::chrono::steady_clock::time_point start,
+                                std::shared_ptr<const Principal> principal,
+                                QuotaDecision decision) {
+  if (torn_down_ || close_after_flush_ || write_failed_) {
+    // Nobody is left to answer.
+    if (decision.admitted()) context_.quotas->Release(*principal, decision.ticket);
+    return;
+  }
+  if (decision.refusal) {
+    const QuotaRefusal& refusal = *decision.refusal;
+    context_.metrics->QuotaRefused(principal->id, principal->tier, refusal.limit);
     context_.metrics->FrameReceived(frame.type, kQuotaExceeded);
     context_.metrics->ErrorSent(kQuotaExceeded);
-    Send("error", FrameTranslator::RenderQuotaExceeded(*refusal, frame.id));
+    Send("error", FrameTranslator::RenderQuotaExceeded(refusal, frame.id));
     return;
   }
   context_.metrics->FrameReceived(frame.type, "ok");
@@ -272,6 +311,7 @@ void WsSession::StartRequest(ParsedFrame frame, std::chrono::steady_clock::time_
   entry.request_id = envelope.request_id();
   entry.start = start;
   entry.principal = std::move(principal);
+  entry.ticket = decision.ticket;
   auto hold = context_.admission->HoldFor(frame.type);
   if (!hold) {
     Dispatch(frame.id, entry, std::move(envelope));
@@ -452,7 +492,7 @@ void WsSession::ChargeUsage(const InFlight& entry, const anima::v1::Event& event
     tokens = event.self_coding_result().usage().total_tokens();
   }
   if (tokens <= 0 && cost <= 0) return;
-  context_.quotas.Charge(*entry.principal, tokens, cost);
+  context_.quotas->Charge(*entry.principal, tokens, cost);
   context_.metrics->Spent(entry.principal->id, entry.principal->tier, tokens, cost);
 }
 
@@ -491,7 +531,16 @@ void WsSession::HandleUsageQuery(const ParsedFrame& frame) {
     }
   }
   context_.metrics->FrameReceived(frame.type, "ok");
-  Send("usage", FrameTranslator::RenderUsage(context_.quotas.Usage(*subject), frame.id));
+  ++quota_pending_;
+  context_.quotas->Usage(*subject, [self = shared_from_this(), executor = ws_.get_executor(),
+                                    id = frame.id](UsageReport report) mutable {
+    net::dispatch(executor,
+                  [self = std::move(self), id = std::move(id), report = std::move(report)] {
+                    if (!self->torn_down_)
+                      self->Send("usage", FrameTranslator::RenderUsage(report, id));
+                    self->QuotaAnswered();
+                  });
+  });
 }
 
 void WsSession::OnCallDone(uint64_t seq, const std::string& id, const grpc::Status& status) {
@@ -532,7 +581,7 @@ void WsSession::Finish(InFlightMap::iterator it, bool answered) {
   context_.metrics->RequestDone(entry.type, SecondsSince(entry.start));
   // A held request leaves a stale entry in held_, skipped when its slot comes.
   if (entry.admitted) context_.admission->Release(entry.admission_key, entry.dispatched, answered);
-  context_.quotas.Release(*entry.principal);
+  context_.quotas->Release(*entry.principal, entry.ticket);
   in_flight_.erase(it);
   context_.in_flight.fetch_sub(1);
 }
@@ -541,7 +590,7 @@ void WsSession::CancelAllCalls() {
   for (auto& [id, entry] : in_flight_) {
     if (entry.call) entry.call->Cancel();
     if (entry.admitted) context_.admission->Release(entry.admission_key, entry.dispatched, false);
-    context_.quotas.Release(*entry.principal);
+    context_.quotas->Release(*entry.principal, entry.ticket);
   }
   held_.clear();  // waiters still queued find nothing held and give their slots back
   context_.in_flight.fetch_sub(static_cast<int64_t>(in_flight_.size()));
@@ -623,6 +672,7 @@ void WsSession::CloseSlowReader() {
 }
 
 void WsSession::Teardown() {
+  torn_down_ = true;
   CancelAllCalls();
   slow_timer_.cancel();
   auth_timer_.cancel();

@@ -29,6 +29,11 @@ namespace anima::gateway {
 //
 // Send path: one queue of serialised frames, exactly one async_write in flight; the next write
 // starts from the completion of the previous one. A close is queued behind the frames before it.
+//
+// Quotas: a routed request and a usage_query ask the QuotaStore, which may answer over the
+// network; the session continues in the answer, on its strand, and holds itself alive until
+// then. Meanwhile it reads no further frame, so frames are still handled one after the other in
+// the order they arrived (a cancel cannot overtake the request it cancels).
 class WsSession : public std::enable_shared_from_this<WsSession> {
  public:
   // `access`: who the connection acts for, as the front door decided (AccessPolicy); when its
@@ -63,8 +68,9 @@ class WsSession : public std::enable_shared_from_this<WsSession> {
     std::string admission_priority;
     std::optional<anima::v1::Envelope> held;
     std::chrono::steady_clock::time_point dispatched;
-    // The principal whose quotas count this request (released when it ends).
+    // The principal whose quotas count this request, and its admission (released when it ends).
     std::shared_ptr<const Principal> principal;
+    QuotaTicket ticket;
   };
   using InFlightMap = std::unordered_map<std::string, InFlight>;
 
@@ -72,7 +78,13 @@ class WsSession : public std::enable_shared_from_this<WsSession> {
   void DoRead();
   void OnRead(boost::beast::error_code ec, size_t bytes);
   void HandleText(std::string_view text);
+  // Checks the request's limits, then asks the principal's quotas.
   void StartRequest(ParsedFrame frame, std::chrono::steady_clock::time_point start);
+  // The quotas answered: the request is refused, or goes to admission and the router.
+  void OnQuotaDecision(ParsedFrame frame, std::chrono::steady_clock::time_point start,
+                       std::shared_ptr<const Principal> principal, QuotaDecision decision);
+  // A quota answer arrived; reading resumes once none is awaited.
+  void QuotaAnswered();
   void Dispatch(const std::string& id, InFlight& entry, anima::v1::Envelope envelope);
   // Asks admission for a slot of `key` for this session's oldest held request under that key.
   void AcquireSlot(const std::string& key);
@@ -146,6 +158,9 @@ class WsSession : public std::enable_shared_from_this<WsSession> {
   boost::asio::steady_timer held_timer_;
   bool held_timer_armed_ = false;
   std::chrono::steady_clock::time_point held_timer_at_;
+  int quota_pending_ = 0;     // quota answers awaited (reading waits for them)
+  bool read_paused_ = false;  // a frame was handled but the next read waits for quota answers
+  bool torn_down_ = false;    // the connection is finished: late answers are dropped
 };
 
 }  // namespace anima::gateway
