@@ -44,19 +44,76 @@ anima_start() {
   return 1
 }
 
-# anima_start_system WORKDIR: sim, broker, self-coding, word-count, router (with the word-count
-# module routed), gateway.
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# anima_start_state: redis-server and PostgreSQL 15 on free ports, so that the services run with
+# shared state as deployed (the gateway's quotas and the router's memory on Redis, self-coding's
+# jobs on PostgreSQL) and export the store metrics. Sets ANIMA_REDIS_URL and ANIMA_POSTGRES_URL,
+# each empty when its package is missing (the services then use their embedded defaults).
+# PostgreSQL refuses to run as root: as root it runs as Debian's `postgres` user, with its
+# cluster in a directory of its own under /tmp.
+anima_start_state() {
+  ANIMA_REDIS_URL="" ANIMA_POSTGRES_URL="" ANIMA_PG_DIR=""
+  local port i
+  if command -v redis-server >/dev/null; then
+    port="$(free_port)"
+    redis-server --bind 127.0.0.1 --port "$port" --save "" --appendonly no --dir "$ANIMA_WORK" \
+      >"$ANIMA_WORK/redis.log" 2>&1 &
+    ANIMA_PIDS+=("$!")
+    for ((i = 0; i < 100; i++)); do
+      if redis-cli -p "$port" ping >/dev/null 2>&1; then
+        ANIMA_REDIS_URL="redis://127.0.0.1:$port"
+        break
+      fi
+      sleep 0.1
+    done
+    [[ -n "$ANIMA_REDIS_URL" ]] || { echo "FAIL: redis-server did not start" >&2; return 1; }
+  fi
+  local bin=/usr/lib/postgresql/15/bin as=()
+  if [[ -x "$bin/postgres" ]]; then
+    ANIMA_PG_DIR="$(mktemp -d /tmp/anima-ops-pg.XXXXXX)"
+    if [[ $(id -u) -eq 0 ]]; then
+      chown postgres:postgres "$ANIMA_PG_DIR"
+      as=(setpriv --reuid=postgres --regid=postgres --init-groups)
+    fi
+    "${as[@]}" "$bin/initdb" -D "$ANIMA_PG_DIR/data" -U anima --auth=trust -E UTF8 \
+      --locale=C.UTF-8 >"$ANIMA_WORK/postgres.log" 2>&1 ||
+      { echo "FAIL: initdb; see $ANIMA_WORK/postgres.log" >&2; return 1; }
+    port="$(free_port)"
+    "${as[@]}" "$bin/postgres" -D "$ANIMA_PG_DIR/data" -p "$port" -k "$ANIMA_PG_DIR" \
+      -c listen_addresses=127.0.0.1 -c fsync=off >>"$ANIMA_WORK/postgres.log" 2>&1 &
+    ANIMA_PIDS+=("$!")
+    for ((i = 0; i < 150; i++)); do
+      if "$bin/pg_isready" -q -h 127.0.0.1 -p "$port"; then
+        ANIMA_POSTGRES_URL="postgresql://anima@127.0.0.1:$port/postgres"
+        break
+      fi
+      sleep 0.1
+    done
+    [[ -n "$ANIMA_POSTGRES_URL" ]] || { echo "FAIL: PostgreSQL did not start" >&2; return 1; }
+  fi
+}
+
+# anima_start_system WORKDIR: Redis and PostgreSQL (when installed), sim, broker, self-coding,
+# word-count, router (with the word-count module routed), gateway.
 anima_start_system() {
   ANIMA_WORK="$1"
   # self-coding makes its data directory itself, private (0700).
   mkdir -p "$ANIMA_WORK"
+  anima_start_state || return 1
+  local redis=() postgres=()
+  [[ -z "$ANIMA_REDIS_URL" ]] || redis=(--redis="$ANIMA_REDIS_URL")
+  [[ -z "$ANIMA_POSTGRES_URL" ]] || postgres=(--postgres="$ANIMA_POSTGRES_URL")
   anima_start anima-llm-sim http --rules="$ANIMA_SOURCE_DIR/tests/testdata/self_coding_rules.json" || return 1
   anima_start anima-llm-broker grpc --config="$ANIMA_SOURCE_DIR/services/llm_broker/config.sim.json" \
     --openai-base-url="http://127.0.0.1:${ANIMA_PORT[anima-llm-sim]}/v1" \
     --venice-base-url="http://127.0.0.1:${ANIMA_PORT[anima-llm-sim]}/api/v1" \
     --gemini-base-url="http://127.0.0.1:${ANIMA_PORT[anima-llm-sim]}/v1beta" || return 1
   local broker="127.0.0.1:${ANIMA_PORT[anima-llm-broker]}"
-  anima_start anima-self-coding grpc --broker="$broker" --data-dir="$ANIMA_WORK/self-coding" || return 1
+  anima_start anima-self-coding grpc --broker="$broker" --data-dir="$ANIMA_WORK/self-coding" \
+    "${postgres[@]}" || return 1
   anima_start anima-word-count grpc || return 1
   cat >"$ANIMA_WORK/router.json" <<JSON
 {"modules": [{"name": "word-count", "address": "127.0.0.1:${ANIMA_PORT[anima-word-count]}",
@@ -64,7 +121,7 @@ anima_start_system() {
 JSON
   anima_start anima-router grpc --broker="$broker" \
     --self-coding="127.0.0.1:${ANIMA_PORT[anima-self-coding]}" --config="$ANIMA_WORK/router.json" \
-    --poll-interval-ms=500 || return 1
+    --poll-interval-ms=500 "${redis[@]}" || return 1
   # Auth on, as deployed: "ops" (admin, no quotas) carries the traffic; "capped" has a token
   # budget of one answer, so every round also meets a quota refusal.
   local ops_hash capped_hash
@@ -77,7 +134,7 @@ JSON
           {"principal": "capped", "sha256": "$capped_hash"}]}
 JSON
   anima_start anima-gateway http --router="127.0.0.1:${ANIMA_PORT[anima-router]}" \
-    --auth-keys-file="$ANIMA_WORK/keys.json" || return 1
+    --auth-keys-file="$ANIMA_WORK/keys.json" "${redis[@]}" || return 1
 }
 
 # anima_traffic: one round of chat (plain and streamed), a word_count, a state query, a malformed
@@ -118,4 +175,5 @@ anima_stop_system() {
   for pid in "${ANIMA_PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   for pid in "${ANIMA_PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
   ANIMA_PIDS=()
+  [[ -z "${ANIMA_PG_DIR:-}" ]] || rm -rf "$ANIMA_PG_DIR"
 }
