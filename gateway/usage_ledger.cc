@@ -3,11 +3,13 @@
 #include <algorithm>
 #include <ctime>
 #include <future>
+#include <iterator>
 #include <vector>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "services/store/postgres_migrations.h"
 #include "spdlog/spdlog.h"
 
 namespace anima::gateway {
@@ -19,9 +21,6 @@ using store::PgParam;
 using store::PgSession;
 
 constexpr char kComponent[] = "gateway_usage";
-// The lock every Anima component's migrations take (services/self_coding/postgres_job_store.cc).
-constexpr int64_t kMigrationLock = 0x616e696d61000001;
-
 // kMigrations[i] takes the schema from version i to i + 1. Append only.
 constexpr const char* kMigrations[] = {
     R"sql(
@@ -35,7 +34,6 @@ CREATE TABLE anima_usage_daily (
 );
 )sql",
 };
-constexpr int64_t kSchemaVersion = sizeof(kMigrations) / sizeof(kMigrations[0]);
 
 // "YYYY-MM-DD" of UTC day `day` (days since the epoch).
 std::string DateOf(int64_t day) {
@@ -157,45 +155,10 @@ void UsageLedger::Run() {
 
 absl::Status UsageLedger::Migrate() {
   if (migrated_) return absl::OkStatus();
-  absl::Status s = client_->Transaction("usage_migrate", [](PgSession& tx) -> absl::Status {
-    // Held until COMMIT: a replica starting at the same time waits, then finds nothing to do.
-    if (auto s =
-            tx.Query("SELECT pg_advisory_xact_lock($1::bigint)", {PgParam::Int(kMigrationLock)});
-        !s.ok()) {
-      return s.status();
-    }
-    if (auto s = tx.ExecScript("CREATE TABLE IF NOT EXISTS schema_migrations ("
-                               "  component text NOT NULL, version integer NOT NULL,"
-                               "  applied_at timestamptz NOT NULL DEFAULT now(),"
-                               "  PRIMARY KEY (component, version))");
-        !s.ok()) {
-      return s;
-    }
-    auto rows = tx.Query(
-        "SELECT COALESCE(max(version), 0) FROM schema_migrations WHERE component = $1::text",
-        {PgParam::Text(kComponent)});
-    if (!rows.ok()) return rows.status();
-    int64_t version = rows->Int(0, 0);
-    if (version > kSchemaVersion) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("the usage ledger has schema version ", version,
-                       ", newer than this "
-                       "build's ",
-                       kSchemaVersion, ": run a newer anima-gateway"));
-    }
-    for (int64_t v = version; v < kSchemaVersion; ++v) {
-      if (auto s = tx.ExecScript(kMigrations[v]); !s.ok()) {
-        return absl::InternalError(
-            absl::StrCat("usage ledger migration to version ", v + 1, ": ", s.message()));
-      }
-      auto recorded = tx.Query(
-          "INSERT INTO schema_migrations (component, version) VALUES ($1::text, $2::integer)",
-          {PgParam::Text(kComponent), PgParam::Int(v + 1)});
-      if (!recorded.ok()) return recorded.status();
-      spdlog::info("usage ledger: schema version {} applied", v + 1);
-    }
-    return absl::OkStatus();
-  });
+  static const store::Schema kSchema{
+      kComponent, "the usage ledger", "anima-gateway",
+      std::vector<const char*>(std::begin(kMigrations), std::end(kMigrations))};
+  absl::Status s = store::ApplyMigrations(*client_, kSchema);
   migrated_ = s.ok();
   return s;
 }

@@ -1,7 +1,10 @@
 #include "services/self_coding/postgres_job_store.h"
 
+#include <iterator>
+
 #include "absl/strings/str_cat.h"
 #include "services/common/process.h"
+#include "services/store/postgres_migrations.h"
 #include "spdlog/spdlog.h"
 
 namespace anima::selfcoding {
@@ -12,9 +15,8 @@ using store::PgRows;
 using store::PgSession;
 
 constexpr char kComponent[] = "selfcoding";
-// pg_advisory_xact_lock keys: every anima component's migrations take the first (one at a
-// time, whatever the component); Create takes the second (admission).
-constexpr int64_t kMigrationLock = 0x616e696d61000001;
+// The pg_advisory_xact_lock key Create takes (admission); migrations take the one before it
+// (services/store/postgres_migrations.cc).
 constexpr int64_t kAdmissionLock = 0x616e696d61000002;
 
 constexpr char kEventChannel[] = "selfcoding_event";
@@ -187,43 +189,10 @@ PostgresJobStore::~PostgresJobStore() {
 }
 
 absl::Status PostgresJobStore::Migrate() {
-  return client_->Transaction("migrate", [](PgSession& tx) -> absl::Status {
-    // Held until COMMIT: a second replica starting now waits here, then finds nothing to do.
-    if (auto s =
-            tx.Query("SELECT pg_advisory_xact_lock($1::bigint)", {PgParam::Int(kMigrationLock)});
-        !s.ok()) {
-      return s.status();
-    }
-    if (auto s = tx.ExecScript("CREATE TABLE IF NOT EXISTS schema_migrations ("
-                               "  component text NOT NULL, version integer NOT NULL,"
-                               "  applied_at timestamptz NOT NULL DEFAULT now(),"
-                               "  PRIMARY KEY (component, version))");
-        !s.ok()) {
-      return s;
-    }
-    auto rows = tx.Query(
-        "SELECT COALESCE(max(version), 0) FROM schema_migrations WHERE component = $1::text",
-        {PgParam::Text(kComponent)});
-    if (!rows.ok()) return rows.status();
-    int64_t version = rows->Int(0, 0);
-    if (version > kSchemaVersion) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "the PostgreSQL job store has schema version ", version, ", newer than this build's ",
-          kSchemaVersion, ": run a newer anima-self-coding"));
-    }
-    for (int64_t v = version; v < kSchemaVersion; ++v) {
-      if (auto s = tx.ExecScript(kMigrations[v]); !s.ok()) {
-        return absl::InternalError(
-            absl::StrCat("job store migration to version ", v + 1, ": ", s.message()));
-      }
-      auto recorded = tx.Query(
-          "INSERT INTO schema_migrations (component, version) VALUES ($1::text, $2::integer)",
-          {PgParam::Text(kComponent), PgParam::Int(v + 1)});
-      if (!recorded.ok()) return recorded.status();
-      spdlog::info("PostgreSQL job store: schema version {} applied", v + 1);
-    }
-    return absl::OkStatus();
-  });
+  static const store::Schema kSchema{
+      kComponent, "the PostgreSQL job store", "anima-self-coding",
+      std::vector<const char*>(std::begin(kMigrations), std::end(kMigrations))};
+  return store::ApplyMigrations(*client_, kSchema);
 }
 
 absl::Status PostgresJobStore::StartListening() {
