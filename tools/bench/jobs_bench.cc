@@ -90,10 +90,9 @@ int Run(int argc, char** argv) {
     job.spec.set_task("bench");
     job.created_at = "2026-01-01T00:00:00Z";
     job.updated_at = job.created_at;
-    job.created_unix_ms =
-        std::chrono::duration_cast<std::chrono::milliseconds>(
-            std::chrono::system_clock::now().time_since_epoch())
-            .count();
+    job.created_unix_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                              std::chrono::system_clock::now().time_since_epoch())
+                              .count();
     if (auto s = store->Create(job); !s.ok()) {
       std::fprintf(stderr, "create: %s\n", std::string(s.message()).c_str());
       return 1;
@@ -150,8 +149,8 @@ int Run(int argc, char** argv) {
   std::printf("created: %.0f jobs/s\n", jobs / create_s);
   std::printf("claimed and finished: %.0f jobs/s (%zu jobs, %d errors)\n",
               static_cast<double>(claimed.size()) / claim_s, claimed.size(), errors.load());
-  std::printf("claim latency: p50 %.3f ms, p99 %.3f ms, max %.3f ms\n",
-              Percentile(claim_ms, 0.5), Percentile(claim_ms, 0.99), Percentile(claim_ms, 1.0));
+  std::printf("claim latency: p50 %.3f ms, p99 %.3f ms, max %.3f ms\n", Percentile(claim_ms, 0.5),
+              Percentile(claim_ms, 0.99), Percentile(claim_ms, 1.0));
   if (distinct.size() != claimed.size() || static_cast<int>(claimed.size()) != jobs) {
     std::fprintf(stderr, "FAILED: %zu claims of %zu distinct jobs, %d queued\n", claimed.size(),
                  distinct.size(), jobs);

@@ -648,8 +648,8 @@ TEST_F(GatewayTest, HandshakeTimeoutClosesSilentConnections) {
   EXPECT_EQ(recv(fd, &byte, 1, 0), 0) << "the gateway closes the connection";
   close(fd);
   // Counted as the session ends, which may be just after the client sees the close.
-  EXPECT_TRUE(Eventually(
-      [&] { return LimitHits(gateway_->port("metrics"), "handshake_timeout") == 1; }));
+  EXPECT_TRUE(
+      Eventually([&] { return LimitHits(gateway_->port("metrics"), "handshake_timeout") == 1; }));
   EXPECT_EQ(LimitHits(gateway_->port("metrics"), "handshake_timeout"), 1);
 }
 

@@ -82,10 +82,10 @@ class ScaleOutTest : public ::testing::Test {
                     "/v1"}};
     ASSERT_TRUE(broker_.Start());
     for (int i = 0; i < 2; ++i) {
-      coders_.push_back({"anima-self-coding",
-                         {"--broker=" + broker_.address(),
-                          "--data-dir=" + MakeTempDir("anima-scale-out-jobs"),
-                          "--postgres=" + pg_url, "--lease-ms=3000", "--heartbeat-ms=500"}});
+      coders_.push_back(
+          {"anima-self-coding",
+           {"--broker=" + broker_.address(), "--data-dir=" + MakeTempDir("anima-scale-out-jobs"),
+            "--postgres=" + pg_url, "--lease-ms=3000", "--heartbeat-ms=500"}});
       ASSERT_TRUE(coders_.back().Start());
     }
     for (int i = 0; i < 2; ++i) {
@@ -147,7 +147,8 @@ class ScaleOutTest : public ::testing::Test {
             {"id", id},
             {"task", "Paced task: a function answer() that returns 42"},
             {"language", "python"},
-            {"tests", "from solution import answer\n\n\ndef test_answer():\n    assert answer() == 42\n"},
+            {"tests",
+             "from solution import answer\n\n\ndef test_answer():\n    assert answer() == 42\n"},
             {"max_attempts", 1}};
   }
 
@@ -310,9 +311,10 @@ TEST_F(ScaleOutTest, RedisDownDegradesAndRecovers) {
   EXPECT_EQ(during["type"], "chat_response") << during.dump();
   json during2 = Chat(*ws, "d1", during.value("conversation_id", ""), "and still?");
   EXPECT_EQ(during2["type"], "chat_response") << during2.dump();
-  EXPECT_GT(Metric(*gateways_[0].process, "anima_gateway_quota_fallback_total{reason=\"unavailable\"}") +
-                Metric(*gateways_[0].process, "anima_gateway_quota_fallback_total{reason=\"timeout\"}"),
-            0);
+  EXPECT_GT(
+      Metric(*gateways_[0].process, "anima_gateway_quota_fallback_total{reason=\"unavailable\"}") +
+          Metric(*gateways_[0].process, "anima_gateway_quota_fallback_total{reason=\"timeout\"}"),
+      0);
 
   redis_->Restart();
   EXPECT_TRUE(Eventually(
