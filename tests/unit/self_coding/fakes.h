@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "services/self_coding/broker_client.h"
+#include "services/self_coding/job_store.h"
 #include "services/self_coding/pipeline.h"
 #include "services/self_coding/sandbox.h"
 
@@ -122,5 +123,33 @@ inline constexpr char kBadPython[] =
 inline constexpr char kPythonTests[] =
     "from solution import add\n\ndef test_add():\n    assert add(2, 3) == 5\n\n"
     "def test_zero():\n    assert add(0, 0) == 0\n";
+
+// A queued job as a store test stores it.
+inline JobRecord NewJob(const std::string& id, int64_t created_ms,
+                        const std::string& status = kQueued,
+                        const std::string& principal = "local") {
+  JobRecord job;
+  job.job_id = id;
+  job.principal = principal;
+  job.status = status;
+  job.spec.set_task("task of " + id);
+  job.spec.set_language("python");
+  job.created_at = "2026-11-25T10:00:00.000Z";
+  job.created_unix_ms = created_ms;
+  return job;
+}
+
+// Event `seq` of job `id`, with a percent, message and time that follow from seq.
+inline anima::v1::SelfCodingProgress Event(const std::string& id, int64_t seq,
+                                           const std::string& stage) {
+  anima::v1::SelfCodingProgress e;
+  e.set_job_id(id);
+  e.set_seq(seq);
+  e.set_stage(stage);
+  e.set_percent(static_cast<int>(seq * 10));
+  e.set_message("message " + std::to_string(seq));
+  e.set_ts("2026-11-25T10:00:0" + std::to_string(seq % 10) + ".000Z");
+  return e;
+}
 
 }  // namespace anima::selfcoding::testing

@@ -18,6 +18,9 @@
 namespace anima::selfcoding {
 namespace {
 
+using testing::Event;
+using testing::NewJob;
+
 using namespace std::chrono_literals;
 
 constexpr int64_t kDay = 24 * 3600 * 1000;
@@ -52,30 +55,6 @@ class PostgresBackend {
  private:
   std::string url_ = testing::FreshDatabase();
 };
-
-JobRecord NewJob(const std::string& id, int64_t created_ms, const std::string& status = kQueued,
-                 const std::string& principal = "local") {
-  JobRecord job;
-  job.job_id = id;
-  job.principal = principal;
-  job.status = status;
-  job.spec.set_task("task of " + id);
-  job.spec.set_language("python");
-  job.created_at = "2026-11-25T10:00:00.000Z";
-  job.created_unix_ms = created_ms;
-  return job;
-}
-
-anima::v1::SelfCodingProgress Event(const std::string& id, int64_t seq, const std::string& stage) {
-  anima::v1::SelfCodingProgress e;
-  e.set_job_id(id);
-  e.set_seq(seq);
-  e.set_stage(stage);
-  e.set_percent(static_cast<int>(seq * 10));
-  e.set_message("message " + std::to_string(seq));
-  e.set_ts("2026-11-25T10:00:0" + std::to_string(seq % 10) + ".000Z");
-  return e;
-}
 
 anima::v1::SelfCodingResult Result(const std::string& status) {
   anima::v1::SelfCodingResult r;

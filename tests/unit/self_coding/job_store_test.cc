@@ -9,31 +9,10 @@
 namespace anima::selfcoding {
 namespace {
 
+using testing::Event;
+using testing::NewJob;
+
 using testing::TempDir;
-
-JobRecord NewJob(const std::string& id, int64_t created_ms, const std::string& status = kQueued,
-                 const std::string& principal = "local") {
-  JobRecord job;
-  job.job_id = id;
-  job.principal = principal;
-  job.status = status;
-  job.spec.set_task("task of " + id);
-  job.spec.set_language("python");
-  job.created_at = "2026-11-25T10:00:00.000Z";
-  job.created_unix_ms = created_ms;
-  return job;
-}
-
-anima::v1::SelfCodingProgress Event(const std::string& id, int64_t seq, const std::string& stage) {
-  anima::v1::SelfCodingProgress e;
-  e.set_job_id(id);
-  e.set_seq(seq);
-  e.set_stage(stage);
-  e.set_percent(static_cast<int>(seq * 10));
-  e.set_message("message " + std::to_string(seq));
-  e.set_ts("2026-11-25T10:00:0" + std::to_string(seq % 10) + ".000Z");
-  return e;
-}
 
 // Runs `sql` on the file at `path` with the SQLite API, as an older build would have.
 void RawExec(const std::string& path, const std::string& sql) {
