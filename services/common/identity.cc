@@ -78,25 +78,27 @@ std::optional<JobLimits> ParseJobLimits(std::string_view text) {
   return limits;
 }
 
-std::string NewSecureId(std::string_view prefix) {
-  unsigned char bytes[16];
+std::string RandomHex(size_t count) {
+  std::string bytes(count, '\0');
   size_t got = 0;
-  while (got < sizeof(bytes)) {
-    ssize_t n = getrandom(bytes + got, sizeof(bytes) - got, 0);
+  while (got < count) {
+    ssize_t n = getrandom(bytes.data() + got, count - got, 0);
     if (n < 0) {
       if (errno == EINTR) continue;
-      std::abort();  // no entropy source: never hand out a guessable id
+      std::abort();  // no entropy source: never hand out a guessable value
     }
     got += static_cast<size_t>(n);
   }
   static constexpr char kHex[] = "0123456789abcdef";
-  std::string id(prefix);
-  id.reserve(prefix.size() + 32);
+  std::string hex;
+  hex.reserve(count * 2);
   for (unsigned char b : bytes) {
-    id.push_back(kHex[b >> 4]);
-    id.push_back(kHex[b & 15]);
+    hex.push_back(kHex[b >> 4]);
+    hex.push_back(kHex[b & 15]);
   }
-  return id;
+  return hex;
 }
+
+std::string NewSecureId(std::string_view prefix) { return std::string(prefix) + RandomHex(16); }
 
 }  // namespace anima::common

@@ -55,4 +55,7 @@ std::optional<JobLimits> ParseJobLimits(std::string_view text);
 // jobs): `prefix` and 32 hex digits of 128 bits from the kernel's CSPRNG (getrandom).
 std::string NewSecureId(std::string_view prefix);
 
+// `bytes` random bytes from the kernel's CSPRNG (getrandom), as lowercase hex: nonces, secrets.
+std::string RandomHex(size_t bytes);
+
 }  // namespace anima::common

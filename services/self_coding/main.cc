@@ -1,4 +1,5 @@
 // anima-self-coding: jobs that write, build and test code in a sandbox (anima.v1.SelfCoding).
+#include <cstdlib>
 #include <filesystem>
 #include <iostream>
 
@@ -14,6 +15,7 @@
 #include "services/self_coding/pipeline.h"
 #include "services/self_coding/postgres_job_store.h"
 #include "services/self_coding/sandbox.h"
+#include "services/self_coding/sandbox_setup.h"
 #include "services/self_coding/self_coding_metrics.h"
 #include "services/self_coding/self_coding_service.h"
 #include "services/self_coding/sqlite_job_store.h"
@@ -30,9 +32,7 @@ struct Options {
   int workers = 2;
   int queue_size = 16;
   int max_queued_per_principal = 0;
-  std::string sandbox = "bwrap";
-  std::string bwrap = "bwrap";
-  int sandbox_uid = 65534;
+  anima::selfcoding::SandboxSetup sandbox;
   int64_t test_timeout_ms = 30000;
   int test_cpu_s = 10;
   int test_memory_mb = 1024;
@@ -63,11 +63,7 @@ int Run(int argc, char** argv) {
   flags.Add("max-queued-per-principal", &o.max_queued_per_principal,
             "ANIMA_SELF_CODING_MAX_QUEUED_PER_PRINCIPAL",
             "jobs one principal may have waiting, so others find room (0: half of --queue-size)");
-  flags.Add("sandbox", &o.sandbox, "ANIMA_SELF_CODING_SANDBOX",
-            "bwrap, or none to run generated code UNSANDBOXED (development only)");
-  flags.Add("bwrap", &o.bwrap, "ANIMA_SELF_CODING_BWRAP", "the bubblewrap executable");
-  flags.Add("sandbox-uid", &o.sandbox_uid, "ANIMA_SELF_CODING_SANDBOX_UID",
-            "uid sandboxed code runs as when the service runs as root");
+  anima::selfcoding::AddSandboxFlags(flags, &o.sandbox);
   flags.Add("test-timeout-ms", &o.test_timeout_ms, "ANIMA_SELF_CODING_TEST_TIMEOUT_MS",
             "wall time of one test run");
   flags.Add("test-cpu-s", &o.test_cpu_s, "ANIMA_SELF_CODING_TEST_CPU_S",
@@ -101,7 +97,6 @@ int Run(int argc, char** argv) {
     std::cerr << "anima-self-coding: " << message << "\n";
     return 2;
   };
-  if (o.sandbox != "bwrap" && o.sandbox != "none") return bad("--sandbox must be bwrap or none");
   if (o.workers < 1 || o.workers > 64) return bad("--workers must be from 1 to 64");
   if (o.queue_size < 1) return bad("--queue-size must be positive");
   if (o.max_queued_per_principal < 0 || o.max_queued_per_principal > o.queue_size) {
@@ -140,18 +135,23 @@ int Run(int argc, char** argv) {
     spdlog::error("cannot create {}/work: {}", o.data_dir, std::string(ec.message()));
     return 1;
   }
-  auto sandbox = anima::selfcoding::MakeSandbox(o.sandbox == "none"
-                                                    ? anima::selfcoding::SandboxMode::kNone
-                                                    : anima::selfcoding::SandboxMode::kBubblewrap,
-                                                o.bwrap, o.sandbox_uid);
-  if (o.sandbox == "none") {
+  if (const char* secret = std::getenv("ANIMA_RUNNER_SECRET")) o.sandbox.runner_secret = secret;
+  o.sandbox.command_ceiling.memory_bytes = int64_t{o.test_memory_mb} << 20;
+  auto sandboxes = anima::selfcoding::MakeSandboxes(o.sandbox);
+  if (!sandboxes.ok()) return bad(std::string(sandboxes.status().message()));
+  anima::selfcoding::Sandbox* sandbox = sandboxes->sandbox.get();
+  if (o.sandbox.mode == "none") {
     spdlog::warn(
         "!!! --sandbox=none: generated code runs UNSANDBOXED with this service's "
         "rights and network. Use only for development. !!!");
   } else if (auto s = sandbox->Available(); !s.ok()) {
-    spdlog::error("sandbox unavailable, self-coding jobs will be refused: {}",
+    spdlog::error("sandbox {} unavailable, self-coding jobs will be refused: {}", sandbox->name(),
                   std::string(s.message()));
   }
+  // Proves the whole path (a workspace, a file, python3) in the background; the sandbox module
+  // reports its outcome.
+  anima::selfcoding::SandboxCanary canary(sandbox,
+                                          (std::filesystem::path(o.data_dir) / "work").string());
 
   auto metrics = anima::common::StartMetricsServer(o.service);
   if (!metrics.ok()) {
@@ -198,7 +198,7 @@ int Run(int argc, char** argv) {
   pipeline_options.test_limits.memory_bytes = int64_t{o.test_memory_mb} << 20;
   pipeline_options.workspace_limits.max_bytes = int64_t{o.workspace_max_mb} << 20;
   pipeline_options.workspace_limits.max_files = o.workspace_max_files;
-  anima::selfcoding::JobPipeline pipeline(broker.get(), sandbox.get(), pipeline_options);
+  anima::selfcoding::JobPipeline pipeline(broker.get(), sandbox, pipeline_options);
 
   anima::selfcoding::ManagerOptions manager_options;
   manager_options.workers = o.workers;
@@ -210,7 +210,7 @@ int Run(int argc, char** argv) {
   manager_options.lease = std::chrono::milliseconds(o.lease_ms);
   manager_options.heartbeat = std::chrono::milliseconds(o.heartbeat_ms);
   manager_options.poll = std::min(std::chrono::milliseconds(2000), manager_options.heartbeat);
-  anima::selfcoding::JobManager manager(store.get(), &pipeline, sandbox.get(), manager_options,
+  anima::selfcoding::JobManager manager(store.get(), &pipeline, sandbox, manager_options,
                                         &job_metrics);
   if (auto s = manager.Start(); !s.ok()) {
     spdlog::error("cannot start the job manager: {}", std::string(s.message()));
@@ -221,7 +221,7 @@ int Run(int argc, char** argv) {
   // goes after the server has finished every call.
   anima::selfcoding::BlockingExecutor executor(8, 1024);
   anima::selfcoding::SelfCodingService service(&manager, &executor);
-  anima::selfcoding::SelfCodingIntrospection introspection(&manager, &executor);
+  anima::selfcoding::SelfCodingIntrospection introspection(&manager, &executor, &canary);
   auto server =
       anima::common::GrpcServer::Start(o.service.bind + ":" + std::to_string(o.service.port),
                                        {&service, &introspection}, (*metrics)->registry());

@@ -217,8 +217,17 @@ anima::v1::SelfCodingResult JobPipeline::Run(const anima::v1::SubmitRequest& spe
       for (const auto& [path, content] : out.files) to_write[path] = content;
       if (!spec.tests().empty()) to_write[lang->tests_file] = spec.tests();
       for (const auto& [path, content] : HarnessFiles(lang->compiled)) to_write[path] = content;
-      auto created = sandbox_->CreateWorkspace(work_dir, absl::StrCat("attempt-", attempt),
-                                               options_.workspace_limits);
+      AttemptContext context{.job_id = job_id, .cancel = cancel};
+      context.waiting = [&](const std::string& reason) {
+        sink->Progress(kStageQueued, attempt, pct(0.5), reason);
+      };
+      absl::StatusOr<std::unique_ptr<Workspace>> created = absl::UnknownError("not created");
+      {
+        // How long getting a sandbox takes (a claimed pod's wait): for sizing a warm pool.
+        Timer sandbox_wait(sink, "sandbox");
+        created = sandbox_->CreateWorkspace(work_dir, absl::StrCat("attempt-", attempt),
+                                            options_.workspace_limits, context);
+      }
       absl::Status s = created.status();
       if (s.ok()) workspace = *std::move(created);
       for (auto it = to_write.begin(); s.ok() && it != to_write.end(); ++it) {

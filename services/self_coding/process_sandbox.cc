@@ -1,16 +1,22 @@
-// Sandbox implementations: bubblewrap, and unsandboxed for development.
+// Sandbox implementations: bubblewrap; contained, for a process already inside a sandbox of its
+// own; and unsandboxed for development.
 #include <fcntl.h>
 #include <grp.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
 #include <poll.h>
 #include <sched.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <thread>
@@ -31,9 +37,10 @@ constexpr char kMount[] = "/workspace";
 constexpr size_t kMaxInput = 4096;
 
 // The fds a sandboxed command's process starts with, above stdin, stdout and stderr.
-constexpr int kReportFd = 3;   // SandboxCommand::report
+constexpr int kReportFd = 3;   // SandboxCommand::report or SandboxCommand::connection_fd
 constexpr int kSeccompFd = 4;  // bwrap --seccomp (bwrap closes it before the command starts)
 constexpr int kStatusFd = 5;   // bwrap --json-status-fd (not passed on to the command)
+constexpr int kProgramFd = 6;  // bwrap --ro-bind-data of SandboxCommand::program (it closes it)
 
 std::string FindExecutable(const std::string& name) {
   if (name.find('/') != std::string::npos) return access(name.c_str(), X_OK) == 0 ? name : "";
@@ -42,6 +49,75 @@ std::string FindExecutable(const std::string& name) {
     if (access(path.c_str(), X_OK) == 0) return path;
   }
   return "";
+}
+
+// argv[0] of a contained command as execve wants it: looked up in the PATH the command is given
+// (/usr/bin:/bin) here, before fork, because execvpe would search the service's own PATH and
+// may allocate. A name found nowhere is left as it is and fails in execve like a missing file.
+std::string CommandPath(const std::string& name) {
+  if (name.find('/') != std::string::npos) return name;
+  for (const char* dir : {"/usr/bin", "/bin"}) {
+    std::string path = std::string(dir) + "/" + name;
+    if (access(path.c_str(), X_OK) == 0) return path;
+  }
+  return name;
+}
+
+// How many threads this process has now ("Threads:" in /proc/self/status); 1 if unreadable.
+int ThreadsOfThisProcess() {
+  int fd = open("/proc/self/status", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return 1;
+  std::string status;
+  char buf[4096];
+  ssize_t n;
+  while ((n = read(fd, buf, sizeof(buf))) > 0) status.append(buf, static_cast<size_t>(n));
+  close(fd);
+  size_t at = status.find("\nThreads:");
+  if (at == std::string::npos) return 1;
+  int threads = std::atoi(status.c_str() + at + std::strlen("\nThreads:"));
+  return threads > 0 ? threads : 1;
+}
+
+// The resource limits of a contained command, computed before fork. Each is capped at this
+// process's own hard limit: an unprivileged process cannot raise a hard limit, and a limit the
+// sandbox around the service already set lower is the one that holds anyway.
+struct ChildLimits {
+  static constexpr int kCount = 5;
+  int resource[kCount] = {RLIMIT_CPU, RLIMIT_AS, RLIMIT_NPROC, RLIMIT_FSIZE, RLIMIT_CORE};
+  struct rlimit value[kCount] = {};
+};
+
+ChildLimits ContainedLimits(const SandboxLimits& lim) {
+  ChildLimits out;
+  // RLIMIT_NPROC counts every process and thread of the uid, and the command runs as the
+  // service's uid: the service's own threads count against it. So the limit is max_processes
+  // plus the threads this process has now; threads it starts later (gRPC grows its pool on
+  // demand) come out of the command's share.
+  const rlim_t soft[ChildLimits::kCount] = {
+      static_cast<rlim_t>(lim.cpu_seconds), static_cast<rlim_t>(lim.memory_bytes),
+      static_cast<rlim_t>(lim.max_processes + ThreadsOfThisProcess()),
+      static_cast<rlim_t>(lim.file_size_bytes), 0};
+  for (int i = 0; i < ChildLimits::kCount; ++i) {
+    // Soft CPU below hard: SIGXCPU (a clear reason) comes before SIGKILL.
+    rlim_t hard = out.resource[i] == RLIMIT_CPU ? soft[i] + 1 : soft[i];
+    struct rlimit current;
+    if (getrlimit(out.resource[i], &current) == 0 && current.rlim_max != RLIM_INFINITY) {
+      hard = std::min(hard, current.rlim_max);
+    }
+    out.value[i].rlim_max = hard;
+    out.value[i].rlim_cur = std::min(soft[i], hard);
+  }
+  return out;
+}
+
+// In a forked child: tells the parent through `fd` which setup step failed and why (errno, then
+// the text), and exits. Async-signal-safe.
+template <size_t N>
+[[noreturn]] void ChildSetupFailed(int fd, const char (&what)[N]) {
+  int error = errno;
+  (void)!write(fd, &error, sizeof(error));
+  (void)!write(fd, what, N - 1);
+  _exit(127);
 }
 
 // argv/envp as the char* arrays execve wants, built before fork (no allocation in the child).
@@ -54,23 +130,28 @@ struct CArgs {
   std::vector<char*> ptrs;
 };
 
-std::string MiB(int64_t bytes) { return absl::StrCat(bytes >> 20, " MiB"); }
+// "16 MiB", or "200 KiB" for a limit below a MiB (which would read as "0 MiB").
+std::string MiB(int64_t bytes) {
+  if (bytes < (1 << 20)) return absl::StrCat(bytes >> 10, " KiB");
+  return absl::StrCat(bytes >> 20, " MiB");
+}
 
 bool Contains(const std::string& s, const char* needle) {
   return s.find(needle) != std::string::npos;
 }
 
-// The fds a run opens, closed however it ends.
+// The fds a run opens, closed however it ends (the parent drops the child's ends after fork).
 struct RunFds {
   ~RunFds() {
-    for (int fd : {input, output, report, seccomp, status}) {
+    for (int fd : {input, output, report, seccomp, status, child.input, child.output, child.report,
+                   child.seccomp, child.status, child.program}) {
       if (fd >= 0) close(fd);
     }
   }
   // The parent's ends; the child's ends are in `child`.
   int input = -1, output = -1, report = -1, seccomp = -1, status = -1;
   struct {
-    int input = -1, output = -1, report = -1, seccomp = -1, status = -1;
+    int input = -1, output = -1, report = -1, seccomp = -1, status = -1, program = -1;
   } child;
 };
 
@@ -96,7 +177,7 @@ int PipeWith(const std::string& data) {
   return r;
 }
 
-// A workspace directory on the host's disk, for kNone.
+// A workspace directory on disk, for kNone and kContained.
 class HostWorkspace : public Workspace {
  public:
   HostWorkspace(int parent_fd, int dir_fd, std::string name, std::string path,
@@ -140,24 +221,42 @@ class ProcessSandbox : public Sandbox {
   ProcessSandbox(SandboxMode mode, std::string bwrap, int uid)
       : mode_(mode), bwrap_(FindExecutable(bwrap)), uid_(geteuid() == 0 && uid > 0 ? uid : -1) {
     if (mode_ == SandboxMode::kNone) return;
-    if (bwrap_.empty()) {
-      available_ = absl::FailedPreconditionError(
-          "bubblewrap (bwrap) is not installed: self-coding jobs are refused; install it, or start "
-          "with --sandbox=none to run generated code UNSANDBOXED (development only)");
-      return;
+    if (mode_ == SandboxMode::kBubblewrap) {
+      if (bwrap_.empty()) {
+        available_ = absl::FailedPreconditionError(
+            "bubblewrap (bwrap) is not installed: self-coding jobs are refused; install it, or "
+            "start with --sandbox=none to run generated code UNSANDBOXED (development only)");
+        return;
+      }
+      if (FindExecutable("prlimit").empty()) {
+        available_ = absl::FailedPreconditionError("prlimit (util-linux) is not installed");
+        return;
+      }
     }
-    if (FindExecutable("prlimit").empty()) {
-      available_ = absl::FailedPreconditionError("prlimit (util-linux) is not installed");
-      return;
-    }
-    auto program = SandboxSeccompProgram();
+    // Contained code shares its runner's network namespace: no IP sockets for it.
+    auto program = SandboxSeccompProgram(/*deny_network=*/mode_ == SandboxMode::kContained);
     if (!program.ok()) {
       available_ = absl::FailedPreconditionError(program.status().message());
       return;
     }
     seccomp_program_ = *std::move(program);
+    if (mode_ == SandboxMode::kContained) {
+      // seccomp_export_bpf writes the program as struct sock_filter records in host order,
+      // which is what PR_SET_SECCOMP takes; copied into records so the child needs no cast.
+      if (seccomp_program_.size() % sizeof(sock_filter) != 0 ||
+          seccomp_program_.size() / sizeof(sock_filter) > BPF_MAXINSNS) {
+        available_ = absl::FailedPreconditionError(absl::StrCat(
+            "the seccomp program has an unexpected size (", seccomp_program_.size(), " bytes)"));
+        return;
+      }
+      seccomp_filter_.resize(seccomp_program_.size() / sizeof(sock_filter));
+      std::memcpy(seccomp_filter_.data(), seccomp_program_.data(), seccomp_program_.size());
+      ProveContained();
+      return;
+    }
     // Prove that namespaces, the filter and bwrap work here (containers often forbid them).
-    auto workspace = CreateWorkspace("", "", WorkspaceLimits{.max_bytes = 1 << 20, .max_files = 8});
+    auto workspace =
+        CreateWorkspace("", "", WorkspaceLimits{.max_bytes = 1 << 20, .max_files = 8}, {});
     absl::StatusOr<SandboxResult> result = absl::UnknownError("no trial run");
     if (!workspace.ok()) {
       result = workspace.status();
@@ -179,12 +278,24 @@ class ProcessSandbox : public Sandbox {
   }
 
   absl::Status Available() const override { return available_; }
-  std::string name() const override { return mode_ == SandboxMode::kNone ? "none" : "bwrap"; }
-  std::string workspace_mount() const override { return mode_ == SandboxMode::kNone ? "" : kMount; }
+  std::string name() const override {
+    switch (mode_) {
+      case SandboxMode::kBubblewrap:
+        return "bwrap";
+      case SandboxMode::kContained:
+        return "contained";
+      case SandboxMode::kNone:
+        break;
+    }
+    return "none";
+  }
+  std::string workspace_mount() const override {
+    return mode_ == SandboxMode::kBubblewrap ? kMount : "";
+  }
 
   absl::StatusOr<std::unique_ptr<Workspace>> CreateWorkspace(
-      const std::string& parent_dir, const std::string& name,
-      const WorkspaceLimits& limits) override {
+      const std::string& parent_dir, const std::string& name, const WorkspaceLimits& limits,
+      const AttemptContext& /*context*/) override {
     if (limits.max_bytes < 4096 || limits.max_files < 1) {
       return absl::InvalidArgumentError("workspace limits must allow at least 4 KiB and one file");
     }
@@ -215,10 +326,62 @@ class ProcessSandbox : public Sandbox {
 
   absl::StatusOr<SandboxResult> Run(const SandboxCommand& command, Workspace& workspace,
                                     CancelToken* cancel) override {
+    Where where;
+    if (mode_ == SandboxMode::kBubblewrap) {
+      auto& tmpfs = static_cast<TmpfsWorkspace&>(workspace);
+      where.userns = tmpfs.userns_fd();
+      where.mntns = tmpfs.mntns_fd();
+      where.home = kMount;
+    } else {
+      auto& host = static_cast<HostWorkspace&>(workspace);
+      where.dir = host.dir_fd();
+      where.home = host.path();
+    }
+    return Execute(command, where, workspace.limits(), cancel);
+  }
+
+ private:
+  // Where a command runs: the workspace's namespaces (bwrap), or its directory (the others).
+  struct Where {
+    int userns = -1, mntns = -1, dir = -1;
+    std::string home;
+  };
+
+  // The contained sandbox's trial run: `true` in "/" under the rlimits, no_new_privs and the
+  // filter, so a kernel (or gVisor) that refuses any of them is found before a job is.
+  void ProveContained() {
+    int root = open("/", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (root < 0) {
+      available_ = absl::FailedPreconditionError(absl::StrCat("cannot open /: ", strerror(errno)));
+      return;
+    }
+    SandboxCommand cmd;
+    cmd.argv = {"true"};
+    cmd.limits.wall_time = std::chrono::seconds(10);
+    CancelToken never;
+    auto result = Execute(cmd, Where{.dir = root, .home = "/"},
+                          WorkspaceLimits{.max_bytes = 1 << 20, .max_files = 8}, &never);
+    close(root);
+    if (!result.ok() || !result->ok()) {
+      available_ = absl::FailedPreconditionError(absl::StrCat(
+          "the contained sandbox cannot run commands here: ",
+          result.ok()
+              ? absl::StripAsciiWhitespace(result->output.substr(0, 300) + " " + result->reason)
+              : std::string(result.status().message())));
+    }
+  }
+
+  absl::StatusOr<SandboxResult> Execute(const SandboxCommand& command, const Where& where,
+                                        const WorkspaceLimits& space, CancelToken* cancel) {
     if (command.argv.empty()) return absl::InvalidArgumentError("empty command");
     if (command.input.size() > kMaxInput) return absl::InvalidArgumentError("input too large");
+    if (command.connection_fd >= 0 && command.report) {
+      return absl::InvalidArgumentError(
+          "a command gets either a connection or a report pipe at fd 3, not both");
+    }
     const SandboxLimits& lim = command.limits;
     const bool bwrap = mode_ == SandboxMode::kBubblewrap;
+    const bool contained = mode_ == SandboxMode::kContained;
     std::vector<std::string> argv;
     if (bwrap) {
       // clang-format off
@@ -235,7 +398,16 @@ class ProcessSandbox : public Sandbox {
               // Both from the workspace's tmpfs: what the code writes anywhere counts against
               // the workspace's bytes and files.
               "--bind", TmpfsWorkspace::kWorkspacePath, kMount,
-              "--bind", TmpfsWorkspace::kTmpPath, "/tmp",
+              "--bind", TmpfsWorkspace::kTmpPath, "/tmp"};
+      if (!command.program.empty()) {
+        // A copy, read from an fd opened here: the run's mount namespace has the workspace's
+        // tmpfs over /tmp, so a program under /tmp cannot be bound by its path there (bwrap
+        // resolves --ro-bind-fd to a path too). The copy lives in bwrap's own root, outside the
+        // workspace's limits, for as long as the command runs.
+        argv.insert(argv.end(), {"--perms", "0555", "--ro-bind-data", std::to_string(kProgramFd),
+                                 kSandboxProgramPath});
+      }
+      argv.insert(argv.end(), {
               // Everything but the workspace and /tmp is read-only, the root too.
               "--remount-ro", "/",
               "--chdir", kMount,
@@ -254,27 +426,30 @@ class ProcessSandbox : public Sandbox {
               absl::StrCat("--nproc=", lim.max_processes),
               absl::StrCat("--fsize=", lim.file_size_bytes),
               "--core=0",
-              "--"};
+              "--"});
       // clang-format on
       argv.insert(argv.end(), command.argv.begin(), command.argv.end());
+      if (!command.program.empty()) argv[argv.size() - command.argv.size()] = kSandboxProgramPath;
     } else {
       argv = command.argv;
     }
     CArgs args(argv);
-    int userns = -1, mntns = -1, dir = -1;
-    std::string home = kMount;
-    if (bwrap) {
-      auto& tmpfs = static_cast<TmpfsWorkspace&>(workspace);
-      userns = tmpfs.userns_fd();
-      mntns = tmpfs.mntns_fd();
-    } else {
-      auto& host = static_cast<HostWorkspace&>(workspace);
-      dir = host.dir_fd();
-      home = host.path();
+    // What execve runs: bwrap itself; else the program, or argv[0] found in the command's PATH.
+    // Only kNone without a program searches in the child (execvpe), as it always has.
+    std::string exec_path = argv[0];
+    if (!command.program.empty() && !bwrap) {
+      exec_path = command.program;
+    } else if (contained) {
+      exec_path = CommandPath(argv[0]);
     }
-    CArgs env({"PATH=/usr/bin:/bin", "HOME=" + home, "LANG=C.UTF-8", "PYTHONDONTWRITEBYTECODE=1",
-               "PYTHONUNBUFFERED=1"});
+    const bool search_path = mode_ == SandboxMode::kNone && command.program.empty();
+    const int userns = where.userns, mntns = where.mntns, dir = where.dir;
+    CArgs env({"PATH=/usr/bin:/bin", "HOME=" + where.home, "LANG=C.UTF-8",
+               "PYTHONDONTWRITEBYTECODE=1", "PYTHONUNBUFFERED=1"});
     const int uid = uid_;
+    const ChildLimits child_limits = contained ? ContainedLimits(lim) : ChildLimits{};
+    const sock_fprog filter{static_cast<unsigned short>(seccomp_filter_.size()),
+                            const_cast<sock_filter*>(seccomp_filter_.data())};
 
     RunFds fds;
     auto fail = [](const char* what) {
@@ -288,12 +463,24 @@ class ProcessSandbox : public Sandbox {
     if (bwrap) {
       fds.child.seccomp = PipeWith(seccomp_program_);
       if (fds.child.seccomp < 0) return fail("seccomp pipe");
-      if (!MakePipe(&fds.status, &fds.child.status)) return fail("pipe");
+      if (!command.program.empty()) {
+        fds.child.program = open(command.program.c_str(), O_RDONLY | O_CLOEXEC);
+        if (fds.child.program < 0) {
+          return absl::InternalError(
+              absl::StrCat("cannot open the program ", command.program, ": ", strerror(errno)));
+        }
+      }
     }
+    // bwrap's JSON status, or the contained child's setup failure (ChildSetupFailed): both say
+    // whether the command started.
+    if ((bwrap || contained) && !MakePipe(&fds.status, &fds.child.status)) return fail("pipe");
+    // The caller's socket goes to fd 3 in place of a report pipe; it stays the caller's.
+    const int fd3 = command.connection_fd >= 0 ? command.connection_fd : fds.child.report;
     // Where each fd goes in the child; -1: nothing there.
-    const int targets[] = {fds.child.input,  fds.child.output,  fds.child.output,
-                           fds.child.report, fds.child.seccomp, fds.child.status};
-    const int target_count = bwrap ? 6 : 4;
+    const int targets[] = {fds.child.input,   fds.child.output, fds.child.output, fd3,
+                           fds.child.seccomp, fds.child.status, fds.child.program};
+    const int target_count = !bwrap ? 4 : fds.child.program >= 0 ? 7 : 6;
+    const int setup_fd = fds.child.status;
 
     pid_t pid = fork();
     if (pid < 0) return absl::ResourceExhaustedError(absl::StrCat("fork: ", strerror(errno)));
@@ -321,9 +508,28 @@ class ProcessSandbox : public Sandbox {
       } else if (fchdir(dir) != 0) {
         _exit(126);
       }
+      if (contained) {
+        // The limits, no_new_privs, then the filter; a failure of any ends the child before the
+        // command starts, and the parent reports it as a setup failure.
+        for (int i = 0; i < ChildLimits::kCount; ++i) {
+          if (setrlimit(child_limits.resource[i], &child_limits.value[i]) != 0) {
+            ChildSetupFailed(setup_fd, "cannot set the resource limits");
+          }
+        }
+        // no_new_privs: nothing exec'd gains privileges (setuid binaries, file capabilities);
+        // it is also what lets an unprivileged process load a filter.
+        if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) {
+          ChildSetupFailed(setup_fd, "cannot set no_new_privs");
+        }
+        if (prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &filter) != 0) {
+          ChildSetupFailed(setup_fd, "cannot load the seccomp filter");
+        }
+        // The setup pipe's write end closes below (close_range, or a dup2 over it): end of file
+        // there tells the parent the setup succeeded.
+      }
       // The namespace and directory fds may sit at the numbers the targets below take.
       // Out of the way of the targets first, so no dup2 below overwrites a source.
-      int moved[6];
+      int moved[7];
       for (int i = 0; i < target_count; ++i) {
         moved[i] = targets[i] < 0 ? -1 : fcntl(targets[i], F_DUPFD, 10);
       }
@@ -338,7 +544,10 @@ class ProcessSandbox : public Sandbox {
       sigset_t none;
       sigemptyset(&none);
       sigprocmask(SIG_SETMASK, &none, nullptr);
-      if (!bwrap) {
+      // An ignored signal stays ignored across exec: the command gets SIGPIPE back (services
+      // ignore it), so `producer | head` ends the producer as it would anywhere else.
+      signal(SIGPIPE, SIG_DFL);
+      if (mode_ == SandboxMode::kNone) {
         struct rlimit r;
         r.rlim_cur = static_cast<rlim_t>(lim.cpu_seconds);
         r.rlim_max = r.rlim_cur + 1;
@@ -351,20 +560,22 @@ class ProcessSandbox : public Sandbox {
         setrlimit(RLIMIT_FSIZE, &r);
         r.rlim_cur = r.rlim_max = 0;
         setrlimit(RLIMIT_CORE, &r);
+      }
+      if (search_path) {
         execvpe(args.ptrs[0], args.ptrs.data(), env.ptrs.data());
       } else {
-        execve(args.ptrs[0], args.ptrs.data(), env.ptrs.data());
+        execve(exec_path.c_str(), args.ptrs.data(), env.ptrs.data());
       }
       static const char kMsg[] = "sandbox: cannot execute the command\n";
       (void)!write(2, kMsg, sizeof(kMsg) - 1);
       _exit(127);
     }
     for (int* fd : {&fds.child.input, &fds.child.output, &fds.child.report, &fds.child.seccomp,
-                    &fds.child.status}) {
+                    &fds.child.status, &fds.child.program}) {
       if (*fd >= 0) close(*fd);
       *fd = -1;
     }
-    SandboxResult result = Supervise(pid, fds.output, fds.report, lim, cancel);
+    SandboxResult result = Supervise(pid, fds.output, fds.report, lim, command.on_output, cancel);
     // An empty reason: not stopped by Supervise, which kills bwrap before it can report.
     if (bwrap && result.reason.empty() && !Contains(ReadAll(fds.status), "\"exit-code\"")) {
       // bwrap reports an exit code only once the command has started: this is a setup failure.
@@ -372,11 +583,20 @@ class ProcessSandbox : public Sandbox {
           "the sandbox could not start: ", absl::StripAsciiWhitespace(result.output.substr(0, 500)),
           " ", result.reason));
     }
-    if (result.reason.empty()) result.reason = ExplainFailure(result, lim, workspace.limits());
+    if (contained) {
+      // Anything there is ChildSetupFailed's errno and text: the command never started.
+      std::string setup = ReadAll(fds.status);
+      if (setup.size() > sizeof(int)) {
+        int error;
+        std::memcpy(&error, setup.data(), sizeof(error));
+        return absl::InternalError(absl::StrCat(
+            "the sandbox could not start: ", setup.substr(sizeof(int)), ": ", strerror(error)));
+      }
+    }
+    if (result.reason.empty()) result.reason = ExplainFailure(result, lim, space);
     return result;
   }
 
- private:
   // Everything left in `fd` (a pipe whose writers are gone or stalled), at most 64 KiB.
   static std::string ReadAll(int fd) {
     std::string out;
@@ -392,8 +612,10 @@ class ProcessSandbox : public Sandbox {
   }
 
   // Reads the output (and the report) and waits for `pid`, killing its whole tree on a limit or
-  // cancellation. Sets `reason` only when it killed the run.
+  // cancellation. Sets `reason` only when it killed the run. `on_output` (optional) sees each
+  // piece of output that is kept, as it is read.
   SandboxResult Supervise(pid_t pid, int fd, int report_fd, const SandboxLimits& lim,
+                          const std::function<void(std::string_view)>& on_output,
                           CancelToken* cancel) {
     SandboxResult result;
     auto deadline = std::chrono::steady_clock::now() + lim.wall_time;
@@ -402,8 +624,8 @@ class ProcessSandbox : public Sandbox {
       if (killed) return;
       killed = true;
       result.reason = std::move(reason);
-      // The group ends the unsandboxed tree; with bwrap, killing bwrap takes its PID namespace
-      // (and so every process in it) down through --die-with-parent.
+      // The group ends the contained and the unsandboxed tree; with bwrap, killing bwrap takes
+      // its PID namespace (and so every process in it) down through --die-with-parent.
       kill(-pid, SIGKILL);
       kill(pid, SIGKILL);
     };
@@ -446,12 +668,10 @@ class ProcessSandbox : public Sandbox {
       }
       if (killed) continue;
       int64_t room = lim.output_bytes - static_cast<int64_t>(result.output.size());
-      if (n > room) {
-        result.output.append(buf, static_cast<size_t>(std::max<int64_t>(room, 0)));
-        kill_tree(absl::StrCat("output limit (", MiB(lim.output_bytes), ") exceeded"));
-        continue;
-      }
-      result.output.append(buf, static_cast<size_t>(n));
+      const size_t kept = static_cast<size_t>(std::clamp<int64_t>(room, 0, n));
+      result.output.append(buf, kept);
+      if (on_output && kept > 0) on_output(std::string_view(buf, kept));
+      if (n > room) kill_tree(absl::StrCat("output limit (", MiB(lim.output_bytes), ") exceeded"));
     }
     int status = 0;
     while (true) {
@@ -470,6 +690,10 @@ class ProcessSandbox : public Sandbox {
         }
       }
     }
+    // What the command left behind in its group (a daemon that closed its output) does not
+    // outlive the run. The kernel does not reuse the id while the group has a member; with none
+    // left this finds nothing (ESRCH).
+    if (mode_ == SandboxMode::kContained) kill(-pid, SIGKILL);
     if (report_fd >= 0 && result.report.size() < kReportBytes) {
       result.report += ReadAll(report_fd).substr(0, kReportBytes - result.report.size());
     }
@@ -516,8 +740,9 @@ class ProcessSandbox : public Sandbox {
 
   SandboxMode mode_;
   std::string bwrap_;
-  int uid_;  // the uid to drop to, or -1 when not running as root
-  std::string seccomp_program_;
+  int uid_;                                  // the uid to drop to, or -1 when not running as root
+  std::string seccomp_program_;              // as bwrap --seccomp reads it
+  std::vector<sock_filter> seccomp_filter_;  // the same, for PR_SET_SECCOMP (kContained)
   absl::Status available_;
 };
 

@@ -4,6 +4,7 @@
 #include <sched.h>
 #include <seccomp.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -26,7 +27,7 @@ absl::Status Failed(const std::string& what, int rc) {
 
 }  // namespace
 
-absl::StatusOr<std::string> SandboxSeccompProgram() {
+absl::StatusOr<std::string> SandboxSeccompProgram(bool deny_network) {
   std::unique_ptr<void, ContextDeleter> ctx(seccomp_init(SCMP_ACT_ALLOW));
   if (ctx == nullptr) return absl::InternalError("seccomp filter: seccomp_init failed");
   const uint32_t eperm = SCMP_ACT_ERRNO(EPERM);
@@ -69,6 +70,15 @@ absl::StatusOr<std::string> SandboxSeccompProgram() {
   }
   if (int rc = seccomp_rule_add(ctx.get(), SCMP_ACT_ERRNO(ENOSYS), SCMP_SYS(clone3), 0); rc != 0) {
     return Failed("clone3 rule", rc);
+  }
+  if (deny_network) {
+    for (int family : {AF_INET, AF_INET6, AF_PACKET}) {
+      if (int rc = seccomp_rule_add(ctx.get(), eperm, SCMP_SYS(socket), 1,
+                                    SCMP_A0(SCMP_CMP_EQ, static_cast<scmp_datum_t>(family)));
+          rc != 0) {
+        return Failed("socket rule", rc);
+      }
+    }
   }
   int fd = memfd_create("anima-seccomp", MFD_CLOEXEC);
   if (fd < 0) return absl::InternalError(absl::StrCat("memfd_create: ", strerror(errno)));

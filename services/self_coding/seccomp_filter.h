@@ -14,6 +14,9 @@ namespace anima::selfcoding {
 // finit_module, delete_module, open_by_handle_at. clone3 fails with ENOSYS instead (its flags
 // live in memory a filter cannot read), so glibc falls back to clone, which is checked.
 // System calls of another architecture (i386 on x86-64) kill the process.
-absl::StatusOr<std::string> SandboxSeccompProgram();
+// With `deny_network`, socket() of the IPv4, IPv6 and packet families fails with EPERM too (Unix
+// sockets stay): for code that shares a network namespace with its runner (a pod, a compose
+// container), where nothing else keeps it from the runner's neighbours.
+absl::StatusOr<std::string> SandboxSeccompProgram(bool deny_network = false);
 
 }  // namespace anima::selfcoding

@@ -5,6 +5,7 @@
 #include <mutex>
 #include <optional>
 
+#include "absl/strings/str_cat.h"
 #include "services/common/grpc_server.h"
 #include "services/common/identity.h"
 #include "spdlog/spdlog.h"
@@ -367,15 +368,25 @@ anima::v1::DescribeResponse SelfCodingIntrospection::Snapshot() {
     store->set_health(anima::v1::MODULE_HEALTH_DEGRADED);
   }
 
+  // Which sandbox runs the jobs, and why it is down (jobs refused) or degraded (they may fail).
   auto* sandbox = add("self-coding/sandbox", "sandbox");
   (*sandbox->mutable_counters())["running"] = stats.running;
-  if (auto s = manager_->sandbox()->Available(); !s.ok()) {
+  const Sandbox* box = manager_->sandbox();
+  std::string detail = box->name();
+  if (canary_ != nullptr) absl::StrAppend(&detail, ": ", canary_->detail());
+  if (auto s = box->Available(); !s.ok()) {
     sandbox->set_health(anima::v1::MODULE_HEALTH_DOWN);
-    sandbox->set_detail(std::string(s.message()));
-  } else if (manager_->sandbox()->name() == "none") {
+    detail = absl::StrCat(box->name(), ": ", s.message());
+  } else if (box->name() == "none") {
     sandbox->set_health(anima::v1::MODULE_HEALTH_DEGRADED);
-    sandbox->set_detail("--sandbox=none: generated code runs UNSANDBOXED");
+    detail = "--sandbox=none: generated code runs UNSANDBOXED";
+  } else if (std::string degraded = box->Degraded(); !degraded.empty()) {
+    sandbox->set_health(anima::v1::MODULE_HEALTH_DEGRADED);
+    absl::StrAppend(&detail, "; ", degraded);
+  } else if (canary_ != nullptr && canary_->state() == SandboxCanary::State::kFailed) {
+    sandbox->set_health(anima::v1::MODULE_HEALTH_DEGRADED);
   }
+  sandbox->set_detail(detail);
   if (sandbox->health() != anima::v1::MODULE_HEALTH_HEALTHY) {
     service->set_health(anima::v1::MODULE_HEALTH_DEGRADED);
     service->set_detail("sandbox: " + sandbox->detail());

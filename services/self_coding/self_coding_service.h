@@ -6,6 +6,7 @@
 #include "anima/v1/self_coding.grpc.pb.h"
 #include "services/self_coding/blocking_executor.h"
 #include "services/self_coding/job_manager.h"
+#include "services/self_coding/sandbox_setup.h"
 
 namespace anima::selfcoding {
 
@@ -48,8 +49,10 @@ class SelfCodingService : public anima::v1::SelfCoding::CallbackService {
 // Describe runs on `executor` (the queue depth is read from the store).
 class SelfCodingIntrospection : public anima::v1::Introspection::CallbackService {
  public:
-  SelfCodingIntrospection(JobManager* manager, BlockingExecutor* executor)
-      : manager_(manager), executor_(executor) {}
+  // `canary` (optional) is the start-up canary job whose outcome the sandbox module reports.
+  SelfCodingIntrospection(JobManager* manager, BlockingExecutor* executor,
+                          const SandboxCanary* canary = nullptr)
+      : manager_(manager), executor_(executor), canary_(canary) {}
   // May block on the job store: call it from a worker thread.
   anima::v1::DescribeResponse Snapshot();
   grpc::ServerUnaryReactor* Describe(grpc::CallbackServerContext* context,
@@ -59,6 +62,7 @@ class SelfCodingIntrospection : public anima::v1::Introspection::CallbackService
  private:
   JobManager* manager_;
   BlockingExecutor* executor_;
+  const SandboxCanary* canary_;
 };
 
 // The proto view of a stored job.

@@ -1,13 +1,12 @@
 #include "services/self_coding/test_harness.h"
 
-#include <sys/random.h>
-
 #include <cstdio>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "services/common/identity.h"
 
 namespace anima::selfcoding {
 namespace {
@@ -132,17 +131,7 @@ std::vector<std::string> TestCommand(bool compiled) {
   return {"python3", "-I", "-u", "-B", kPythonHarnessFile};
 }
 
-std::string NewNonce() {
-  unsigned char bytes[16];
-  size_t got = 0;
-  while (got < sizeof(bytes)) {
-    ssize_t n = getrandom(bytes + got, sizeof(bytes) - got, 0);
-    if (n > 0) got += static_cast<size_t>(n);
-  }
-  std::string hex;
-  for (unsigned char b : bytes) absl::StrAppend(&hex, absl::Hex(b, absl::kZeroPad2));
-  return hex;
-}
+std::string NewNonce() { return common::RandomHex(16); }
 
 std::optional<ReportedResult> ParseReport(std::string_view report_view,
                                           std::string_view nonce_view) {

@@ -34,17 +34,19 @@ class Workspace {
 
   // Creates `path` (relative, see UnsafePathReason) with `content`, and the directories leading
   // to it. Refuses an existing file, symlinks on the way, and going over the limits.
-  absl::Status WriteFile(std::string_view path, std::string_view content);
+  virtual absl::Status WriteFile(std::string_view path, std::string_view content);
   // Reads a regular file of at most `max_bytes`, refusing symlinks on the way.
-  absl::StatusOr<std::string> ReadFile(std::string_view path, size_t max_bytes = 1 << 20) const;
+  virtual absl::StatusOr<std::string> ReadFile(std::string_view path,
+                                               size_t max_bytes = 1 << 20) const;
 
   const WorkspaceLimits& limits() const { return limits_; }
   int64_t bytes_written() const { return bytes_; }
   int files_written() const { return files_; }
 
  protected:
-  // Takes `dir_fd`. Files and directories it creates are chowned to `owner_uid` (-1: left as the
-  // service's), so the sandboxed code can change them.
+  // Takes `dir_fd` (-1: a workspace that is not a local directory overrides WriteFile/ReadFile).
+  // Files and directories it creates are chowned to `owner_uid` (-1: left as the service's), so the
+  // sandboxed code can change them.
   Workspace(int dir_fd, int owner_uid, WorkspaceLimits limits);
   int dir_fd() const { return dir_fd_; }
 

@@ -5,14 +5,19 @@
 #include <sys/socket.h>
 #include <unistd.h>
 #include <cerrno>
+#include <csignal>
 #include <cstdio>
+#include <cstdlib>
 
 #include <filesystem>
 #include <fstream>
+#include <functional>
+#include <optional>
 #include <thread>
 
 #include <gtest/gtest.h>
 
+#include "services/self_coding/remote_sandbox.h"
 #include "services/self_coding/sandbox.h"
 #include "tests/unit/self_coding/fakes.h"
 
@@ -21,35 +26,75 @@ namespace {
 
 using testing::TempDir;
 
-class SandboxTest : public ::testing::Test {
+// Every limit and escape attempt runs twice: in bubblewrap directly ("bwrap"), and through the
+// remote sandbox on an anima-sandbox-runner that a local provider starts inside bubblewrap per
+// workspace ("runner"), the path self-coding takes on Kubernetes. The runner's workspace takes
+// its files once, before its first command, so the runner variant gives each program a fresh
+// workspace (and runner) of the same limits.
+class SandboxTest : public ::testing::TestWithParam<std::string> {
  protected:
   void SetUp() override {
-    sandbox_ = MakeSandbox(SandboxMode::kBubblewrap);
-    if (!sandbox_->Available().ok()) {
-      GTEST_SKIP() << "bubblewrap unavailable here: " << sandbox_->Available();
+    local_ = MakeSandbox(SandboxMode::kBubblewrap);
+    if (!local_->Available().ok()) {
+      GTEST_SKIP() << "bubblewrap unavailable here: " << local_->Available();
+    }
+    if (remote()) {
+      const char* bin = std::getenv("ANIMA_BIN_DIR");
+      ASSERT_NE(bin, nullptr) << "run under ctest (ANIMA_BIN_DIR names the built binaries)";
+      SandboxLimits runner;
+      runner.cpu_seconds = 600;
+      runner.memory_bytes = 4LL << 30;
+      runner.max_processes = 256;
+      runner.file_size_bytes = 64LL << 20;
+      runner.wall_time = std::chrono::minutes(5);
+      sandbox_ = MakeRemoteSandbox(MakeLocalRunnerProvider(
+          local_.get(), std::string(bin) + "/anima-sandbox-runner", runner));
+    } else {
+      sandbox_ = std::move(local_);
     }
     NewWorkspace(WorkspaceLimits{});
   }
 
+  bool remote() const { return GetParam() == "runner"; }
+
   void NewWorkspace(const WorkspaceLimits& limits) {
     workspace_.reset();
-    auto created = sandbox_->CreateWorkspace(dir_.path(), "ws", limits);
+    limits_ = limits;
+    ran_ = false;
+    auto created = sandbox_->CreateWorkspace(dir_.path(), "ws", limits, {});
     ASSERT_TRUE(created.ok()) << created.status();
     workspace_ = *std::move(created);
   }
 
   // Runs `code` as a new file prog<N>.py (workspace files are never overwritten).
   SandboxResult RunPython(const std::string& code, SandboxLimits limits = {},
-                          CancelToken* cancel = nullptr) {
+                          CancelToken* cancel = nullptr,
+                          std::function<void(std::string_view)> on_output = nullptr) {
+    if (remote() && ran_) NewWorkspace(limits_);
     std::string file = "prog" + std::to_string(++programs_) + ".py";
     EXPECT_TRUE(workspace_->WriteFile(file, code).ok());
     SandboxCommand command;
     command.argv = {"python3", file};
     command.limits = limits;
+    command.on_output = std::move(on_output);
+    return RunCommand(command, cancel);
+  }
+
+  SandboxResult RunCommand(const SandboxCommand& command, CancelToken* cancel = nullptr) {
     CancelToken none;
+    ran_ = true;
     auto result = sandbox_->Run(command, *workspace_, cancel != nullptr ? cancel : &none);
     EXPECT_TRUE(result.ok()) << result.status();
     return result.ok() ? *result : SandboxResult{};
+  }
+
+  // A file as the sandboxed code sees it now (read inside the sandbox, so on a runner too).
+  std::optional<std::string> ReadBack(const std::string& path) {
+    SandboxCommand command;
+    command.argv = {"cat", path};
+    auto result = RunCommand(command);
+    if (!result.ok()) return std::nullopt;
+    return result.output;
   }
 
   // The service is healthy after a hostile run: a plain command still works.
@@ -59,13 +104,25 @@ class SandboxTest : public ::testing::Test {
     EXPECT_NE(result.output.find("still fine"), std::string::npos);
   }
 
+  std::unique_ptr<Sandbox> local_;
   std::unique_ptr<Sandbox> sandbox_;
   TempDir dir_;
   std::unique_ptr<Workspace> workspace_;
+  WorkspaceLimits limits_;
+  bool ran_ = false;
   int programs_ = 0;
 };
 
-TEST_F(SandboxTest, RunsCodeInTheWorkspaceAndCapturesOutput) {
+INSTANTIATE_TEST_SUITE_P(BubblewrapAndRunner, SandboxTest, ::testing::Values("bwrap", "runner"),
+                         [](const auto& info) { return info.param; });
+
+// What only bubblewrap itself does (the service's own writes after a run, fds and programs
+// handed to bwrap).
+using BubblewrapTest = SandboxTest;
+INSTANTIATE_TEST_SUITE_P(Bubblewrap, BubblewrapTest, ::testing::Values("bwrap"),
+                         [](const auto& info) { return info.param; });
+
+TEST_P(SandboxTest, RunsCodeInTheWorkspaceAndCapturesOutput) {
   auto result = RunPython(
       "import os\nprint('hello', os.getcwd())\nopen('out.txt','w').write('x')\n"
       "import sys\nprint('err', file=sys.stderr)\nsys.exit(3)\n");
@@ -73,10 +130,10 @@ TEST_F(SandboxTest, RunsCodeInTheWorkspaceAndCapturesOutput) {
   EXPECT_TRUE(result.reason.empty()) << result.reason;
   EXPECT_NE(result.output.find("hello /workspace"), std::string::npos) << result.output;
   EXPECT_NE(result.output.find("err"), std::string::npos);
-  EXPECT_EQ(workspace_->ReadFile("out.txt").value_or(""), "x");
+  EXPECT_EQ(ReadBack("out.txt").value_or(""), "x");
 }
 
-TEST_F(SandboxTest, CannotReachTheNetwork) {
+TEST_P(SandboxTest, CannotReachTheNetwork) {
   int listener = socket(AF_INET, SOCK_STREAM, 0);
   ASSERT_GE(listener, 0);
   sockaddr_in addr{};
@@ -110,14 +167,17 @@ TEST_F(SandboxTest, CannotReachTheNetwork) {
   close(listener);
 }
 
-TEST_F(SandboxTest, CannotWriteOutsideTheWorkspace) {
+TEST_P(SandboxTest, CannotWriteOutsideTheWorkspace) {
   TempDir outside;
   std::string target = outside.path() + "/escaped.txt";
   auto result = RunPython(
       "import os\n"
       "for p in ['" +
-      target +
-      "', '/usr/escaped.txt', '/etc/escaped.txt', '../escaped.txt',\n"
+      target + "', '/usr/escaped.txt', '/etc/escaped.txt', " +
+      // On a runner the workspace is a directory in the attempt's own tmpfs, so its parent is
+      // writable and private to the attempt; under bwrap it is the read-only root.
+      (remote() ? "" : "'../escaped.txt', ") +
+      "\n"
       "          '/proc/sys/kernel/hostname']:\n"
       "    try:\n"
       "        open(p, 'w').write('x')\n"
@@ -129,10 +189,10 @@ TEST_F(SandboxTest, CannotWriteOutsideTheWorkspace) {
   EXPECT_FALSE(std::filesystem::exists(target));
   EXPECT_FALSE(std::filesystem::exists("/usr/escaped.txt"));
   EXPECT_FALSE(std::filesystem::exists("/escaped.txt"));
-  EXPECT_TRUE(workspace_->ReadFile("inside.txt").ok());
+  EXPECT_EQ(ReadBack("inside.txt").value_or(""), "ok");
 }
 
-TEST_F(SandboxTest, InfiniteLoopHitsTheCpuLimit) {
+TEST_P(SandboxTest, InfiniteLoopHitsTheCpuLimit) {
   SandboxLimits limits;
   limits.cpu_seconds = 1;
   auto result = RunPython("while True:\n    pass\n", limits);
@@ -141,7 +201,7 @@ TEST_F(SandboxTest, InfiniteLoopHitsTheCpuLimit) {
   ExpectStillWorks();
 }
 
-TEST_F(SandboxTest, SleeperHitsTheWallTimeLimit) {
+TEST_P(SandboxTest, SleeperHitsTheWallTimeLimit) {
   SandboxLimits limits;
   limits.wall_time = std::chrono::milliseconds(500);
   auto result = RunPython("import time\ntime.sleep(60)\n", limits);
@@ -149,7 +209,7 @@ TEST_F(SandboxTest, SleeperHitsTheWallTimeLimit) {
   ExpectStillWorks();
 }
 
-TEST_F(SandboxTest, ForkBombIsContained) {
+TEST_P(SandboxTest, ForkBombIsContained) {
   SandboxLimits limits;
   limits.max_processes = 32;
   limits.wall_time = std::chrono::seconds(3);
@@ -198,7 +258,7 @@ TEST_F(SandboxTest, ForkBombIsContained) {
   ExpectStillWorks();
 }
 
-TEST_F(SandboxTest, MemoryHogHitsTheMemoryLimit) {
+TEST_P(SandboxTest, MemoryHogHitsTheMemoryLimit) {
   SandboxLimits limits;
   limits.memory_bytes = 256LL << 20;
   auto result = RunPython("x = bytearray(2 * 1024 ** 3)\nprint(len(x))\n", limits);
@@ -207,7 +267,7 @@ TEST_F(SandboxTest, MemoryHogHitsTheMemoryLimit) {
   ExpectStillWorks();
 }
 
-TEST_F(SandboxTest, OutputFloodHitsTheOutputLimit) {
+TEST_P(SandboxTest, OutputFloodHitsTheOutputLimit) {
   SandboxLimits limits;
   limits.output_bytes = 64 * 1024;
   auto result = RunPython("while True:\n    print('x' * 1000)\n", limits);
@@ -216,7 +276,7 @@ TEST_F(SandboxTest, OutputFloodHitsTheOutputLimit) {
   ExpectStillWorks();
 }
 
-TEST_F(SandboxTest, BigFileHitsTheFileSizeLimit) {
+TEST_P(SandboxTest, BigFileHitsTheFileSizeLimit) {
   SandboxLimits limits;
   limits.file_size_bytes = 1 << 20;
   auto result = RunPython("open('big', 'wb').write(b'x' * (8 << 20))\n", limits);
@@ -224,32 +284,28 @@ TEST_F(SandboxTest, BigFileHitsTheFileSizeLimit) {
   EXPECT_NE(result.reason.find("file size limit"), std::string::npos) << result.reason;
 }
 
-TEST_F(SandboxTest, CancellationKillsTheRunAtOnce) {
+TEST_P(SandboxTest, CancellationKillsTheRunAtOnce) {
   CancelToken cancel;
-  std::thread canceller([&] {
-    // Cancel once the program has really started (it writes a marker file first).
-    for (int i = 0; i < 2000 && !workspace_->ReadFile("started").ok(); ++i) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(5));
-    }
-    cancel.Cancel();
-  });
   SandboxLimits limits;
   limits.wall_time = std::chrono::seconds(60);
   auto start = std::chrono::steady_clock::now();
-  auto result =
-      RunPython("open('started', 'w').close()\nimport time\ntime.sleep(60)\n", limits, &cancel);
-  canceller.join();
+  // Cancelled once the program has really started (it says so first).
+  auto result = RunPython("print('started', flush=True)\nimport time\ntime.sleep(60)\n", limits,
+                          &cancel, [&](std::string_view out) {
+                            if (out.find("started") != std::string_view::npos) cancel.Cancel();
+                          });
   EXPECT_TRUE(result.cancelled);
   EXPECT_EQ(result.reason, "cancelled");
   EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(30));
 }
 
-TEST_F(SandboxTest, CannotCreateUserOrOtherNamespaces) {
+TEST_P(SandboxTest, CannotCreateUserOrOtherNamespaces) {
   SandboxCommand command;
   command.argv = {"sh", "-c",
                   "unshare -U true && echo UNSHARED_U; unshare -r true && echo UNSHARED_R; "
                   "unshare -m true && echo UNSHARED_M; echo done"};
   CancelToken none;
+  ran_ = true;  // the workspace went to the runner with this run
   auto result = sandbox_->Run(command, *workspace_, &none);
   ASSERT_TRUE(result.ok()) << result.status();
   EXPECT_NE(result->output.find("done"), std::string::npos) << result->output;
@@ -257,7 +313,7 @@ TEST_F(SandboxTest, CannotCreateUserOrOtherNamespaces) {
   ExpectStillWorks();
 }
 
-TEST_F(SandboxTest, TheSeccompFilterDeniesEscapesButNotNormalWork) {
+TEST_P(SandboxTest, TheSeccompFilterDeniesEscapesButNotNormalWork) {
   // Raw system calls, so no library wrapper can hide the errno. x86-64 and arm64 numbers.
   auto result = RunPython(R"py(import ctypes, os, platform, subprocess
 libc = ctypes.CDLL(None, use_errno=True)
@@ -295,7 +351,7 @@ print("child says", subprocess.run(["echo", "hi"], capture_output=True, text=Tru
   EXPECT_NE(result.output.find("child says hi"), std::string::npos) << result.output;
 }
 
-TEST_F(SandboxTest, TestsThatWriteTooManyFilesStopAtTheWorkspaceCap) {
+TEST_P(SandboxTest, TestsThatWriteTooManyFilesStopAtTheWorkspaceCap) {
   NewWorkspace({.max_bytes = 8 << 20, .max_files = 300});
   auto result = RunPython(
       "import errno, os\n"
@@ -317,7 +373,7 @@ TEST_F(SandboxTest, TestsThatWriteTooManyFilesStopAtTheWorkspaceCap) {
   EXPECT_NE(result.reason.find("workspace limit"), std::string::npos) << result.reason;
 }
 
-TEST_F(SandboxTest, TestsThatWriteTooManyBytesStopAtTheWorkspaceCapInTmpToo) {
+TEST_P(SandboxTest, TestsThatWriteTooManyBytesStopAtTheWorkspaceCapInTmpToo) {
   NewWorkspace({.max_bytes = 4 << 20, .max_files = 100});
   auto result = RunPython(
       "import errno\n"
@@ -336,7 +392,7 @@ TEST_F(SandboxTest, TestsThatWriteTooManyBytesStopAtTheWorkspaceCapInTmpToo) {
   EXPECT_EQ(result.output.find(" 64 MiB"), std::string::npos) << result.output;
 }
 
-TEST_F(SandboxTest, InputArrivesOnStdinAndTheReportComesBackApart) {
+TEST_P(SandboxTest, InputArrivesOnStdinAndTheReportComesBackApart) {
   ASSERT_TRUE(workspace_
                   ->WriteFile("r.py",
                               "import os, sys\n"
@@ -344,18 +400,19 @@ TEST_F(SandboxTest, InputArrivesOnStdinAndTheReportComesBackApart) {
                               "print('on stdout')\n"
                               "os.write(3, ('got ' + secret + '\\n').encode())\n")
                   .ok());
+  ASSERT_TRUE(workspace_->WriteFile("w.py", "import os\nos.write(3, b'x')\n").ok());
   SandboxCommand command;
   command.argv = {"python3", "r.py"};
   command.input = "s3cret\n";
   command.report = true;
   CancelToken none;
+  ran_ = true;  // the workspace went to the runner with this run
   auto result = sandbox_->Run(command, *workspace_, &none);
   ASSERT_TRUE(result.ok()) << result.status();
   EXPECT_TRUE(result->ok()) << result->reason << result->output;
   EXPECT_EQ(result->report, "got s3cret\n");
   EXPECT_EQ(result->output, "on stdout\n");
   // Without `report`, fd 3 is not open at all.
-  ASSERT_TRUE(workspace_->WriteFile("w.py", "import os\nos.write(3, b'x')\n").ok());
   command.argv = {"python3", "w.py"};
   command.report = false;
   result = sandbox_->Run(command, *workspace_, &none);
@@ -363,7 +420,7 @@ TEST_F(SandboxTest, InputArrivesOnStdinAndTheReportComesBackApart) {
   EXPECT_NE(result->output.find("Bad file descriptor"), std::string::npos) << result->output;
 }
 
-TEST_F(SandboxTest, SymlinksLeftByTheCodeDoNotRedirectTheServicesWrites) {
+TEST_P(BubblewrapTest, SymlinksLeftByTheCodeDoNotRedirectTheServicesWrites) {
   TempDir outside;
   auto result = RunPython(
       "import os\n"
@@ -383,7 +440,7 @@ TEST_F(SandboxTest, SymlinksLeftByTheCodeDoNotRedirectTheServicesWrites) {
   EXPECT_FALSE(workspace_->ReadFile("dir/x.py").ok());
 }
 
-TEST_F(SandboxTest, WorkspacesAreNotOnTheHostDisk) {
+TEST_P(BubblewrapTest, WorkspacesAreNotOnTheHostDisk) {
   // The data directory can be 0700 and unreadable to the sandbox uid: nothing is put in it.
   ASSERT_TRUE(workspace_->WriteFile("a.py", "print('ran')\n").ok());
   EXPECT_TRUE(std::filesystem::is_empty(dir_.path()));
@@ -391,12 +448,329 @@ TEST_F(SandboxTest, WorkspacesAreNotOnTheHostDisk) {
   EXPECT_NE(result.output.find("ran"), std::string::npos) << result.output;
 }
 
+TEST_P(BubblewrapTest, AConnectionArrivesAtFd3AndAProgramOutsideUsrRuns) {
+  int pair[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair), 0);
+  SandboxCommand command;
+  command.argv = {"sh", "-c", "echo hello >&3; read reply <&3; echo \"got $reply\""};
+  command.connection_fd = pair[1];
+  ASSERT_EQ(write(pair[0], "world\n", 6), 6);
+  CancelToken none;
+  ran_ = true;  // the workspace went to the runner with this run
+  auto result = sandbox_->Run(command, *workspace_, &none);
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_EQ(result->output, "got world\n") << result->reason;
+  char buf[16] = {};
+  EXPECT_EQ(read(pair[0], buf, sizeof(buf)), 6);
+  EXPECT_STREQ(buf, "hello\n");
+  close(pair[0]);
+  close(pair[1]);
+
+  // A program the sandbox would not otherwise see (not under /usr), run with its own argv.
+  TempDir bin;
+  std::string program = bin.path() + "/tool.sh";
+  std::ofstream(program) << "#!/bin/sh\necho \"tool says $1\"\nls /proc/self/fd\n";
+  std::filesystem::permissions(
+      program, std::filesystem::perms::owner_all | std::filesystem::perms::group_read |
+                   std::filesystem::perms::group_exec | std::filesystem::perms::others_read |
+                   std::filesystem::perms::others_exec);
+  SandboxCommand tool;
+  tool.argv = {"tool", "hi"};
+  tool.program = program;
+  result = sandbox_->Run(tool, *workspace_, &none);
+  ASSERT_TRUE(result.ok()) << result.status();
+  // Only stdin, stdout, stderr (and ls's own directory fd): bwrap closed the program's fd.
+  EXPECT_EQ(result->output, "tool says hi\n0\n1\n2\n3\n") << result->reason;
+}
+
+// kContained: what anima-sandbox-runner runs commands in, inside a sandbox of its own.
+class ContainedSandboxTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    sandbox_ = MakeSandbox(SandboxMode::kContained);
+    ASSERT_TRUE(sandbox_->Available().ok()) << sandbox_->Available();
+    auto created = sandbox_->CreateWorkspace(dir_.path(), "ws", WorkspaceLimits{}, {});
+    ASSERT_TRUE(created.ok()) << created.status();
+    workspace_ = *std::move(created);
+  }
+
+  SandboxResult Run(const std::vector<std::string>& argv, SandboxLimits limits = {},
+                    CancelToken* cancel = nullptr) {
+    SandboxCommand command;
+    command.argv = argv;
+    command.limits = limits;
+    CancelToken none;
+    auto result = sandbox_->Run(command, *workspace_, cancel != nullptr ? cancel : &none);
+    EXPECT_TRUE(result.ok()) << result.status();
+    return result.ok() ? *result : SandboxResult{};
+  }
+
+  SandboxResult RunPython(const std::string& code, SandboxLimits limits = {},
+                          CancelToken* cancel = nullptr) {
+    return Run({"python3", "-c", code}, limits, cancel);
+  }
+
+  bool Exists(const std::string& name) const {
+    return std::filesystem::exists(dir_.path() + "/ws/" + name);
+  }
+
+  std::unique_ptr<Sandbox> sandbox_;
+  TempDir dir_;
+  std::unique_ptr<Workspace> workspace_;
+};
+
+TEST_F(ContainedSandboxTest, RunsInTheWorkspaceDirectoryWithNoNewPrivsAndTheFilter) {
+  EXPECT_EQ(sandbox_->name(), "contained");
+  ASSERT_TRUE(workspace_->WriteFile("in.txt", "from the service").ok());
+  auto result = Run({"sh", "-c",
+                     "pwd; cat in.txt; echo; echo made > out.txt; "
+                     "grep -E '^(NoNewPrivs|Seccomp):' /proc/self/status; exit 3"});
+  EXPECT_EQ(result.exit_code, 3);
+  EXPECT_TRUE(result.reason.empty()) << result.reason;
+  EXPECT_NE(result.output.find(dir_.path() + "/ws\n"), std::string::npos) << result.output;
+  EXPECT_NE(result.output.find("from the service"), std::string::npos) << result.output;
+  EXPECT_NE(result.output.find("NoNewPrivs:\t1"), std::string::npos) << result.output;
+  EXPECT_NE(result.output.find("Seccomp:\t2"), std::string::npos) << result.output;
+  EXPECT_EQ(workspace_->ReadFile("out.txt").value_or(""), "made\n");
+  workspace_.reset();
+  EXPECT_FALSE(std::filesystem::exists(dir_.path() + "/ws")) << "the workspace outlived its object";
+}
+
+TEST_F(ContainedSandboxTest, TheSeccompFilterDeniesNamespacesMountAndPtrace) {
+  auto result = RunPython(R"py(import ctypes, os, platform
+libc = ctypes.CDLL(None, use_errno=True)
+numbers = {"x86_64": dict(unshare=272, mount=165, ptrace=101, setns=308),
+           "aarch64": dict(unshare=97, mount=40, ptrace=117, setns=268)}[platform.machine()]
+for name, nr in numbers.items():
+    rc = libc.syscall(nr, 0x10000000 if name == "unshare" else 0, 0, 0, 0, 0)
+    print(name, rc, os.strerror(ctypes.get_errno()) if rc < 0 else "ALLOWED")
+)py");
+  ASSERT_TRUE(result.ok()) << result.reason << result.output;
+  for (const char* name : {"unshare", "mount", "ptrace", "setns"}) {
+    EXPECT_NE(result.output.find(std::string(name) + " -1 Operation not permitted"),
+              std::string::npos)
+        << name << "\n"
+        << result.output;
+  }
+  // The same through the tools, which would succeed here without the filter when run as root.
+  result = Run({"sh", "-c",
+                "unshare -U true && echo UNSHARED; unshare -m true && echo MOUNTNS; "
+                "echo done"});
+  EXPECT_NE(result.output.find("done"), std::string::npos) << result.output;
+  EXPECT_EQ(result.output.find("UNSHARED"), std::string::npos) << result.output;
+  EXPECT_EQ(result.output.find("MOUNTNS"), std::string::npos) << result.output;
+}
+
+// The runner's neighbours (its own port, the service that drives it under compose) are one
+// connect() away from contained code: IP sockets are refused; Unix sockets (multiprocessing,
+// socketpair) still work.
+TEST_F(ContainedSandboxTest, CodeGetsNoIpSocketsButUnixSocketsWork) {
+  auto result = RunPython(R"py(import socket
+for family, name in [(socket.AF_INET, "inet"), (socket.AF_INET6, "inet6")]:
+    try:
+        socket.socket(family, socket.SOCK_STREAM)
+        print(name, "ALLOWED")
+    except OSError as e:
+        print(name, "denied", e.strerror)
+a, b = socket.socketpair()
+a.sendall(b"ping")
+print("unix", b.recv(4).decode())
+)py");
+  ASSERT_TRUE(result.ok()) << result.reason << result.output;
+  EXPECT_NE(result.output.find("inet denied Operation not permitted"), std::string::npos)
+      << result.output;
+  EXPECT_NE(result.output.find("inet6 denied Operation not permitted"), std::string::npos)
+      << result.output;
+  EXPECT_NE(result.output.find("unix ping"), std::string::npos) << result.output;
+}
+
+TEST_F(ContainedSandboxTest, CpuFileSizeAndMemoryLimitsApply) {
+  SandboxLimits limits;
+  limits.cpu_seconds = 1;
+  auto result = RunPython("while True:\n    pass\n", limits);
+  EXPECT_NE(result.reason.find("CPU time limit"), std::string::npos) << result.reason;
+
+  limits = {};
+  limits.file_size_bytes = 1 << 20;
+  result = RunPython("open('big', 'wb').write(b'x' * (8 << 20))\n", limits);
+  EXPECT_NE(result.reason.find("file size limit"), std::string::npos) << result.reason;
+  EXPECT_LE(std::filesystem::file_size(dir_.path() + "/ws/big"), 1u << 20);
+
+  limits = {};
+  limits.memory_bytes = 256LL << 20;
+  result = RunPython("x = bytearray(2 * 1024 ** 3)\nprint(len(x))\n", limits);
+  EXPECT_NE(result.reason.find("memory limit"), std::string::npos) << result.reason;
+}
+
+TEST_F(ContainedSandboxTest, TheProcessLimitAppliesWhenNotRoot) {
+  if (geteuid() == 0) GTEST_SKIP() << "RLIMIT_NPROC does not bind root";
+  SandboxLimits limits;
+  limits.max_processes = 16;
+  limits.wall_time = std::chrono::seconds(10);
+  auto result = RunPython(
+      "import os, time\n"
+      "n = 0\n"
+      "try:\n"
+      "    while n < 1000:\n"
+      "        if os.fork() == 0:\n"
+      "            os.close(1)\n"  // so the run ends with the parent; the group kill takes these
+      "            os.close(2)\n"
+      "            time.sleep(30)\n"
+      "            os._exit(0)\n"
+      "        n += 1\n"
+      "except OSError as e:\n"
+      "    print('forks', n, 'then errno', e.errno, flush=True)\n",
+      limits);
+  int forks = -1, errno_seen = 0;
+  auto at = result.output.find("forks ");
+  ASSERT_NE(at, std::string::npos) << result.output;
+  ASSERT_EQ(std::sscanf(result.output.c_str() + at, "forks %d then errno %d", &forks, &errno_seen),
+            2);
+  EXPECT_LE(forks, 16);
+  EXPECT_EQ(errno_seen, EAGAIN);
+}
+
+TEST_F(ContainedSandboxTest, OutputIsSeenAsItComesAndCappedAtTheLimit) {
+  std::vector<std::string> pieces;
+  bool done_before_first_piece = true;
+  SandboxCommand command;
+  // "done" appears only after the first line was printed and 300 ms passed.
+  command.argv = {"sh", "-c", "echo one; sleep 0.3; touch done; echo two"};
+  command.on_output = [&](std::string_view piece) {
+    if (pieces.empty()) done_before_first_piece = Exists("done");
+    pieces.emplace_back(piece);
+  };
+  CancelToken none;
+  auto result = sandbox_->Run(command, *workspace_, &none);
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_TRUE(result->ok()) << result->reason;
+  EXPECT_GE(pieces.size(), 2u);
+  EXPECT_FALSE(done_before_first_piece) << "the first output came only at the end";
+  std::string joined;
+  for (const auto& p : pieces) joined += p;
+  EXPECT_EQ(joined, "one\ntwo\n");
+  EXPECT_EQ(result->output, "one\ntwo\n");
+
+  // A flood: stopped at the cap, and on_output saw exactly what was kept.
+  joined.clear();
+  command.argv = {"python3", "-c", "while True:\n    print('x' * 1000)\n"};
+  command.limits.output_bytes = 64 * 1024;
+  command.on_output = [&](std::string_view piece) { joined.append(piece); };
+  result = sandbox_->Run(command, *workspace_, &none);
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_NE(result->reason.find("output limit"), std::string::npos) << result->reason;
+  EXPECT_EQ(result->output.size(), 64u * 1024);
+  EXPECT_EQ(joined, result->output);
+}
+
+TEST_F(ContainedSandboxTest, WallTimeAndCancelKillTheWholeGroup) {
+  // A grandchild that closed its output would write `late` after half a second.
+  const std::string spawn =
+      "(exec >/dev/null 2>&1 </dev/null; sleep 0.5; touch late) & echo started; sleep 60";
+  SandboxLimits limits;
+  limits.wall_time = std::chrono::milliseconds(300);
+  auto result = Run({"sh", "-c", spawn}, limits);
+  EXPECT_NE(result.reason.find("wall time limit"), std::string::npos) << result.reason;
+
+  limits.wall_time = std::chrono::seconds(60);
+  CancelToken cancel;
+  std::thread canceller([&] {
+    for (int i = 0; i < 2000 && !Exists("started"); ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    cancel.Cancel();
+  });
+  result = Run({"sh", "-c",
+                "(exec >/dev/null 2>&1 </dev/null; sleep 0.5; touch late2) & touch started; "
+                "sleep 60"},
+               limits, &cancel);
+  canceller.join();
+  EXPECT_TRUE(result.cancelled);
+  EXPECT_EQ(result.reason, "cancelled");
+  std::this_thread::sleep_for(std::chrono::milliseconds(900));
+  EXPECT_FALSE(Exists("late")) << "a grandchild outlived the wall time";
+  EXPECT_FALSE(Exists("late2")) << "a grandchild outlived the cancellation";
+}
+
+TEST_F(ContainedSandboxTest, ABackgroundProcessLeftBehindDoesNotOutliveTheRun) {
+  auto result =
+      Run({"sh", "-c", "(exec >/dev/null 2>&1 </dev/null; sleep 0.5; touch late) & echo left it"});
+  EXPECT_TRUE(result.ok()) << result.reason << result.output;
+  EXPECT_EQ(result.output, "left it\n");
+  std::this_thread::sleep_for(std::chrono::milliseconds(900));
+  EXPECT_FALSE(Exists("late"));
+}
+
+TEST_F(ContainedSandboxTest, AConnectionArrivesAtFd3InsteadOfAReportPipe) {
+  int pair[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair), 0);
+  SandboxCommand command;
+  command.argv = {"sh", "-c", "echo hello >&3"};
+  command.connection_fd = pair[1];
+  CancelToken none;
+  auto result = sandbox_->Run(command, *workspace_, &none);
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_TRUE(result->ok()) << result->reason << result->output;
+  char buf[16] = {};
+  EXPECT_EQ(read(pair[0], buf, sizeof(buf)), 6);
+  EXPECT_STREQ(buf, "hello\n");
+  // The socket stays the caller's.
+  EXPECT_EQ(write(pair[1], "x", 1), 1);
+
+  command.report = true;
+  result = sandbox_->Run(command, *workspace_, &none);
+  EXPECT_EQ(result.status().code(), absl::StatusCode::kInvalidArgument) << result.status();
+  close(pair[0]);
+  close(pair[1]);
+}
+
+TEST_F(ContainedSandboxTest, InputReportAndAMissingCommand) {
+  SandboxCommand command;
+  command.argv = {"sh", "-c", "read line; echo \"report $line\" >&3; echo out"};
+  command.input = "s3cret\n";
+  command.report = true;
+  CancelToken none;
+  auto result = sandbox_->Run(command, *workspace_, &none);
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_EQ(result->report, "report s3cret\n");
+  EXPECT_EQ(result->output, "out\n");
+
+  command = {};
+  command.argv = {"no-such-command-here"};
+  result = sandbox_->Run(command, *workspace_, &none);
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_EQ(result->exit_code, 127);
+  EXPECT_NE(result->output.find("cannot execute"), std::string::npos) << result->output;
+}
+
+TEST_F(ContainedSandboxTest, AProgramRunsWhereItIsWithItsOwnArgv) {
+  TempDir bin;
+  std::string program = bin.path() + "/tool.sh";
+  std::ofstream(program) << "#!/bin/sh\necho \"$0 says $1 in $(pwd)\"\n";
+  std::filesystem::permissions(program, std::filesystem::perms::owner_all);
+  SandboxCommand command;
+  command.argv = {"tool", "hi"};
+  command.program = program;
+  CancelToken none;
+  auto result = sandbox_->Run(command, *workspace_, &none);
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_EQ(result->output, program + " says hi in " + dir_.path() + "/ws\n") << result->reason;
+}
+
+TEST_F(ContainedSandboxTest, ACommandDoesNotInheritAnIgnoredSigpipe) {
+  // Services ignore SIGPIPE (BlockShutdownSignals); an ignored signal survives exec.
+  auto previous = signal(SIGPIPE, SIG_IGN);
+  auto result = Run({"grep", "SigIgn", "/proc/self/status"});
+  signal(SIGPIPE, previous);
+  EXPECT_EQ(result.output, "SigIgn:\t0000000000000000\n") << result.reason;
+}
+
 TEST(UnsandboxedMode, RunsInTheWorkspaceWithLimitsAndTimeouts) {
   auto sandbox = MakeSandbox(SandboxMode::kNone);
   ASSERT_TRUE(sandbox->Available().ok());
   EXPECT_EQ(sandbox->name(), "none");
   TempDir dir;
-  auto workspace = sandbox->CreateWorkspace(dir.path(), "ws", {});
+  auto workspace = sandbox->CreateWorkspace(dir.path(), "ws", {}, {});
   ASSERT_TRUE(workspace.ok()) << workspace.status();
   CancelToken cancel;
   SandboxCommand command;

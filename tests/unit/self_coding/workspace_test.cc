@@ -20,7 +20,7 @@ using testing::TempDir;
 class WorkspaceTest : public ::testing::Test {
  protected:
   std::unique_ptr<Workspace> Make(WorkspaceLimits limits = {}) {
-    auto created = sandbox_->CreateWorkspace(dir_.path(), "ws", limits);
+    auto created = sandbox_->CreateWorkspace(dir_.path(), "ws", limits, {});
     EXPECT_TRUE(created.ok()) << created.status();
     return created.ok() ? *std::move(created) : nullptr;
   }
@@ -86,7 +86,7 @@ TEST_F(WorkspaceTest, StopsAtTheByteAndFileCaps) {
 
 TEST_F(WorkspaceTest, ASymlinkedParentDirectoryIsRefused) {
   fs::create_directory_symlink(outside_.path(), dir_.path() + "/link");
-  auto created = sandbox_->CreateWorkspace(dir_.path() + "/link", "ws", {});
+  auto created = sandbox_->CreateWorkspace(dir_.path() + "/link", "ws", {}, {});
   EXPECT_FALSE(created.ok());
   EXPECT_FALSE(fs::exists(outside_.path() + "/ws"));
 }
