@@ -8,7 +8,13 @@
 #                        [--repository=anima] [--tag=<git commit>] [--domain=anima.example.com]
 #                        [--network=default] [--redis-instance=anima] [--redis-size-gb=1]
 #                        [--sql-instance=anima] [--sql-tier=db-custom-1-3840]
-#                        [--cloud-sql-proxy] [--dry-run]
+#                        [--gvisor-machine-type=e2-standard-4] [--cloud-sql-proxy] [--dry-run]
+#
+# Self-coding's sandboxes: generated code runs in gVisor pods claimed from Agent Sandbox
+# (kubernetes-sigs/agent-sandbox, pinned at AGENT_SANDBOX_VERSION). Autopilot runs gVisor pods as
+# they are; on a Standard cluster of yours the script adds a node pool with GKE Sandbox (gVisor)
+# of --gvisor-machine-type. It installs Agent Sandbox's controller and CRDs from that release
+# (server-side apply) and waits for them before applying the manifests.
 #
 # Keys: OPENAI_API_KEY, VENICE_API_KEY, GEMINI_API_KEY from the environment; those set replace
 # the stored ones, and with none set the Secret is left as it is. Keys are never printed.
@@ -38,10 +44,12 @@ REDIS_INSTANCE="anima"
 REDIS_SIZE_GB=1
 SQL_INSTANCE="anima"
 SQL_TIER="db-custom-1-3840"
+GVISOR_MACHINE_TYPE="e2-standard-4"
 CLOUD_SQL_PROXY=0
 DRY_RUN=0
 NAMESPACE="anima"
-SERVICES=(gateway router llm-broker self-coding word-count)
+# The images of k8s/overlays/gke: anima-<name>.
+IMAGES=(gateway router llm-broker self-coding sandbox-runner word-count)
 KEYS=(OPENAI_API_KEY VENICE_API_KEY GEMINI_API_KEY)
 # The placeholder registry of k8s/overlays/gke/kustomization.yaml, replaced here.
 OVERLAY_REGISTRY="europe-west1-docker.pkg.dev/anima-project/anima"
@@ -49,9 +57,18 @@ OVERLAY_REGISTRY="europe-west1-docker.pkg.dev/anima-project/anima"
 PSA_RANGE="anima-private-services"
 DB_NAME="anima"
 DB_USER="anima"
+# Agent Sandbox: the release whose controller and CRDs are installed, the same as the CRDs
+# tests/ops/k8s/crds/ validates the manifests with. Its all-in-one manifest declares the controller
+# once with the extensions (SandboxClaim, SandboxTemplate, SandboxWarmPool) on.
+AGENT_SANDBOX_VERSION="v0.5.6"
+AGENT_SANDBOX_MANIFEST="https://github.com/kubernetes-sigs/agent-sandbox/releases/download/$AGENT_SANDBOX_VERSION/sandbox-with-extensions.yaml"
+AGENT_SANDBOX_CRDS=(sandboxes.agents.x-k8s.io sandboxclaims.extensions.agents.x-k8s.io
+  sandboxtemplates.extensions.agents.x-k8s.io sandboxwarmpools.extensions.agents.x-k8s.io)
+# The node pool of gVisor nodes on a Standard cluster.
+GVISOR_POOL="anima-gvisor"
 
 usage() {
-  sed -n '2,26p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+  sed -n '2,32p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 
 log() { printf '\033[1mdeploy:\033[0m %s\n' "$*" >&2; }
@@ -73,6 +90,7 @@ for arg in "$@"; do
     --redis-size-gb=*) REDIS_SIZE_GB="${arg#*=}" ;;
     --sql-instance=*) SQL_INSTANCE="${arg#*=}" ;;
     --sql-tier=*) SQL_TIER="${arg#*=}" ;;
+    --gvisor-machine-type=*) GVISOR_MACHINE_TYPE="${arg#*=}" ;;
     --cloud-sql-proxy) CLOUD_SQL_PROXY=1 ;;
     --dry-run) DRY_RUN=1 ;;
     -h | --help)
@@ -98,6 +116,7 @@ fi
 [[ "$REDIS_SIZE_GB" =~ ^[1-9][0-9]{0,2}$ ]] || die "--redis-size-gb: '$REDIS_SIZE_GB' is not a size in GB (1 to 300)"
 [[ "$SQL_INSTANCE" =~ ^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$ ]] || die "--sql-instance: '$SQL_INSTANCE' is not a Cloud SQL instance name"
 [[ "$SQL_TIER" =~ ^db-[a-z0-9-]+$ ]] || die "--sql-tier: '$SQL_TIER' is not a Cloud SQL machine tier"
+[[ "$GVISOR_MACHINE_TYPE" =~ ^[a-z][a-z0-9]*-[a-z0-9-]+$ ]] || die "--gvisor-machine-type: '$GVISOR_MACHINE_TYPE' is not a machine type"
 REGISTRY="$REGION-docker.pkg.dev/$PROJECT/$REPOSITORY"
 NETWORK_PATH="projects/$PROJECT/global/networks/$NETWORK"
 # Workload Identity for the Cloud SQL Auth Proxy: the Kubernetes service account of
@@ -164,6 +183,37 @@ else
 fi
 run gcloud container clusters get-credentials "$CLUSTER" --region="$REGION" --project="$PROJECT"
 
+# Self-coding's sandboxes: gVisor nodes, then Agent Sandbox. Autopilot schedules pods with
+# runtimeClassName gvisor on gVisor nodes of its own; a Standard cluster needs a node pool with GKE
+# Sandbox, which taints its nodes so that only gVisor pods land there (at least one other pool
+# must remain, for the rest).
+autopilot="$(query "<True on Autopilot>" gcloud container clusters describe "$CLUSTER" --region="$REGION" \
+  --project="$PROJECT" --format='value(autopilot.enabled)')"
+if [[ "$autopilot" == True ]]; then
+  log "Autopilot runs gVisor pods (runtimeClassName gvisor) without a node pool of ours"
+else
+  ((!DRY_RUN)) || log "on a Standard cluster (not one this script creates, which is Autopilot):"
+  if exists gcloud container node-pools describe "$GVISOR_POOL" --cluster="$CLUSTER" --region="$REGION" \
+    --project="$PROJECT"; then
+    log "gVisor node pool $GVISOR_POOL exists"
+  else
+    log "creating the gVisor node pool $GVISOR_POOL (GKE Sandbox)"
+    run gcloud container node-pools create "$GVISOR_POOL" --cluster="$CLUSTER" --region="$REGION" \
+      --project="$PROJECT" --sandbox=type=gvisor --image-type=cos_containerd \
+      --machine-type="$GVISOR_MACHINE_TYPE" --num-nodes=1 --enable-autoscaling --min-nodes=0 --max-nodes=3
+  fi
+fi
+# The controller and the CRDs of the pinned release: server-side apply (the SandboxTemplate CRD,
+# with a whole PodSpec in its schema, is too large for client-side apply's annotation), the same
+# every run, so a re-run repairs drift and a new AGENT_SANDBOX_VERSION upgrades. The manifests
+# are applied only once the CRDs serve (Established) and the controller runs, which also serves
+# the CRDs' conversion webhook and fills the warm pool.
+log "installing Agent Sandbox $AGENT_SANDBOX_VERSION (controller and CRDs)"
+run kubectl apply --server-side --field-manager=anima-agent-sandbox --force-conflicts \
+  -f "$AGENT_SANDBOX_MANIFEST"
+run kubectl wait --for=condition=Established --timeout=2m "${AGENT_SANDBOX_CRDS[@]/#/crd/}"
+run kubectl rollout status deployment/agent-sandbox-controller --namespace=agent-sandbox-system --timeout=5m
+
 # Images are immutable per tag: build only when this tag is not pushed yet.
 if exists gcloud artifacts docker images describe "$REGISTRY/anima-gateway:$TAG" --project="$PROJECT"; then
   log "images $TAG exist"
@@ -205,6 +255,32 @@ if ((!DRY_RUN)); then
   read -r psa_address psa_prefix <<<"$psa_cidr"
   psa_cidr="$psa_address/$psa_prefix"
   [[ "$psa_cidr" =~ ^[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+/[0-9]+$ ]] || die "$PSA_RANGE: unexpected address '$psa_cidr'"
+fi
+
+# The Kubernetes API server as self-coding's pods reach it: the kubernetes Service forwards to the
+# control plane's endpoint, which is what NetworkPolicies see (k8s/base/network-policies.yaml,
+# anima-kube-api-egress, is narrowed to it below).
+api_endpoint="$(query "<address> <port>" kubectl get endpointslices --namespace=default \
+  --selector=kubernetes.io/service-name=kubernetes \
+  -o 'jsonpath={.items[*].endpoints[*].addresses[*]} {.items[0].ports[0].port}')"
+if ((DRY_RUN)); then
+  api_peers='{ipBlock: {cidr: "<the API server'"'"'s address>/32"}}'
+  api_port="<its port>"
+else
+  read -r -a fields <<<"$api_endpoint"
+  ((${#fields[@]} >= 2)) || die "the kubernetes Service has no endpoint: '$api_endpoint'"
+  api_port="${fields[-1]}"
+  [[ "$api_port" =~ ^[0-9]+$ ]] || die "the kubernetes Service's endpoint: unexpected port '$api_port'"
+  api_peers=""
+  for address in "${fields[@]:0:${#fields[@]}-1}"; do
+    if [[ "$address" =~ ^[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+$ ]]; then
+      api_peers+="${api_peers:+, }{ipBlock: {cidr: \"$address/32\"}}"
+    elif [[ "$address" =~ ^[0-9a-fA-F:]+$ ]]; then
+      api_peers+="${api_peers:+, }{ipBlock: {cidr: \"$address/128\"}}"
+    else
+      die "the kubernetes Service's endpoint: unexpected address '$address'"
+    fi
+  done
 fi
 
 # Redis: the router's conversation memory and the gateways' quotas. Standard tier (a replica,
@@ -255,12 +331,15 @@ if ((CLOUD_SQL_PROXY)); then
     run gcloud iam service-accounts create "${PROXY_GSA%%@*}" --project="$PROJECT" \
       --display-name="Anima Cloud SQL Auth Proxy"
   fi
-  log "granting $PROXY_GSA roles/cloudsql.client, and anima/anima-cloud-sql the right to act as it"
+  # The gateway's account, and self-coding's own (which holds its SandboxClaims' Role).
+  log "granting $PROXY_GSA roles/cloudsql.client, and anima/anima-cloud-sql and anima/anima-self-coding the right to act as it"
   run gcloud projects add-iam-policy-binding "$PROJECT" --member="serviceAccount:$PROXY_GSA" \
     --role=roles/cloudsql.client --condition=None --format=none
-  run gcloud iam service-accounts add-iam-policy-binding "$PROXY_GSA" --project="$PROJECT" \
-    --role=roles/iam.workloadIdentityUser \
-    --member="serviceAccount:$PROJECT.svc.id.goog[$NAMESPACE/anima-cloud-sql]" --format=none
+  for account in anima-cloud-sql anima-self-coding; do
+    run gcloud iam service-accounts add-iam-policy-binding "$PROXY_GSA" --project="$PROJECT" \
+      --role=roles/iam.workloadIdentityUser \
+      --member="serviceAccount:$PROJECT.svc.id.goog[$NAMESPACE/$account]" --format=none
+  done
 fi
 
 # The overlay with this deployment's images and domain, in a kustomization of its own so the
@@ -274,7 +353,7 @@ kustomization() {
   printf 'resources:\n  - %s\n' "$overlay"
   printf 'images:\n'
   local s
-  for s in "${SERVICES[@]}"; do
+  for s in "${IMAGES[@]}"; do
     printf '  - {name: %s, newName: %s, newTag: "%s"}\n' \
       "$OVERLAY_REGISTRY/anima-$s" "$REGISTRY/anima-$s" "$TAG"
   done
@@ -290,11 +369,17 @@ kustomization() {
     printf '  - target: {kind: NetworkPolicy, name: %s}\n' "$p"
     printf '    patch: |-\n      - {op: replace, path: /spec/egress/0/to, value: [{ipBlock: {cidr: "%s"}}]}\n' "$psa_cidr"
   done
+  # Self-coding's way to the API server: its endpoint and port only.
+  printf '  - target: {kind: NetworkPolicy, name: anima-kube-api-egress}\n'
+  printf '    patch: |-\n      - {op: replace, path: /spec/egress/0, value: {to: [%s], ports: [{protocol: TCP, port: %s}]}}\n' \
+    "$api_peers" "$api_port"
   if ((CLOUD_SQL_PROXY)); then
     printf '  - target: {kind: ConfigMap, name: anima-cloud-sql}\n'
     printf '    patch: |-\n      - {op: replace, path: /data/instance, value: "%s"}\n' "$PROJECT:$REGION:$SQL_INSTANCE"
-    printf '  - target: {kind: ServiceAccount, name: anima-cloud-sql}\n'
-    printf '    patch: |-\n      - {op: replace, path: /metadata/annotations/iam.gke.io~1gcp-service-account, value: "%s"}\n' "$PROXY_GSA"
+    for account in anima-cloud-sql anima-self-coding; do
+      printf '  - target: {kind: ServiceAccount, name: %s}\n' "$account"
+      printf '    patch: |-\n      - {op: replace, path: /metadata/annotations/iam.gke.io~1gcp-service-account, value: "%s"}\n' "$PROXY_GSA"
+    done
   fi
 }
 if ((DRY_RUN)); then
@@ -476,6 +561,8 @@ log "waiting for the rollout"
 for s in gateway router llm-broker self-coding word-count; do
   run kubectl rollout status "deployment/anima-$s" --namespace="$NAMESPACE" --timeout=10m
 done
+# The warm pool of runner pods fills in the background (Ready against Desired).
+run kubectl get sandboxwarmpool anima-runner --namespace="$NAMESPACE"
 run kubectl get ingress anima --namespace="$NAMESPACE" \
   -o 'jsonpath={.status.loadBalancer.ingress[0].ip}{"\n"}'
 log "done: point ${DOMAIN:-your domain} at the address above; the certificate provisions once DNS resolves"

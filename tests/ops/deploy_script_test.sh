@@ -6,7 +6,10 @@
 # Shared state: Memorystore and Cloud SQL created or reused on a private services access range,
 # the database user's password generated, set on the user and stored in the Secret anima-state
 # with the Redis AUTH string, neither ever printed; the NetworkPolicies narrowed to the range;
-# with --cloud-sql-proxy, the proxy overlay with its Workload Identity.
+# with --cloud-sql-proxy, the proxy overlay with its Workload Identity. Self-coding's sandboxes: a
+# gVisor node pool on a Standard cluster (none on Autopilot), Agent Sandbox's pinned release
+# installed and waited for before the manifests, the runner image mapped, and self-coding's egress
+# to the API server narrowed to the cluster's endpoint.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 : "${ANIMA_SOURCE_DIR:=$(cd "$HERE/../.." && pwd)}"
@@ -37,6 +40,7 @@ echo "gcloud $*" >>"$FAKE_LOG"
 case " $* " in
   *" vpc-peerings list "*) printf '%s\n' "${FAKE_PEERED:-}"; exit 0 ;;
   *" compute addresses describe "*--format=*) printf '10.20.0.0\t16\n'; exit 0 ;;
+  *" clusters describe "*--format=*) echo "${FAKE_AUTOPILOT-True}"; exit 0 ;;
   *" redis instances describe "*--format=*) printf '10.20.0.3\t6379\n'; exit 0 ;;
   *" get-auth-string "*) echo "fake-redis-auth-5e3c"; exit 0 ;;
   *" sql instances describe "*--format=*) printf 'PRIMARY\t34.1.2.3\tPRIVATE\t10.20.1.5\t\t\n'; exit 0 ;;
@@ -70,6 +74,8 @@ if [[ "\$1" == create ]]; then
   done
 fi
 [[ "\$1" == apply && " \$* " == *" -f - "* ]] && cat >>"\$FAKE_STDIN"
+# The control plane's endpoint, behind the kubernetes Service.
+[[ "\$1" == get && " \$* " == *" endpointslices "* ]] && printf '172.16.0.2 443'
 # A keys file exists only where FAKE_EXISTING says so.
 [[ "\$1" == get && " \$* " == *" secret anima-gateway-auth "* && "\${FAKE_EXISTING:-}" == *gateway-auth* ]] && echo e30=
 # So do the state URLs (reaching PostgreSQL directly).
@@ -110,9 +116,28 @@ for expected in "gcloud services enable" "gcloud artifacts repositories create a
   "gcloud sql users create anima --instance=anima" "gcloud redis instances get-auth-string anima" \
   "kubectl create secret generic anima-state" "--field-manager=anima-state" \
   "kubectl rollout restart deployment/anima-gateway deployment/anima-router deployment/anima-self-coding" \
-  "kubectl delete statefulset anima-self-coding" "name: anima-redis-egress" "name: anima-postgres-egress"; do
+  "kubectl delete statefulset anima-self-coding" "name: anima-redis-egress" "name: anima-postgres-egress" \
+  "gcloud container node-pools describe anima-gvisor --cluster=anima --region=us-central1" \
+  "gcloud container node-pools create anima-gvisor --cluster=anima --region=us-central1" "--sandbox=type=gvisor" \
+  "--machine-type=e2-standard-4" \
+  "kubectl apply --server-side --field-manager=anima-agent-sandbox --force-conflicts -f https://github.com/kubernetes-sigs/agent-sandbox/releases/download/v0.5.6/sandbox-with-extensions.yaml" \
+  "kubectl wait --for=condition=Established --timeout=2m crd/sandboxes.agents.x-k8s.io crd/sandboxclaims.extensions.agents.x-k8s.io crd/sandboxtemplates.extensions.agents.x-k8s.io crd/sandboxwarmpools.extensions.agents.x-k8s.io" \
+  "kubectl rollout status deployment/agent-sandbox-controller --namespace=agent-sandbox-system" \
+  "kubectl get endpointslices --namespace=default --selector=kubernetes.io/service-name=kubernetes" \
+  "name: anima-kube-api-egress" \
+  "newName: us-central1-docker.pkg.dev/anima-test-1/anima/anima-sandbox-runner, newTag: \"t123\"" \
+  "kubectl get sandboxwarmpool anima-runner"; do
   grep -qF -- "$expected" <<<"$out" || fail "--dry-run does not print: $expected"
 done
+# The release installed is the one whose CRDs validate the manifests (tests/ops/k8s/crds/).
+version="$(sed -n 's/^AGENT_SANDBOX_VERSION="\(.*\)"$/\1/p' "$SCRIPT")"
+[[ -n "$version" && -d "$HERE/k8s/crds/agent-sandbox-$version" ]] ||
+  fail "deploy.sh installs Agent Sandbox '$version', but tests/ops/k8s/crds/ has no agent-sandbox-$version"
+# Agent Sandbox is installed and its CRDs Established before the manifests that use them apply.
+installed="$(grep -n "crd/sandboxwarmpools" <<<"$out" | head -1 | cut -d: -f1)"
+applied="$(grep -n -- "--field-manager=anima-deploy" <<<"$out" | head -1 | cut -d: -f1)"
+[[ -n "$installed" && -n "$applied" && "$installed" -lt "$applied" ]] ||
+  fail "--dry-run applies the manifests before Agent Sandbox's CRDs are Established"
 grep -q -e sk-test-very-secret -e g-secret <<<"$out" && fail "--dry-run printed a key"
 grep -- "--password=" <<<"$out" | grep -v "never" && fail "--dry-run printed a password"
 grep -q statefulset/ <<<"$out" && fail "--dry-run still waits for a StatefulSet"
@@ -124,9 +149,12 @@ mkdir -p "$WORK/tmpdir"
 out="$(PATH="$WORK/bin:$PATH" TMPDIR="$WORK/tmpdir" OPENAI_API_KEY=sk-test-very-secret FAKE_EXISTING="" \
   "$SCRIPT" --project=anima-test-1 --tag=t123 --domain=chat.example.org 2>&1)" || fail "first run failed: $out"
 for expected in "repositories create anima" "clusters create-auto anima" "builds submit" \
-  "apply --server-side --field-manager=anima-keys" "rollout restart deployment/anima-llm-broker"; do
+  "apply --server-side --field-manager=anima-keys" "rollout restart deployment/anima-llm-broker" \
+  "apply --server-side --field-manager=anima-agent-sandbox --force-conflicts -f https://github.com/kubernetes-sigs/agent-sandbox/releases/download/v0.5.6/" \
+  "wait --for=condition=Established" "rollout status deployment/agent-sandbox-controller"; do
   grep -qF -- "$expected" "$FAKE_LOG" || fail "first run did not: $expected"
 done
+grep -q "node-pools" "$FAKE_LOG" && fail "on Autopilot, the first run touched node pools"
 grep -q sk-test-very-secret <<<"$out" && fail "a run printed a key"
 grep -q "OPENAI_API_KEY" "$FAKE_STDIN" || fail "the Secret applied does not carry OPENAI_API_KEY"
 grep -q "mode 600" "$FAKE_STDIN" || fail "the key file is readable by others"
@@ -188,8 +216,16 @@ for name in ("anima-redis-egress", "anima-postgres-egress"):
 PY
 fi
 if [[ -n "$REAL_KUBECTL" ]]; then
+  python3 - "$FAKE_RENDER" <<'PY' || fail "self-coding's egress to the API server is not narrowed to the endpoint"
+import sys, yaml
+objs = {(d["kind"], d["metadata"]["name"]): d for d in yaml.safe_load_all(open(sys.argv[1])) if d}
+egress = objs[("NetworkPolicy", "anima-kube-api-egress")]["spec"]["egress"]
+assert egress == [{"to": [{"ipBlock": {"cidr": "172.16.0.2/32"}}], "ports": [{"protocol": "TCP", "port": 443}]}], egress
+PY
   grep -q "image: europe-west1-docker.pkg.dev/anima-test-1/anima/anima-router:t123" "$FAKE_RENDER" ||
     fail "the applied overlay does not use this run's images"
+  grep -q "image: europe-west1-docker.pkg.dev/anima-test-1/anima/anima-sandbox-runner:t123" "$FAKE_RENDER" ||
+    fail "the applied runner template does not use this run's runner image"
   grep -q "anima-project" "$FAKE_RENDER" && fail "the applied overlay still names the placeholder registry"
   grep -q -- "- chat.example.org" "$FAKE_RENDER" || fail "the applied certificate does not name the domain"
 fi
@@ -205,6 +241,21 @@ grep -E " create |create-auto|builds submit|anima-keys|anima-auth|manager=anima-
   "$FAKE_LOG" && fail "second run created, rebuilt or rewrote something"
 grep -q "apply --server-side --field-manager=anima-deploy" "$FAKE_LOG" || fail "second run did not apply"
 echo "ok: a second run reuses the repository, cluster, images, Memorystore, Cloud SQL and the Secrets"
+
+# 3a. A Standard cluster of the operator's: the gVisor node pool is created once, then reused.
+: >"$FAKE_LOG"
+PATH="$WORK/bin:$PATH" FAKE_AUTOPILOT="" FAKE_EXISTING="anima anima-private-services images gateway-auth state sql-user" \
+  FAKE_PEERED="anima-private-services" "$SCRIPT" --project=anima-test-1 --tag=t123 --gvisor-machine-type=n2-standard-8 \
+  >"$WORK/out" 2>&1 || fail "run on a Standard cluster failed: $(cat "$WORK/out")"
+grep -qF -- "container node-pools create anima-gvisor --cluster=anima --region=europe-west1 --project=anima-test-1 --sandbox=type=gvisor --image-type=cos_containerd --machine-type=n2-standard-8" \
+  "$FAKE_LOG" || fail "on a Standard cluster, no gVisor node pool was created"
+: >"$FAKE_LOG"
+PATH="$WORK/bin:$PATH" FAKE_AUTOPILOT="" FAKE_EXISTING="anima anima-gvisor anima-private-services images gateway-auth state sql-user" \
+  FAKE_PEERED="anima-private-services" "$SCRIPT" --project=anima-test-1 --tag=t123 >/dev/null 2>&1 ||
+  fail "second run on a Standard cluster failed"
+grep -q "node-pools create" "$FAKE_LOG" && fail "the gVisor node pool was created again"
+grep -q "node-pools describe anima-gvisor" "$FAKE_LOG" || fail "the gVisor node pool was not looked for"
+echo "ok: on a Standard cluster the gVisor node pool is created once; on Autopilot none"
 
 # 3b. The Secret lost (a new cluster), the user there: its password is reset to a new one, stored;
 # a network already peered for other ranges keeps them.
@@ -231,6 +282,7 @@ PATH="$WORK/bin:$PATH" FAKE_EXISTING="anima images gateway-auth state sql-user" 
 for expected in "iam service-accounts create anima-cloud-sql --project=anima-test-1" \
   "projects add-iam-policy-binding anima-test-1 --member=serviceAccount:anima-cloud-sql@anima-test-1.iam.gserviceaccount.com --role=roles/cloudsql.client" \
   "iam service-accounts add-iam-policy-binding anima-cloud-sql@anima-test-1.iam.gserviceaccount.com --project=anima-test-1 --role=roles/iam.workloadIdentityUser --member=serviceAccount:anima-test-1.svc.id.goog[anima/anima-cloud-sql]" \
+  "iam service-accounts add-iam-policy-binding anima-cloud-sql@anima-test-1.iam.gserviceaccount.com --project=anima-test-1 --role=roles/iam.workloadIdentityUser --member=serviceAccount:anima-test-1.svc.id.goog[anima/anima-self-coding]" \
   "sql users set-password anima"; do
   grep -qF -- "$expected" "$FAKE_LOG" || fail "--cloud-sql-proxy did not: $expected"
 done
@@ -241,14 +293,16 @@ if [[ -n "$REAL_KUBECTL" ]]; then
 import sys, yaml
 objs = {(d["kind"], d["metadata"]["name"]): d for d in yaml.safe_load_all(open(sys.argv[1])) if d}
 assert objs[("ConfigMap", "anima-cloud-sql")]["data"]["instance"] == "anima-test-1:europe-west1:anima"
-sa = objs[("ServiceAccount", "anima-cloud-sql")]["metadata"]["annotations"]
-assert sa["iam.gke.io/gcp-service-account"] == "anima-cloud-sql@anima-test-1.iam.gserviceaccount.com", sa
+for account in ("anima-cloud-sql", "anima-self-coding"):
+    sa = objs[("ServiceAccount", account)]["metadata"]["annotations"]
+    assert sa["iam.gke.io/gcp-service-account"] == "anima-cloud-sql@anima-test-1.iam.gserviceaccount.com", (account, sa)
 assert ("NetworkPolicy", "anima-postgres-egress") not in objs
 assert objs[("NetworkPolicy", "anima-cloud-sql-proxy-egress")]["spec"]["egress"][0]["to"] == \
     [{"ipBlock": {"cidr": "10.20.0.0/16"}}]
-for name in ("anima-self-coding", "anima-gateway"):
+# The gateway acts through anima-cloud-sql; self-coding keeps its own account (its claims' Role).
+for name, account in (("anima-self-coding", "anima-self-coding"), ("anima-gateway", "anima-cloud-sql")):
     spec = objs[("Deployment", name)]["spec"]["template"]["spec"]
-    assert spec["serviceAccountName"] == "anima-cloud-sql", name
+    assert spec["serviceAccountName"] == account, (name, spec["serviceAccountName"])
     assert [c["name"] for c in spec["initContainers"]] == ["cloud-sql-proxy"], name
 PY
 fi
@@ -259,7 +313,8 @@ echo "ok: --cloud-sql-proxy sets up Workload Identity and the proxy sidecars, po
 for args in "" "--project=X" "--project=anima-test-1 --tag=latest" "--project=anima-test-1 --bogus" \
   "--project=anima-test-1 --region=mars" "--project=anima-test-1 --domain=a;b" \
   "--project=anima-test-1 --network=Bad_Net" "--project=anima-test-1 --redis-size-gb=0" \
-  "--project=anima-test-1 --sql-instance=-x" "--project=anima-test-1 --sql-tier=db;rm"; do
+  "--project=anima-test-1 --sql-instance=-x" "--project=anima-test-1 --sql-tier=db;rm" \
+  "--project=anima-test-1 --gvisor-machine-type=E2;x"; do
   # shellcheck disable=SC2086
   if PATH="$WORK/bin:$PATH" "$SCRIPT" $args >/dev/null 2>"$WORK/err"; then
     fail "deploy.sh $args succeeded"

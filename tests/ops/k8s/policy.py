@@ -21,7 +21,20 @@ literal; no Secret in the manifests carries data; a Deployment with a --data-dir
 dies with the pod) requires ANIMA_POSTGRES_URL; a pod that reads a state URL may reach its
 engine (Redis 6379, PostgreSQL 5432, or 3307 through a Cloud SQL Auth Proxy sidecar) and a pod
 that does not read it may not; sidecars (init containers that keep running) have liveness and
-startup probes; a pod's service account exists."""
+startup probes; a pod's service account exists.
+
+Self-coding on Agent Sandbox: the namespace enforces the restricted Pod Security Standard and
+every pod meets it, the runner pods of each SandboxTemplate too; a runner template runs under
+gVisor, without a service account token or Service links, with a read-only root, only emptyDir
+volumes of bounded size, CPU and memory requests and limits, and a gRPC readiness probe; its
+networkPolicy is Managed, lets nothing out and lets in only self-coding's pods on the runner's
+port, and no NetworkPolicy of the namespace gives the runner pods anything (not even DNS); a
+pod that mounts a service account token has its own account and a bound token of an hour at
+most; Roles grant nothing but create, get, list and delete on sandboxclaims, and never through
+a ClusterRole; a container with --sandbox=agent-sandbox has that token where in-cluster clients
+look for it, its account may do exactly that to claims, its warm pool and template exist, its
+--runner-port is the runners' port, and NetworkPolicies let it reach the runner pods there and
+the API server."""
 import copy
 import json
 import re
@@ -93,6 +106,263 @@ def egress_ports(objs, labels):
                 if p.get("protocol", "TCP") == "TCP":
                     ports.add(p.get("port"))
     return ports
+
+
+# The restricted Pod Security Standard (kubernetes.io/docs/concepts/security/pod-security-standards),
+# as the admission controller of a namespace enforcing it checks a pod.
+PSS_VOLUME_TYPES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",
+                    "projected", "secret"}
+PSS_SAFE_SYSCTLS = {"kernel.shm_rmid_forced", "net.ipv4.ip_local_port_range", "net.ipv4.ip_unprivileged_port_start",
+                    "net.ipv4.tcp_syncookies", "net.ipv4.ping_group_range", "net.ipv4.ip_local_reserved_ports",
+                    "net.ipv4.tcp_keepalive_time", "net.ipv4.tcp_fin_timeout", "net.ipv4.tcp_keepalive_intvl",
+                    "net.ipv4.tcp_keepalive_probes"}
+PSS_SELINUX_TYPES = {None, "", "container_t", "container_init_t", "container_kvm_t", "container_engine_t"}
+
+
+def restricted_violations(spec):
+    """What in a pod spec the restricted Pod Security Standard refuses (empty: it passes)."""
+    bad = []
+    for field in ("hostNetwork", "hostPID", "hostIPC"):
+        if spec.get(field):
+            bad.append(field)
+    psc = spec.get("securityContext", {})
+    containers = [c for k in ("containers", "initContainers", "ephemeralContainers") for c in spec.get(k, [])]
+    for v in spec.get("volumes", []):
+        kinds = set(v) - {"name"}
+        if not kinds <= PSS_VOLUME_TYPES:
+            bad.append(f"volume {v['name']} is {', '.join(sorted(kinds - PSS_VOLUME_TYPES))}")
+    for sysctl in psc.get("sysctls", []):
+        if sysctl.get("name") not in PSS_SAFE_SYSCTLS:
+            bad.append(f"sysctl {sysctl.get('name')}")
+
+    def context_violations(sc, where):
+        out = []
+        if sc.get("runAsUser") == 0:
+            out.append(f"{where}runAsUser 0")
+        se = sc.get("seLinuxOptions", {})
+        if se.get("type") not in PSS_SELINUX_TYPES or se.get("user") or se.get("role"):
+            out.append(f"{where}seLinuxOptions {se}")
+        if sc.get("seccompProfile", {}).get("type") == "Unconfined":
+            out.append(f"{where}seccompProfile Unconfined")
+        if sc.get("appArmorProfile", {}).get("type") == "Unconfined":
+            out.append(f"{where}appArmorProfile Unconfined")
+        if sc.get("windowsOptions", {}).get("hostProcess"):
+            out.append(f"{where}hostProcess")
+        return out
+
+    bad += context_violations(psc, "pod ")
+    for c in containers:
+        sc = c.get("securityContext", {})
+        where = f"container {c['name']}: "
+        bad += context_violations(sc, where)
+        if sc.get("privileged"):
+            bad.append(f"{where}privileged")
+        if sc.get("allowPrivilegeEscalation") is not False:
+            bad.append(f"{where}allowPrivilegeEscalation is not false")
+        caps = sc.get("capabilities", {})
+        if "ALL" not in caps.get("drop", []):
+            bad.append(f"{where}does not drop ALL capabilities")
+        for cap in caps.get("add", []):
+            if cap != "NET_BIND_SERVICE":
+                bad.append(f"{where}adds capability {cap}")
+        if sc.get("procMount", "Default") != "Default":
+            bad.append(f"{where}procMount {sc['procMount']}")
+        if any(port.get("hostPort") for port in c.get("ports", [])):
+            bad.append(f"{where}hostPort")
+        if not sc.get("runAsNonRoot", psc.get("runAsNonRoot")):
+            bad.append(f"{where}runAsNonRoot is not true")
+        seccomp = sc.get("seccompProfile", psc.get("seccompProfile", {})).get("type")
+        if seccomp not in ("RuntimeDefault", "Localhost"):
+            bad.append(f"{where}seccompProfile is not RuntimeDefault or Localhost")
+    return bad
+
+
+# What Anima's pods may do with the Kubernetes API: self-coding's SandboxClaims, nothing else.
+CLAIMS_GROUP, CLAIMS_RESOURCE = "extensions.agents.x-k8s.io", "sandboxclaims"
+CLAIM_VERBS = {"create", "get", "list", "delete"}
+SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+
+
+def token_sources(spec):
+    """volume name -> the projected serviceAccountToken source in it."""
+    return {v["name"]: src["serviceAccountToken"] for v in spec.get("volumes", [])
+            for src in v.get("projected", {}).get("sources", []) if "serviceAccountToken" in src}
+
+
+def granted(objs, by_kind, account):
+    """(apiGroup, resource, verb) a ServiceAccount of the namespace gets from RoleBindings."""
+    grants = set()
+    for rb in by_kind.get("RoleBinding", {}).values():
+        if not any(s.get("kind") == "ServiceAccount" and s.get("name") == account for s in rb.get("subjects", [])):
+            continue
+        role = by_kind.get(rb["roleRef"]["kind"], {}).get(rb["roleRef"]["name"], {})
+        for rule in role.get("rules", []):
+            grants |= {(g, r, v) for g in rule.get("apiGroups", []) for r in rule.get("resources", [])
+                       for v in rule.get("verbs", [])}
+    return grants
+
+
+def egress_reaches(objs, labels, target_labels, port):
+    """Whether some NetworkPolicy lets pods with `labels` reach pods with `target_labels` on `port`."""
+    for np in objs:
+        if np["kind"] != "NetworkPolicy" or not selects(np["spec"].get("podSelector", {}), labels):
+            continue
+        for rule in np["spec"].get("egress", []):
+            ports = [p.get("port") for p in rule.get("ports", [])]
+            if ports and port not in ports:
+                continue
+            for peer in rule.get("to", []):
+                if "podSelector" in peer and "namespaceSelector" not in peer \
+                        and selects(peer["podSelector"], target_labels):
+                    return True
+    return False
+
+
+def check_sandboxes(objs, by_kind, err, overlay):
+    """The rules of self-coding on Agent Sandbox (see the module's docstring)."""
+    errors = []
+    ns = by_kind.get("Namespace", {}).get("anima")
+    if ns is None or ns["metadata"].get("labels", {}).get("pod-security.kubernetes.io/enforce") != "restricted":
+        errors.append("Namespace/anima: does not enforce the restricted Pod Security Standard "
+                      "(label pod-security.kubernetes.io/enforce: restricted)")
+    pods = list(pod_specs(objs))
+    pods += [(t, t["spec"]["podTemplate"]["spec"]) for t in by_kind.get("SandboxTemplate", {}).values()]
+    for o, spec in pods:
+        for v in restricted_violations(spec):
+            err(o, f"not restricted (Pod Security Standard): {v}")
+        for name, token in token_sources(spec).items():
+            account = spec.get("serviceAccountName", "default")
+            if account == "default":
+                err(o, f"volume {name}: a service account token of the namespace's default account")
+            if token.get("expirationSeconds", 3600) > 3600:
+                err(o, f"volume {name}: token expirationSeconds {token['expirationSeconds']} over an hour")
+            if token.get("audience"):
+                err(o, f"volume {name}: token for the audience {token['audience']!r}, not the API server")
+
+    for kind in ("ClusterRole", "ClusterRoleBinding"):
+        for o in by_kind.get(kind, {}).values():
+            err(o, "cluster-wide RBAC: Anima needs none")
+    for rb in by_kind.get("RoleBinding", {}).values():
+        if rb["roleRef"]["kind"] != "Role" or rb["roleRef"]["name"] not in by_kind.get("Role", {}):
+            err(rb, f"binds {rb['roleRef']['kind']} {rb['roleRef']['name']}, not a Role of the manifests")
+    for role in by_kind.get("Role", {}).values():
+        for rule in role.get("rules", []):
+            extra = ({f"apiGroup {g!r}" for g in rule.get("apiGroups", []) if g != CLAIMS_GROUP}
+                     | {f"resource {r}" for r in rule.get("resources", []) if r != CLAIMS_RESOURCE}
+                     | {f"verb {v}" for v in rule.get("verbs", []) if v not in CLAIM_VERBS}
+                     | {k for k in ("resourceNames", "nonResourceURLs") if rule.get(k)})
+            if extra:
+                err(role, f"grants more than {'/'.join(sorted(CLAIM_VERBS))} on {CLAIMS_RESOURCE}: "
+                          + ", ".join(sorted(extra)))
+
+    # The runner templates: what confines generated code.
+    runner_ports = {}
+    for t in by_kind.get("SandboxTemplate", {}).values():
+        name = t["metadata"]["name"]
+        spec = t["spec"]["podTemplate"]["spec"]
+        labels = t["spec"]["podTemplate"].get("metadata", {}).get("labels", {})
+        if spec.get("runtimeClassName") != "gvisor":
+            err(t, f"runtimeClassName is {spec.get('runtimeClassName')!r}, not 'gvisor'")
+        if spec.get("automountServiceAccountToken") is not False:
+            err(t, "automountServiceAccountToken must be false")
+        if spec.get("enableServiceLinks") is not False:
+            err(t, "enableServiceLinks must be false")
+        for v in spec.get("volumes", []):
+            if set(v) - {"name"} != {"emptyDir"}:
+                err(t, f"volume {v['name']}: a runner pod holds nothing but emptyDir scratch space")
+            elif not v["emptyDir"].get("sizeLimit"):
+                err(t, f"volume {v['name']}: emptyDir without a sizeLimit")
+        psc = spec.get("securityContext", {})
+        if psc.get("seccompProfile", {}).get("type") != "RuntimeDefault":
+            err(t, "pod seccompProfile must be RuntimeDefault")
+        for c in spec.get("containers", []) + spec.get("initContainers", []):
+            where = f"container {c['name']}"
+            sc = c.get("securityContext", {})
+            if sc.get("readOnlyRootFilesystem") is not True:
+                err(t, f"{where}: readOnlyRootFilesystem must be true")
+            if sc.get("runAsUser", psc.get("runAsUser")) in (None, 0):
+                err(t, f"{where}: no non-zero runAsUser")
+            res = c.get("resources", {})
+            for kind in ("requests", "limits"):
+                for r in ("cpu", "memory"):
+                    if r not in res.get(kind, {}):
+                        err(t, f"{where}: no {r} {kind[:-1]}")
+            image = c.get("image", "")
+            if ":" not in image.split("/")[-1] or image.endswith(":latest"):
+                err(t, f"{where}: image {image!r} is not pinned to a tag")
+            if overlay and "/" not in image:
+                err(t, f"{where}: image {image!r} is not from a registry")
+            ports = {p.get("name"): p["containerPort"] for p in c.get("ports", [])}
+            if "grpc" not in ports:
+                err(t, f"{where}: no port named grpc")
+            elif c.get("readinessProbe", {}).get("grpc", {}).get("port") != ports["grpc"]:
+                err(t, f"{where}: readinessProbe is not a gRPC health check on the gRPC port")
+            else:
+                runner_ports[name] = ports["grpc"]
+        np = t["spec"].get("networkPolicy")
+        if t["spec"].get("networkPolicyManagement", "Managed") != "Managed":
+            err(t, "networkPolicyManagement is Unmanaged: the runner pods would have no policy of their own")
+        if np is None:
+            err(t, "no networkPolicy: the controller's default lets the runner pods reach the internet")
+        else:
+            if np.get("egress"):
+                err(t, f"networkPolicy allows egress {np['egress']}: the runner pods must reach nothing")
+            port = runner_ports.get(name)
+            if not np.get("ingress"):
+                err(t, "networkPolicy allows no ingress: self-coding cannot reach the runners")
+            for rule in np.get("ingress", []):
+                peers = rule.get("from", [])
+                if not peers or any(set(p) != {"podSelector"} or p["podSelector"] != {
+                        "matchLabels": {"app.kubernetes.io/name": "anima-self-coding"}} for p in peers):
+                    err(t, f"networkPolicy ingress from {peers or 'anywhere'}: only self-coding's pods may connect")
+                if [(p.get("protocol", "TCP"), p.get("port")) for p in rule.get("ports", [])] != [("TCP", port)]:
+                    err(t, f"networkPolicy ingress on {rule.get('ports', 'every port')}: only the runner's port {port}")
+        for other in by_kind.get("NetworkPolicy", {}).values():
+            if selects(other["spec"].get("podSelector", {}), labels) and \
+                    (other["spec"].get("ingress") or other["spec"].get("egress")):
+                err(other, f"selects the runner pods of {name} and lets traffic in or out")
+
+    pools = by_kind.get("SandboxWarmPool", {})
+    for pool in pools.values():
+        ref = pool["spec"]["sandboxTemplateRef"]["name"]
+        if ref not in by_kind.get("SandboxTemplate", {}):
+            err(pool, f"no SandboxTemplate {ref}")
+
+    # Self-coding's side: its token, its rights, its pool, its ways to the runners and the API.
+    for o, spec in pod_specs(objs):
+        labels = o["spec"]["template"]["metadata"]["labels"]
+        for c in spec.get("containers", []):
+            if arg_value(c, "sandbox") != "agent-sandbox":
+                continue
+            where = f"container {c['name']}"
+            account = spec.get("serviceAccountName", "default")
+            tokens = token_sources(spec)
+            mounted = [m for m in c.get("volumeMounts", []) if m["name"] in tokens]
+            if not any(m["mountPath"] == SERVICE_ACCOUNT_DIR for m in mounted):
+                err(o, f"{where}: --sandbox=agent-sandbox and no service account token at {SERVICE_ACCOUNT_DIR}")
+            wanted = {(CLAIMS_GROUP, CLAIMS_RESOURCE, v) for v in CLAIM_VERBS}
+            got = granted(objs, by_kind, account)
+            if got != wanted:
+                err(o, f"{where}: its ServiceAccount {account} may {sorted(got)}, not exactly "
+                       f"{'/'.join(sorted(CLAIM_VERBS))} on {CLAIMS_RESOURCE}")
+            pool_name = arg_value(c, "agent-sandbox-warm-pool") or "anima-runner"
+            pool = pools.get(pool_name)
+            if pool is None:
+                err(o, f"{where}: no SandboxWarmPool {pool_name}")
+                continue
+            template = by_kind.get("SandboxTemplate", {}).get(pool["spec"]["sandboxTemplateRef"]["name"])
+            if template is None:
+                continue
+            port = runner_ports.get(template["metadata"]["name"])
+            runner_port = int(arg_value(c, "runner-port") or 7070)
+            if port is not None and runner_port != port:
+                err(o, f"{where}: --runner-port {runner_port}, but the runners listen on {port}")
+            runner_labels = template["spec"]["podTemplate"].get("metadata", {}).get("labels", {})
+            if not egress_reaches(objs, labels, runner_labels, runner_port):
+                err(o, f"{where}: no NetworkPolicy lets it reach the runner pods on {runner_port}")
+            if not {443, 6443} & egress_ports(objs, labels) and None not in egress_ports(objs, labels):
+                err(o, f"{where}: no NetworkPolicy lets it reach the Kubernetes API server (443 or 6443)")
+    return errors
 
 
 def check(objs, overlay=None):
@@ -293,6 +563,7 @@ def check(objs, overlay=None):
     if len(state_secrets) > 1:
         errors.append("the state URLs come from more than one Secret (they must all read one): "
                       + "; ".join(f"{k}: {', '.join(v)}" for k, v in sorted(state_secrets.items())))
+    errors += check_sandboxes(objs, by_kind, err, overlay)
     return errors
 
 
@@ -338,6 +609,23 @@ def self_test(objs):
     def postgres_egress_for_router(b):
         np = first(b, "NetworkPolicy", "anima-postgres-egress")
         np["spec"]["podSelector"]["matchExpressions"][0]["values"].append("anima-router")
+
+    def template(b):
+        return first(b, "SandboxTemplate", "anima-runner")["spec"]
+
+    def runner(b):
+        return template(b)["podTemplate"]["spec"]
+
+    def volume(b, name, volume_name):
+        return next(v for v in pod(b, name)["volumes"] if v["name"] == volume_name)
+
+    def without_runner_egress(b):
+        np = first(b, "NetworkPolicy", "anima-self-coding")
+        np["spec"]["egress"] = [r for r in np["spec"]["egress"] if "7070" not in json.dumps(r)]
+
+    def without_token_mount(b):
+        c = container(b, "anima-self-coding")
+        c["volumeMounts"] = [m for m in c["volumeMounts"] if m["name"] != "kube-api"]
 
     cases = {
         "latest image": (lambda b: container(b).update(image="anima-gateway:latest"), "not pinned"),
@@ -387,6 +675,48 @@ def self_test(objs):
         "sidecar without probes": (sidecar_without_probes, "container proxy: no startupProbe"),
         "cloud sql proxy unreachable": (proxy_without_its_port, "no NetworkPolicy lets it reach port 3307"),
         "missing service account": (lambda b: pod(b).update(serviceAccountName="nobody"), "no ServiceAccount nobody"),
+        # Self-coding on Agent Sandbox.
+        "namespace not restricted": (lambda b: first(b, "Namespace", "anima")["metadata"]["labels"].update(
+            {"pod-security.kubernetes.io/enforce": "baseline"}), "does not enforce the restricted"),
+        "self-coding not restricted": (lambda b: container(b, "anima-self-coding")["securityContext"].update(
+            capabilities={"drop": ["ALL"], "add": ["SYS_PTRACE"]}), "adds capability SYS_PTRACE"),
+        "runner not restricted": (lambda b: runner(b).update(hostNetwork=True), "Pod Security Standard): hostNetwork"),
+        "runner without gvisor": (lambda b: runner(b).pop("runtimeClassName"), "not 'gvisor'"),
+        "runner with a token": (lambda b: runner(b).update(automountServiceAccountToken=True),
+                                "SandboxTemplate/anima-runner: automountServiceAccountToken"),
+        "runner with service links": (lambda b: runner(b).pop("enableServiceLinks"), "enableServiceLinks"),
+        "runner writable root": (lambda b: runner(b)["containers"][0]["securityContext"].update(
+            readOnlyRootFilesystem=False), "SandboxTemplate/anima-runner: container runner: readOnlyRootFilesystem"),
+        "runner without a cpu limit": (lambda b: runner(b)["containers"][0]["resources"]["limits"].pop("cpu"),
+                                       "no cpu limit"),
+        "runner with a secret": (lambda b: runner(b)["volumes"].append(
+            {"name": "keys", "secret": {"secretName": "anima-provider-keys"}}), "nothing but emptyDir"),
+        "runner egress": (lambda b: template(b)["networkPolicy"].update(
+            egress=[{"ports": [{"protocol": "UDP", "port": 53}]}]), "the runner pods must reach nothing"),
+        "runner ingress from anywhere": (lambda b: template(b)["networkPolicy"]["ingress"][0].pop("from"),
+                                         "only self-coding's pods may connect"),
+        "runner ingress on every port": (lambda b: template(b)["networkPolicy"]["ingress"][0].pop("ports"),
+                                         "only the runner's port"),
+        "runner policy unmanaged": (lambda b: template(b).update(networkPolicyManagement="Unmanaged"), "Unmanaged"),
+        "runner with default policy": (lambda b: template(b).pop("networkPolicy"), "controller's default"),
+        "dns for the runners": (lambda b: first(b, "NetworkPolicy", "anima-dns-egress")["spec"].update(podSelector={}),
+                                "selects the runner pods"),
+        "role grants more": (lambda b: first(b, "Role", "anima-self-coding")["rules"].append(
+            {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}), "resource secrets"),
+        "role grants watch": (lambda b: first(b, "Role", "anima-self-coding")["rules"][0]["verbs"].append("watch"),
+                              "verb watch"),
+        "self-coding may not delete claims": (lambda b: first(b, "Role", "anima-self-coding")["rules"][0]
+                                              ["verbs"].remove("delete"), "not exactly create/delete/get/list"),
+        "self-coding without a token": (without_token_mount, "no service account token at"),
+        "long-lived token": (lambda b: volume(b, "anima-self-coding", "kube-api")["projected"]["sources"][0]
+                             ["serviceAccountToken"].update(expirationSeconds=86400), "over an hour"),
+        "no warm pool": (lambda b: b.remove(first(b, "SandboxWarmPool")), "no SandboxWarmPool anima-runner"),
+        "wrong runner port": (lambda b: container(b, "anima-self-coding").update(args=[
+            "--runner-port=7071" if a.startswith("--runner-port=") else a
+            for a in container(b, "anima-self-coding")["args"]]), "--runner-port 7071"),
+        "runners unreachable": (without_runner_egress, "reach the runner pods"),
+        "api server unreachable": (lambda b: b.remove(first(b, "NetworkPolicy", "anima-kube-api-egress")),
+                                   "Kubernetes API server"),
     }
     failed = []
     baseline = check(objs, "gke")
