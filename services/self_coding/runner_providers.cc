@@ -27,8 +27,10 @@ class LocalRunnerLease : public RunnerLease {
   LocalRunnerLease(std::shared_ptr<grpc::Channel> channel, std::string secret, std::string name)
       : channel_(std::move(channel)), secret_(std::move(secret)), name_(std::move(name)) {}
   ~LocalRunnerLease() override {
-    // Released (the workspace's last call), the runner exits by itself: give it a moment before
-    // killing it, so its own cleanup runs.
+    // Released (the workspace's last call), the runner exits by itself, at once when this end of
+    // the connection closes (else after its shutdown grace): drop the channel, the last user of
+    // it, then give the runner a moment before killing it, so its own cleanup runs.
+    channel_.reset();
     {
       std::unique_lock lock(mu_);
       if (!done_cv_.wait_for(lock, std::chrono::seconds(3), [&] { return done_; })) {
