@@ -3,6 +3,7 @@
 #include <sqlite3.h>
 
 #include <chrono>
+#include <thread>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -180,9 +181,16 @@ absl::StatusOr<std::unique_ptr<SqliteJobStore>> SqliteJobStore::Open(const std::
   std::unique_ptr<SqliteJobStore> store(new SqliteJobStore(db, path));
   sqlite3_busy_timeout(db, 5000);
   // WAL: readers never block the writer; NORMAL sync is durable across process crashes.
-  if (auto s = store->Exec("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"); !s.ok()) {
-    return s;
+  // Switching a fresh file to WAL needs it to itself, and SQLite answers "database is locked" at
+  // once, without the busy handler, while another connection is opening it too (replicas or a
+  // restart racing): wait for it as the busy timeout would.
+  absl::Status wal = store->Exec("PRAGMA journal_mode=WAL");
+  for (int i = 0; i < 500 && !wal.ok() && sqlite3_errcode(db) == SQLITE_BUSY; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    wal = store->Exec("PRAGMA journal_mode=WAL");
   }
+  if (!wal.ok()) return wal;
+  if (auto s = store->Exec("PRAGMA synchronous=NORMAL"); !s.ok()) return s;
   if (auto s = store->Migrate(); !s.ok()) return s;
   return store;
 }

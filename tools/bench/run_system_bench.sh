@@ -12,6 +12,15 @@
 #   REDIS=1 KEYS=100 tools/bench/run_system_bench.sh
 #                                   # shared state: a redis-server started here holds the router's
 #                                   # conversation memory and the gateway's quotas
+#   TARGET=ws PRELOAD=/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 \
+#     tools/bench/run_system_bench.sh              # the services under another allocator
+#
+# Each run also prints the CPU each process spent per answered message (user + system time from
+# /proc/PID/stat over the run, divided by the messages answered, the warm-up's estimated at the
+# measured rate; WARMUP=0 makes it exact) and the ratio
+# of Anima's three processes to the simulator's: with TARGET=ws the simulator serves exactly the
+# broker's requests, so the ratio is what Anima costs per unit of provider work. And each
+# process's RSS after the run.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -25,9 +34,11 @@ closed=${CLOSED:-1}
 connections=${CONNECTIONS:-64}
 keys=${KEYS:-0}
 redis=${REDIS:-0}
+preload=${PRELOAD:-}
 mkdir -p "$out"
 
 pids=()
+declare -A pid_of=()  # service name -> pid, for the CPU and RSS reports
 cleanup() {
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
@@ -39,9 +50,12 @@ start() {
   local name=$1
   shift
   rm -f "$out/$name.ready"
-  "$bin/$name" "$@" --metrics-port 0 --log-level warn --ready-file "$out/$name.ready" \
+  local env=()
+  [[ -n "$preload" && "$name" != anima-llm-sim ]] && env=(env "LD_PRELOAD=$preload")
+  "${env[@]}" "$bin/$name" "$@" --metrics-port 0 --log-level warn --ready-file "$out/$name.ready" \
     >"$out/$name.log" 2>&1 &
   pids+=($!)
+  pid_of[$name]=$!
   for _ in $(seq 100); do
     [[ -s "$out/$name.ready" ]] && return 0
     if ! kill -0 "${pids[-1]}" 2>/dev/null; then
@@ -93,16 +107,37 @@ PY
     "${gateway_auth[@]}" "${shared[@]}"
 fi
 
+# cpu_ticks: "name=ticks ..." (utime + stime, clock ticks) of every service started here.
+cpu_ticks() {
+  local name
+  for name in "${!pid_of[@]}"; do
+    printf '%s=%s ' "$name" "$(awk '{print $14 + $15}' "/proc/${pid_of[$name]}/stat")"
+  done
+}
+
+# rss_kib: "name=KiB ..." of every service started here.
+rss_kib() {
+  local name
+  for name in "${!pid_of[@]}"; do
+    printf '%s=%s ' "$name" "$(awk '/^VmRSS/ {print $2}' "/proc/${pid_of[$name]}/status")"
+  done
+}
+
 # run LABEL ARGS...: one anima-bench run, text report on stdout, JSON line in OUT/LABEL.json.
 run() {
   local label=$1
   shift
   echo "== $label: anima-bench --target $target $*"
+  local before
+  before=$(cpu_ticks)
   "$bin/anima-bench" --target "$target" --duration "$duration" --warmup "$warmup" "$@" \
     --json >"$out/$label.json"
-  python3 - "$out/$label.json" <<'PY'
+  python3 - "$out/$label.json" "$before" "$(cpu_ticks)" "$(getconf CLK_TCK)" "$(rss_kib)" <<'PY'
 import json, sys
 doc = json.load(open(sys.argv[1]))
+ticks = [dict(kv.split("=") for kv in arg.split()) for arg in sys.argv[2:4]]
+hz = int(sys.argv[4])
+rss = dict(kv.split("=") for kv in sys.argv[5].split())
 runs = [doc] if "target" in doc else [doc[k] for k in ("sim", "ws") if k in doc]
 for r in runs:
     l = r["latency_ms"]
@@ -116,6 +151,20 @@ if "overhead_ms" in doc:
     o = doc["overhead_ms"]
     print(f'overhead: p50 {o["p50"]:.3f} p90 {o["p90"]:.3f} p99 {o["p99"]:.3f} '
           f'p99.9 {o["p99.9"]:.3f} max {o["max"]:.3f} ms')
+# The CPU counts the warm-up too: its messages are estimated at the measured rate.
+answered = sum(r["ok"] * (r["duration_s"] + r["warmup_s"]) / r["duration_s"] for r in runs)
+if answered:
+    us = {n: (int(ticks[1][n]) - int(ticks[0][n])) * 1e6 / hz / answered for n in ticks[1]}
+    short = {"anima-gateway": "gateway", "anima-router": "router", "anima-llm-broker": "broker",
+             "anima-llm-sim": "sim"}
+    print("cpu per message:", "  ".join(f'{short.get(n, n)} {us[n]:.0f} us' for n in sorted(us)))
+    anima = sum(us.get(n, 0) for n in ("anima-gateway", "anima-router", "anima-llm-broker"))
+    if anima and us.get("anima-llm-sim") and doc.get("target", "both") == "ws":
+        print(f'cpu ratio anima/sim: {anima / us["anima-llm-sim"]:.1f}x  ('
+              + "  ".join(f'{short[n]} {us[n] / us["anima-llm-sim"]:.1f}x'
+                          for n in ("anima-gateway", "anima-router", "anima-llm-broker") if n in us)
+              + ")")
+print("rss after:", "  ".join(f'{n} {int(v) / 1024:.0f} MiB' for n, v in sorted(rss.items())))
 PY
 }
 
