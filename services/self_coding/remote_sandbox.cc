@@ -105,8 +105,12 @@ class RemoteWorkspace : public Workspace {
     Authorize(context, timeout);
     anima::v1::PutWorkspaceResponse response;
     grpc::Status s = stub_->PutWorkspace(&context, request, &response);
-    if (!s.ok())
+    if (s.error_code() == grpc::StatusCode::UNAVAILABLE) {
+      return FromGrpc(s, "the runner (" + lease_->describe() + ") went away before the workspace");
+    }
+    if (!s.ok()) {
       return FromGrpc(s, "the runner refused the workspace (" + lease_->describe() + ")");
+    }
     sent_ = true;
     return absl::OkStatus();
   }

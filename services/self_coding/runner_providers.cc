@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <condition_variable>
+#include <future>
 #include <mutex>
 #include <thread>
 
@@ -284,6 +285,9 @@ class AgentSandboxProvider : public RunnerProvider {
 
   absl::StatusOr<std::unique_ptr<RunnerLease>> Acquire(const WorkspaceLimits& /*limits*/,
                                                        const AttemptContext& context) override {
+    // The first sweep deletes every claim labelled with this replica: a claim made before it
+    // ends would be taken for a predecessor's.
+    first_sweep_.wait();
     static const std::function<void(const std::string&)> kIgnore = [](const std::string&) {};
     auto claim =
         client_->Claim(context.job_id, context.cancel, context.waiting ? context.waiting : kIgnore);
@@ -292,21 +296,24 @@ class AgentSandboxProvider : public RunnerProvider {
   }
 
  private:
-  // Claims a crashed replica left behind: at start (this replica's name included: it holds none
-  // yet), then periodically (only those past their age).
+  // Claims a crashed replica left behind: at start, those past their age and those of this
+  // replica's name (it holds none yet: attempts wait for this sweep, so their own claims are not
+  // taken for a predecessor's), then periodically those past their age. A failed first sweep
+  // leaves a predecessor's young claims to the age limit (and the controller's shutdownTime).
   void Sweep() {
     bool first = true;
     std::unique_lock lock(mu_);
     while (!stopping_) {
       lock.unlock();
       auto deleted = client_->DeleteOrphans(first);
+      if (first) first_sweep_done_.set_value();
       if (!deleted.ok()) {
         spdlog::warn("sandbox: cannot clean up orphaned claims: {}",
                      std::string(deleted.status().message()));
       } else if (*deleted > 0) {
         spdlog::info("sandbox: deleted {} orphaned sandbox claims", *deleted);
       }
-      first = !deleted.ok() && first;
+      first = false;
       lock.lock();
       cv_.wait_for(lock, interval_, [&] { return stopping_; });
     }
@@ -318,6 +325,8 @@ class AgentSandboxProvider : public RunnerProvider {
   std::mutex mu_;
   std::condition_variable cv_;
   bool stopping_ = false;
+  std::promise<void> first_sweep_done_;
+  std::shared_future<void> first_sweep_ = first_sweep_done_.get_future().share();
   std::thread sweeper_;
 };
 

@@ -115,9 +115,8 @@ anima::v1::ModuleStatus SandboxModule(const Process& service) {
   return module;
 }
 
-// The pids of the runners that --sandbox=runner-bwrap started: bubblewrap runs each from a
-// read-only copy at /run/anima/program (SandboxCommand::program).
-std::vector<pid_t> LocalRunnerPids() {
+// The pids of processes whose command line starts with `prefix` and has `marker`.
+std::vector<pid_t> Pids(const std::string& prefix, const std::string& marker) {
   std::vector<pid_t> pids;
   DIR* proc = opendir("/proc");
   if (proc == nullptr) return pids;
@@ -126,13 +125,42 @@ std::vector<pid_t> LocalRunnerPids() {
     if (pid <= 0) continue;
     std::ifstream in(std::string("/proc/") + entry->d_name + "/cmdline");
     std::string cmdline((std::istreambuf_iterator<char>(in)), {});
-    if (cmdline.rfind("/run/anima/program", 0) == 0 &&
-        cmdline.find("--exit-after-release") != std::string::npos) {
+    if (cmdline.rfind(prefix, 0) == 0 && cmdline.find(marker) != std::string::npos) {
       pids.push_back(pid);
     }
   }
   closedir(proc);
   return pids;
+}
+
+// Whether `ancestor` is `pid`'s parent, grandparent, ...
+bool Descends(pid_t pid, pid_t ancestor) {
+  for (int depth = 0; pid > 1 && depth < 32; ++depth) {
+    std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
+    std::string stat((std::istreambuf_iterator<char>(in)), {});
+    auto end = stat.rfind(')');  // the name may hold spaces and parentheses
+    if (end == std::string::npos) return false;
+    pid = static_cast<pid_t>(atoi(stat.c_str() + end + 4));  // ") S <ppid>"
+    if (pid == ancestor) return true;
+  }
+  return false;
+}
+
+// The processes of `service` (and its sandboxes) whose command line starts with `prefix` and
+// has `marker`: other tests may run sandboxes of their own meanwhile.
+std::vector<pid_t> ServicePids(const Process& service, const std::string& prefix,
+                               const std::string& marker) {
+  std::vector<pid_t> pids;
+  for (pid_t pid : Pids(prefix, marker)) {
+    if (Descends(pid, service.pid())) pids.push_back(pid);
+  }
+  return pids;
+}
+
+// The runners `service` started with --sandbox=runner-bwrap: bubblewrap runs each from a
+// read-only copy at /run/anima/program (SandboxCommand::program).
+std::vector<pid_t> LocalRunnerPids(const Process& service) {
+  return ServicePids(service, "/run/anima/program", "--exit-after-release");
 }
 
 bool HasStage(const Job& job, const std::string& stage) {
@@ -187,7 +215,7 @@ TEST_F(RunnerInBubblewrapTest, TheDemoFailsOnceWithTheTestOutputFedBackThenSucce
   }
   EXPECT_TRUE(fed_back);
   // Each attempt's runner exited with its release: none is left behind.
-  EXPECT_TRUE(Eventually([] { return LocalRunnerPids().empty(); }, 10s));
+  EXPECT_TRUE(Eventually([] { return LocalRunnerPids(*service_).empty(); }, 10s));
 }
 
 TEST_F(RunnerInBubblewrapTest, CodeThatPrintsPassedAndExitsDoesNotPass) {
@@ -201,14 +229,17 @@ TEST_F(RunnerInBubblewrapTest, CodeThatPrintsPassedAndExitsDoesNotPass) {
 
 TEST_F(RunnerInBubblewrapTest, ARunnerKilledMidAttemptFailsTheAttemptNotTheService) {
   std::atomic<bool> killed{false};
-  Job job = RunJob(*service_, Task("Hang task: write f() returning 1 in solution.py."),
-                   [&](const anima::v1::SelfCodingProgress& e) {
-                     if (e.stage() != "testing" || killed) return;
-                     // The test is asleep in the runner's child: kill the runner under it.
-                     ASSERT_TRUE(Eventually([] { return !LocalRunnerPids().empty(); }, 10s));
-                     for (pid_t pid : LocalRunnerPids()) kill(pid, SIGKILL);
-                     killed = true;
-                   });
+  Job job =
+      RunJob(*service_, Task("Hang task: write f() returning 1 in solution.py."),
+             [&](const anima::v1::SelfCodingProgress& e) {
+               if (e.stage() != "testing" || killed) return;
+               // Once the tests are asleep in the runner's child, kill the runner under
+               // them.
+               ASSERT_TRUE(Eventually(
+                   [] { return !ServicePids(*service_, "", "_anima_run_tests.py").empty(); }, 10s));
+               for (pid_t pid : LocalRunnerPids(*service_)) kill(pid, SIGKILL);
+               killed = true;
+             });
   ASSERT_TRUE(killed);
   ASSERT_TRUE(job.result);
   EXPECT_EQ(job.result->status(), "failed");
@@ -218,7 +249,7 @@ TEST_F(RunnerInBubblewrapTest, ARunnerKilledMidAttemptFailsTheAttemptNotTheServi
   Job next = RunJob(*service_, Demo());
   ASSERT_TRUE(next.result);
   EXPECT_EQ(next.result->status(), "succeeded") << next.result->reason();
-  EXPECT_TRUE(Eventually([] { return LocalRunnerPids().empty(); }, 10s));
+  EXPECT_TRUE(Eventually([] { return LocalRunnerPids(*service_).empty(); }, 10s));
 }
 
 // --- a runner at a fixed address, with and without the right secret ---------------------------
@@ -381,18 +412,22 @@ TEST_F(AgentSandboxTest, TheDemoRunsInClaimedPodsAndSaysWhileItWaits) {
   // One claim per attempt, made as the template wants and deleted after.
   auto requests = kube_->Requests();
   ASSERT_TRUE(requests.ok());
-  int created = 0, deleted = 0;
+  // (The canary's claim may be deleted after the log was reset: only the job's are counted.)
+  std::set<std::string> created, deleted;
   for (const auto& r : *requests) {
     if (r["method"] == "POST") {
-      created++;
+      created.insert(r["body"]["metadata"]["name"].get<std::string>());
       EXPECT_EQ(r["body"]["spec"]["warmPoolRef"]["name"], "anima-runner") << r.dump();
       EXPECT_EQ(r["body"]["metadata"]["labels"]["anima.dev/replica"], kReplica) << r.dump();
       EXPECT_TRUE(r["auth_ok"].get<bool>());
     }
-    if (r["method"] == "DELETE") deleted++;
+    if (r["method"] == "DELETE") {
+      std::string path = r["path"];
+      deleted.insert(path.substr(path.rfind('/') + 1));
+    }
   }
-  EXPECT_EQ(created, 2);
-  EXPECT_EQ(deleted, 2);
+  EXPECT_EQ(created.size(), 2u);
+  for (const auto& name : created) EXPECT_TRUE(deleted.contains(name)) << name;
   EXPECT_TRUE(
       Eventually([] { return ClaimNames() == std::set<std::string>{"anima-theirs"}; }, 10s));
 }
