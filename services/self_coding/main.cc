@@ -136,7 +136,17 @@ int Run(int argc, char** argv) {
     return 1;
   }
   if (const char* secret = std::getenv("ANIMA_RUNNER_SECRET")) o.sandbox.runner_secret = secret;
-  o.sandbox.command_ceiling.memory_bytes = int64_t{o.test_memory_mb} << 20;
+  anima::selfcoding::PipelineOptions pipeline_options;
+  pipeline_options.model = o.model;
+  pipeline_options.test_limits.wall_time = std::chrono::milliseconds(o.test_timeout_ms);
+  pipeline_options.test_limits.cpu_seconds = o.test_cpu_s;
+  pipeline_options.test_limits.memory_bytes = int64_t{o.test_memory_mb} << 20;
+  pipeline_options.workspace_limits.max_bytes = int64_t{o.workspace_max_mb} << 20;
+  pipeline_options.workspace_limits.max_files = o.workspace_max_files;
+  // A runner under bubblewrap holds every command to limits below its own: the larger of the
+  // build's and the tests'.
+  o.sandbox.command_ceiling =
+      anima::selfcoding::MaxLimits(pipeline_options.build_limits, pipeline_options.test_limits);
   auto sandboxes = anima::selfcoding::MakeSandboxes(o.sandbox);
   if (!sandboxes.ok()) return bad(std::string(sandboxes.status().message()));
   anima::selfcoding::Sandbox* sandbox = sandboxes->sandbox.get();
@@ -191,13 +201,6 @@ int Run(int argc, char** argv) {
       anima::common::MakeChannel(o.broker, &(*metrics)->registry()),
       std::chrono::milliseconds(o.broker_timeout_ms));
 
-  anima::selfcoding::PipelineOptions pipeline_options;
-  pipeline_options.model = o.model;
-  pipeline_options.test_limits.wall_time = std::chrono::milliseconds(o.test_timeout_ms);
-  pipeline_options.test_limits.cpu_seconds = o.test_cpu_s;
-  pipeline_options.test_limits.memory_bytes = int64_t{o.test_memory_mb} << 20;
-  pipeline_options.workspace_limits.max_bytes = int64_t{o.workspace_max_mb} << 20;
-  pipeline_options.workspace_limits.max_files = o.workspace_max_files;
   anima::selfcoding::JobPipeline pipeline(broker.get(), sandbox, pipeline_options);
 
   anima::selfcoding::ManagerOptions manager_options;

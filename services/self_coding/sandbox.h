@@ -1,5 +1,6 @@
 #pragma once
 
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <functional>
@@ -46,6 +47,16 @@ struct SandboxCommand {
 };
 
 inline constexpr char kSandboxProgramPath[] = "/run/anima/program";
+
+// Each limit the larger of the two.
+inline SandboxLimits MaxLimits(const SandboxLimits& a, const SandboxLimits& b) {
+  return {.cpu_seconds = std::max(a.cpu_seconds, b.cpu_seconds),
+          .memory_bytes = std::max(a.memory_bytes, b.memory_bytes),
+          .max_processes = std::max(a.max_processes, b.max_processes),
+          .file_size_bytes = std::max(a.file_size_bytes, b.file_size_bytes),
+          .output_bytes = std::max(a.output_bytes, b.output_bytes),
+          .wall_time = std::max(a.wall_time, b.wall_time)};
+}
 
 inline constexpr size_t kReportBytes = 4096;
 

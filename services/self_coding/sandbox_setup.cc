@@ -105,9 +105,10 @@ absl::StatusOr<Sandboxes> MakeSandboxes(SandboxSetup s) {
     out.local = MakeSandbox(SandboxMode::kBubblewrap, s.bwrap, s.sandbox_uid);
     // The runner process itself: room for its own threads above the commands' limits, and
     // alive as long as an attempt may take; each command gets its own, lower, limits from it.
+    // (rlimits only go down: the runner's file size limit is its commands' ceiling.)
     SandboxLimits runner = s.command_ceiling;
     runner.cpu_seconds = 3600;
-    runner.memory_bytes = std::max<int64_t>(runner.memory_bytes, 1LL << 30) + (2LL << 30);
+    runner.memory_bytes += 2LL << 30;
     runner.max_processes += 64;
     runner.output_bytes = 1 << 20;
     runner.wall_time = std::chrono::hours(1);

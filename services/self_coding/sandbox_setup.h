@@ -40,7 +40,8 @@ struct SandboxSetup {
   std::string kube_namespace;
   // This replica's name on its claims; empty: $HOSTNAME (the pod name).
   std::string replica;
-  // The most any command may use: a runner under bubblewrap gets this much for itself.
+  // The most any command may use (the larger of the build's and the tests' limits): a runner
+  // under bubblewrap gets this much and room for itself above it.
   SandboxLimits command_ceiling;
 };
 
