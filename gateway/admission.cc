@@ -5,6 +5,7 @@
 #include <utility>
 
 #include "gateway/gateway_metrics.h"
+#include "prometheus/counter.h"
 #include "prometheus/gauge.h"
 
 namespace anima::gateway {
@@ -99,6 +100,7 @@ void AdaptiveLimit::Update(TimePoint now) {
   // No baseline yet, or too few answers to judge: nothing says the work queues for CPU.
   double gradient = 2.0;
   Duration median = samples_.empty() ? Duration::zero() : Median(samples_);
+  if (median.count() > 0) last_median_ = median;
   if (baseline_ && samples_.size() >= static_cast<size_t>(options_.min_samples) &&
       median.count() > 0) {
     gradient = std::clamp(options_.tolerance * static_cast<double>(baseline_->count()) /
@@ -124,6 +126,7 @@ void AdaptiveLimit::StartProbe(TimePoint now) {
 void AdaptiveLimit::EndProbe(TimePoint now) {
   if (!probe_samples_.empty()) baseline_ = Median(probe_samples_);
   phase_ = Phase::kNormal;
+  probe_ended_ = now;
   next_probe_ = now + options_.probe_interval;
   active_since_probe_ = false;
   samples_.clear();
@@ -146,6 +149,7 @@ void Admission::SetRoutes(std::map<std::string, std::string> priorities,
   std::lock_guard<std::mutex> lock(mu_);
   priorities_ = std::move(priorities);
   default_priority_ = std::move(default_priority);
+  routes_known_ = true;
 }
 
 const std::string& Admission::PriorityLocked(const std::string& type) const {
@@ -161,9 +165,8 @@ const std::string& Admission::KeyLocked(const std::string& type) const {
 std::optional<Admission::Hold> Admission::HoldFor(const std::string& type) const {
   if (!options_.enabled) return std::nullopt;
   std::lock_guard<std::mutex> lock(mu_);
-  const std::string& priority = PriorityLocked(type);
-  if (priority == "high") return std::nullopt;
-  return Hold{KeyLocked(type), priority};
+  if (!routes_known_) return std::nullopt;
+  return Hold{KeyLocked(type), PriorityLocked(type)};
 }
 
 Admission::TypeState& Admission::StateLocked(const std::string& key) {
@@ -171,7 +174,11 @@ Admission::TypeState& Admission::StateLocked(const std::string& key) {
   // under it must be given back to the same limiter.
   auto& state = types_[key];
   if (!state) {
-    state = std::make_unique<TypeState>(options_.limit, options_.clock());
+    // High-priority work is held for overload, not for another class's latency: it may load the
+    // path further before its limit stops growing (the tolerance, see Options).
+    AdaptiveLimitOptions limit = options_.limit;
+    if (PriorityLocked(key) == "high") limit.tolerance = options_.high_tolerance;
+    state = std::make_unique<TypeState>(limit, options_.clock());
     if (metrics_) state->gauges = metrics_->AdmissionGaugesFor(key);
   }
   return *state;
@@ -186,45 +193,93 @@ bool Admission::Acquire(const std::string& key, Waiter waiter) {
   if (start) {
     state.limit.OnStart(now);
   } else {
-    state.waiting.push_back(std::move(waiter));
+    state.waiting.push_back({std::move(waiter), now});
   }
   Publish(state);
   return start;
 }
 
+std::optional<std::chrono::milliseconds> Admission::Overloaded(const std::string& key) {
+  std::lock_guard<std::mutex> lock(mu_);
+  TypeState& state = StateLocked(key);
+  // A probe holds starts on purpose (to measure the baseline): that wait is not overload.
+  if (state.waiting.empty() || state.limit.probing()) return std::nullopt;
+  auto now = options_.clock();
+  if (state.HeadWait(now) <= Scaled(state, options_.queue_target)) {
+    return std::nullopt;
+  }
+  ++state.refused;
+  if (state.gauges.refused_standing_queue) state.gauges.refused_standing_queue->Increment();
+  return RetryAfterLocked(state, now);
+}
+
+AdmissionClock::duration Admission::Scaled(const TypeState& state,
+                                           std::chrono::milliseconds bound) const {
+  // The bounds are for work that answers within queue_target; a slower type may wait in
+  // proportion to its round trip (its baseline, or its recent median before it has one).
+  auto round_trip = state.limit.baseline().value_or(state.limit.last_median());
+  if (round_trip <= options_.queue_target) return bound;
+  return std::chrono::duration_cast<AdmissionClock::duration>(
+      bound * (std::chrono::duration<double>(round_trip) /
+               std::chrono::duration<double>(options_.queue_target)));
+}
+
+std::chrono::milliseconds Admission::RetryAfter(const std::string& key) {
+  std::lock_guard<std::mutex> lock(mu_);
+  return RetryAfterLocked(StateLocked(key), options_.clock());
+}
+
+std::chrono::milliseconds Admission::RetryAfterLocked(const TypeState& state,
+                                                      AdmissionClock::time_point now) const {
+  // Twice what the oldest waiter has waited, at least 100 ms (CoDel's interval: the queue is
+  // judged afresh that often) and at most a second: soon enough to find a shorter queue, late
+  // enough not to come back into the same one.
+  auto retry = std::chrono::duration_cast<std::chrono::milliseconds>(2 * state.HeadWait(now));
+  return std::clamp(retry, std::chrono::milliseconds(100), std::chrono::milliseconds(1000));
+}
+
 void Admission::Release(const std::string& key, AdmissionClock::time_point started, bool answered) {
-  std::vector<Waiter> grants;
+  std::vector<Call> calls;
   {
     std::lock_guard<std::mutex> lock(mu_);
     TypeState& state = StateLocked(key);
     auto now = options_.clock();
     state.limit.OnEnd(started, now, answered);
     state.limit.Advance(now);
-    GrantLocked(state, &grants);
+    GrantLocked(state, now, &calls);
   }
-  for (auto& grant : grants) grant();
+  for (auto& call : calls) call.waiter(call.granted);
 }
 
 void Admission::ReleaseUnused(const std::string& key) { Release(key, options_.clock(), false); }
 
 void Admission::Tick() {
-  std::vector<Waiter> grants;
+  std::vector<Call> calls;
   {
     std::lock_guard<std::mutex> lock(mu_);
     auto now = options_.clock();
     for (auto& [key, state] : types_) {
       state->limit.Advance(now);
-      GrantLocked(*state, &grants);
+      GrantLocked(*state, now, &calls);
     }
   }
-  for (auto& grant : grants) grant();
+  for (auto& call : calls) call.waiter(call.granted);
 }
 
-void Admission::GrantLocked(TypeState& state, std::vector<Waiter>* grants) {
-  auto now = options_.clock();
+void Admission::GrantLocked(TypeState& state, AdmissionClock::time_point now,
+                            std::vector<Call>* calls) {
   while (!state.waiting.empty() && state.limit.CanStart()) {
     state.limit.OnStart(now);
-    grants->push_back(std::move(state.waiting.front()));
+    calls->push_back({std::move(state.waiting.front().waiter), true});
+    state.waiting.pop_front();
+  }
+  // The oldest wait the longest: refuse from the front while they are past the bound (a probe's
+  // pause is not counted against them until it ends).
+  const auto max_wait = Scaled(state, options_.max_queue_wait);
+  while (!state.waiting.empty() && !state.limit.probing() && state.HeadWait(now) > max_wait) {
+    ++state.refused;
+    if (state.gauges.refused_max_wait) state.gauges.refused_max_wait->Increment();
+    calls->push_back({std::move(state.waiting.front().waiter), false});
     state.waiting.pop_front();
   }
   Publish(state);
@@ -248,6 +303,7 @@ std::map<std::string, Admission::TypeSnapshot> Admission::Snapshot() const {
     s.in_flight = state->limit.in_flight();
     s.waiting = state->waiting.size();
     s.baseline = state->limit.baseline();
+    s.refused = state->refused;
   }
   return out;
 }

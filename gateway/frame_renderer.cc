@@ -244,10 +244,10 @@ std::string FrameTranslator::RenderError(std::string_view code, std::string_view
   return Dump(j);
 }
 
-std::string FrameTranslator::RenderRateLimited(std::string_view message, std::string_view id,
-                                               int64_t retry_after_ms) {
+std::string FrameTranslator::RenderRetryLater(std::string_view code, std::string_view message,
+                                              std::string_view id, int64_t retry_after_ms) {
   Json j = Head("error", id);
-  j["code"] = kRateLimited;
+  j["code"] = code;
   j["message"] = message;
   j["retry_after_ms"] = retry_after_ms;
   return Dump(j);

@@ -27,6 +27,7 @@ inline constexpr char kCancelled[] = "cancelled";
 inline constexpr char kNotFound[] = "not_found";
 inline constexpr char kInternal[] = "internal";
 inline constexpr char kQuotaExceeded[] = "quota_exceeded";
+inline constexpr char kOverloaded[] = "overloaded";
 
 // An answer the gateway sends instead of dispatching a frame. `id` is the frame's id, or the
 // gateway-assigned one when the frame had none (or none that could be used).
@@ -86,8 +87,9 @@ class FrameTranslator {
   static std::string RenderError(const ProtocolError& error);
   static std::string RenderError(std::string_view code, std::string_view message,
                                  std::string_view id);
-  static std::string RenderRateLimited(std::string_view message, std::string_view id,
-                                       int64_t retry_after_ms);
+  // An error the client should retry after a wait: rate_limited, overloaded.
+  static std::string RenderRetryLater(std::string_view code, std::string_view message,
+                                      std::string_view id, int64_t retry_after_ms);
   // quota_exceeded with the quota's name and the wait until it frees enough.
   static std::string RenderQuotaExceeded(const QuotaRefusal& refusal, std::string_view id);
   // The `usage` frame (and, without type and id, the body of GET /v1/usage).

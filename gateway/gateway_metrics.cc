@@ -59,6 +59,11 @@ GatewayMetrics::GatewayMetrics(prometheus::Registry& registry)
                           .Name("anima_gateway_admission_wait_seconds")
                           .Help("How long normal and low priority requests waited for a slot.")
                           .Register(registry)),
+      admission_refused_(prometheus::BuildCounter()
+                             .Name("anima_gateway_admission_refused_total")
+                             .Help("Requests refused as overloaded by admission, by type and "
+                                   "reason (standing_queue, max_wait).")
+                             .Register(registry)),
       quota_refusals_(prometheus::BuildCounter()
                           .Name("anima_gateway_quota_refusals_total")
                           .Help("Requests refused by a principal's quota, by tier and limit.")
@@ -105,7 +110,9 @@ void GatewayMetrics::Spent(const std::string& principal, const std::string& tier
 
 AdmissionGauges GatewayMetrics::AdmissionGaugesFor(const std::string& type) {
   return {&admission_limit_.Add({{"type", type}}), &admission_waiting_.Add({{"type", type}}),
-          &admission_baseline_.Add({{"type", type}})};
+          &admission_baseline_.Add({{"type", type}}),
+          &admission_refused_.Add({{"type", type}, {"reason", "standing_queue"}}),
+          &admission_refused_.Add({{"type", type}, {"reason", "max_wait"}})};
 }
 
 void GatewayMetrics::AdmissionWait(const std::string& priority, double seconds) {

@@ -28,6 +28,9 @@ namespace anima::gateway {
 //   anima_gateway_admission_waiting_sessions{type}  sessions with requests of it held now
 //   anima_gateway_admission_baseline_seconds{type}  its round trip at concurrency 1
 //   anima_gateway_admission_wait_seconds{priority}  how long normal/low requests waited
+//   anima_gateway_admission_refused_total{type,reason}  refused as `overloaded` before reaching
+//       the router; reason standing_queue (at arrival: the queue's oldest waited past the
+//       target) or max_wait (waited past --admission-max-queue-wait-ms)
 //       (types are routing-table types or "other", so the labels stay bounded)
 //   anima_gateway_quota_refusals_total{tier,limit}  requests refused by a principal's quota
 //   anima_gateway_tokens_charged_total{tier}        tokens charged to principals' budgets
@@ -76,6 +79,7 @@ class GatewayMetrics {
   prometheus::Family<prometheus::Gauge>& admission_waiting_;
   prometheus::Family<prometheus::Gauge>& admission_baseline_;
   prometheus::Family<prometheus::Histogram>& admission_wait_;
+  prometheus::Family<prometheus::Counter>& admission_refused_;
   prometheus::Family<prometheus::Counter>& quota_refusals_;
   prometheus::Family<prometheus::Counter>& tokens_charged_;
   prometheus::Family<prometheus::Counter>& cost_;

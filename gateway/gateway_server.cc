@@ -26,6 +26,9 @@ absl::StatusOr<std::unique_ptr<GatewayServer>> GatewayServer::Start(
   Admission::Options admission;
   admission.enabled = settings.admission;
   admission.limit = settings.admission_limit;
+  admission.high_tolerance = settings.admission_high_tolerance;
+  admission.queue_target = settings.admission_queue_target;
+  admission.max_queue_wait = settings.admission_max_queue_wait;
   server->admission_ = std::make_unique<Admission>(admission, server->metrics_.get());
   // Its own channel, without the metrics interceptor: probes are not traffic.
   server->readiness_ =

@@ -485,17 +485,24 @@ void HttpSession::OnChatQuota(ChatCompletionRequest req, QuotaDecision decision)
   // The same admission as a WebSocket chat: held while its type is over its adaptive limit
   // (never when the type is high priority).
   if (auto hold = context_.admission->HoldFor("chat")) {
+    // Past what the path serves: refused now rather than after a wait in a standing queue.
+    if (auto retry_after = context_.admission->Overloaded(hold->key)) {
+      FailChat(OpenAiApi::Overloaded(*retry_after), /*answered=*/false);
+      return;
+    }
     chat_->admission_key = hold->key;
     uint64_t seq = chat_->seq;
     Admission* admission = context_.admission;
     auto waiter = [weak = weak_from_this(), executor = stream_.get_executor(), admission,
-                   key = hold->key, seq] {
+                   key = hold->key, seq](bool granted) {
       auto self = weak.lock();
       if (!self) {
-        admission->ReleaseUnused(key);
+        if (granted) admission->ReleaseUnused(key);
         return;
       }
-      net::post(executor, [self = std::move(self), seq, key] { self->OnAdmissionSlot(seq, key); });
+      net::post(executor, [self = std::move(self), seq, key, granted] {
+        self->OnAdmissionSlot(seq, key, granted);
+      });
     };
     if (!admission->Acquire(hold->key, std::move(waiter))) {
       Probe();  // a client that goes away while held is noticed
@@ -506,9 +513,13 @@ void HttpSession::OnChatQuota(ChatCompletionRequest req, QuotaDecision decision)
   DispatchChat();
 }
 
-void HttpSession::OnAdmissionSlot(uint64_t seq, const std::string& key) {
+void HttpSession::OnAdmissionSlot(uint64_t seq, const std::string& key, bool granted) {
   if (!chat_ || chat_->seq != seq || !chat_->held || client_gone_) {
-    context_.admission->ReleaseUnused(key);
+    if (granted) context_.admission->ReleaseUnused(key);
+    return;
+  }
+  if (!granted) {  // waited past the bound
+    FailChat(OpenAiApi::Overloaded(context_.admission->RetryAfter(key)), /*answered=*/false);
     return;
   }
   chat_->admitted = true;

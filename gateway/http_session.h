@@ -74,7 +74,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
   void Upgrade();
   // Sends the chat held for admission, or dispatched at once, to the router.
   void DispatchChat();
-  void OnAdmissionSlot(uint64_t seq, const std::string& key);
+  void OnAdmissionSlot(uint64_t seq, const std::string& key, bool granted);
   // The quota, admission and in-flight counts of the chat in flight end.
   void ReleaseChat(bool answered);
   // POST /v1/chat/completions: checks the request, then asks the principal's quotas.

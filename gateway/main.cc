@@ -86,11 +86,24 @@ int Main(int argc, char** argv) {
             "the most requests of one normal or low type in flight from this gateway");
   flags.Add("admission-tolerance", &settings.admission_limit.tolerance,
             "ANIMA_GATEWAY_ADMISSION_TOLERANCE",
-            "a type's limit shrinks while its median round trip is over this x its baseline");
+            "a normal or low type's limit shrinks while its median round trip is over this x its "
+            "baseline");
+  flags.Add("admission-tolerance-high", &settings.admission_high_tolerance,
+            "ANIMA_GATEWAY_ADMISSION_TOLERANCE_HIGH",
+            "the same for high-priority types (chat): their limit is for overload only");
   int probe_interval_ms = static_cast<int>(settings.admission_limit.probe_interval.count());
   flags.Add("admission-probe-interval-ms", &probe_interval_ms,
             "ANIMA_GATEWAY_ADMISSION_PROBE_INTERVAL_MS",
             "how often each type's baseline round trip is measured again");
+  int queue_target_ms = static_cast<int>(settings.admission_queue_target.count());
+  flags.Add("admission-queue-target-ms", &queue_target_ms,
+            "ANIMA_GATEWAY_ADMISSION_QUEUE_TARGET_MS",
+            "once a type's oldest held request has waited this long, new ones are refused "
+            "`overloaded` at once");
+  int max_queue_wait_ms = static_cast<int>(settings.admission_max_queue_wait.count());
+  flags.Add("admission-max-queue-wait-ms", &max_queue_wait_ms,
+            "ANIMA_GATEWAY_ADMISSION_MAX_QUEUE_WAIT_MS",
+            "a held request still waiting for admission after this is refused `overloaded`");
   anima::gateway::AuthOptions auth_options;
   flags.Add("auth-keys-file", &auth_options.keys_file, "ANIMA_GATEWAY_AUTH_KEYS_FILE",
             "principals, tiers, quotas and the SHA-256 of each key (docs/security.md); reloaded "
@@ -189,10 +202,21 @@ int Main(int argc, char** argv) {
   if (!(settings.admission_limit.tolerance >= 1.1 && settings.admission_limit.tolerance <= 100)) {
     return Fail("--admission-tolerance: expected 1.1 to 100");
   }
+  if (!(settings.admission_high_tolerance >= 1.1 && settings.admission_high_tolerance <= 100)) {
+    return Fail("--admission-tolerance-high: expected 1.1 to 100");
+  }
   if (probe_interval_ms < 1000 || probe_interval_ms > 3600000) {
     return Fail("--admission-probe-interval-ms: expected 1000 to 3600000");
   }
   settings.admission_limit.probe_interval = std::chrono::milliseconds(probe_interval_ms);
+  if (queue_target_ms < 1 || queue_target_ms > 60000) {
+    return Fail("--admission-queue-target-ms: expected 1 to 60000");
+  }
+  if (max_queue_wait_ms < queue_target_ms || max_queue_wait_ms > 600000) {
+    return Fail("--admission-max-queue-wait-ms: expected --admission-queue-target-ms to 600000");
+  }
+  settings.admission_queue_target = std::chrono::milliseconds(queue_target_ms);
+  settings.admission_max_queue_wait = std::chrono::milliseconds(max_queue_wait_ms);
   if (tls_port < -1 || tls_port > 65535) return Fail("--tls-port: expected -1 to 65535");
   if (tls_port >= 0 && (tls_cert.empty() || tls_key.empty())) {
     return Fail("--tls-port: needs --tls-cert and --tls-key");

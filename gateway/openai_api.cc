@@ -281,6 +281,14 @@ OpenAiError OpenAiApi::ErrorFromStatus(grpc::StatusCode code, std::string_view m
   }
 }
 
+OpenAiError OpenAiApi::Overloaded(std::chrono::milliseconds retry_after) {
+  OpenAiError e = Make(429, "rate_limit_error", kOverloaded,
+                       "the gateway is past what it can serve now; retry after Retry-After");
+  e.retry_after_ms = std::max<int64_t>(1, retry_after.count());
+  e.retry_after_seconds = (e.retry_after_ms + 999) / 1000;
+  return e;
+}
+
 OpenAiError OpenAiApi::BodyTooLarge(size_t limit) {
   return Make(413, "invalid_request_error", kTooLarge,
               absl::StrCat("the request body is over ", limit, " bytes"));

@@ -1,5 +1,6 @@
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <string>
 #include <string_view>
@@ -48,6 +49,8 @@ class OpenAiApi {
   // A Dispatch call that ended with `code` and no answer.
   static OpenAiError ErrorFromStatus(grpc::StatusCode code, std::string_view message);
   static OpenAiError BodyTooLarge(size_t limit);
+  // 429 `overloaded`: admission refused the request (Retry-After and retry-after-ms).
+  static OpenAiError Overloaded(std::chrono::milliseconds retry_after);
   static OpenAiError Unauthenticated(std::string_view message);
   // 429 as OpenAI answers it: type and code `insufficient_quota` for a budget,
   // `rate_limit_exceeded` for a rate; the quota's name in `param`.

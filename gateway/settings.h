@@ -62,6 +62,11 @@ struct GatewaySettings {
   // to the router (gateway/admission.h); off: every frame is dispatched as it arrives.
   bool admission = true;
   AdaptiveLimitOptions admission_limit;
+  double admission_high_tolerance = 4.0;  // Admission::Options::high_tolerance
+  // How long requests may wait for admission (Admission::Options): a new one is refused
+  // `overloaded` once the oldest has waited past the target; none waits past the maximum.
+  std::chrono::milliseconds admission_queue_target{10};
+  std::chrono::milliseconds admission_max_queue_wait{50};
   // Where principals' quotas are kept (gateway/quota_store.h): main.cc sets a RedisQuotaStore
   // for --redis; null: a LocalQuotaStore (this gateway's own counts).
   std::shared_ptr<QuotaStore> quotas;

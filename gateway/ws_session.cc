@@ -202,7 +202,8 @@ void WsSession::HandleText(std::string_view text) {
     context_.metrics->LimitHit("messages_per_second");
     context_.metrics->FrameReceived(frame ? frame->type : "other", kRateLimited);
     context_.metrics->ErrorSent(kRateLimited);
-    Send("error", FrameTranslator::RenderRateLimited(
+    Send("error", FrameTranslator::RenderRetryLater(
+                      kRateLimited,
                       absl::StrCat("over messages_per_second (",
                                    context_.settings.messages_per_second, ") on this connection"),
                       id, std::max<int64_t>(1, rate_.WaitFor(start).count())));
@@ -296,6 +297,16 @@ void WsSession::OnQuotaDecision(ParsedFrame frame, std::chrono::steady_clock::ti
     Send("error", FrameTranslator::RenderQuotaExceeded(refusal, frame.id));
     return;
   }
+  auto hold = context_.admission->HoldFor(frame.type);
+  if (hold) {
+    // Past what the path serves: refused now rather than after a wait in a standing queue.
+    if (auto retry_after = context_.admission->Overloaded(hold->key)) {
+      context_.quotas->Release(*principal, decision.ticket);
+      context_.metrics->FrameReceived(frame.type, kOverloaded);
+      RefuseOverloaded(frame.id, *retry_after);
+      return;
+    }
+  }
   context_.metrics->FrameReceived(frame.type, "ok");
   anima::v1::Envelope& envelope = frame.envelope;
   envelope.set_request_id(common::NewRequestId());
@@ -312,7 +323,6 @@ void WsSession::OnQuotaDecision(ParsedFrame frame, std::chrono::steady_clock::ti
   entry.start = start;
   entry.principal = std::move(principal);
   entry.ticket = decision.ticket;
-  auto hold = context_.admission->HoldFor(frame.type);
   if (!hold) {
     Dispatch(frame.id, entry, std::move(envelope));
     return;
@@ -355,14 +365,22 @@ void WsSession::Dispatch(const std::string& id, InFlight& entry, anima::v1::Enve
 
 void WsSession::AcquireSlot(const std::string& key) {
   Admission* admission = context_.admission;
-  // Runs on the thread that freed the slot; the slot is already taken for this session.
-  auto waiter = [weak = weak_from_this(), executor = ws_.get_executor(), admission, key] {
+  // Runs on the thread that freed the slot (the slot is already taken for this session) or that
+  // refused the wait.
+  auto waiter = [weak = weak_from_this(), executor = ws_.get_executor(), admission,
+                 key](bool granted) {
     auto self = weak.lock();
     if (!self) {
-      admission->ReleaseUnused(key);
+      if (granted) admission->ReleaseUnused(key);
       return;
     }
-    net::post(executor, [self = std::move(self), key] { self->OnSlot(key); });
+    net::post(executor, [self = std::move(self), key, granted] {
+      if (granted) {
+        self->OnSlot(key);
+      } else {
+        self->OnWaitRefused(key);
+      }
+    });
   };
   if (admission->Acquire(key, std::move(waiter))) {
     OnSlot(key);
@@ -411,6 +429,28 @@ void WsSession::OnSlot(const std::string& key) {
     Dispatch(it->first, entry, std::move(envelope));
   }
   if (!queue.empty()) AcquireSlot(key);
+}
+
+void WsSession::OnWaitRefused(const std::string& key) {
+  waiting_for_slot_[key] = false;
+  // Everything of this key still held came after the refused one and would wait as long.
+  auto& queue = held_[key];
+  const std::chrono::milliseconds retry_after = context_.admission->RetryAfter(key);
+  for (auto& [id, seq] : queue) {
+    auto found = in_flight_.find(id);
+    if (found == in_flight_.end() || found->second.seq != seq || !found->second.held) continue;
+    RefuseOverloaded(id, retry_after);
+    Finish(found, /*answered=*/false);
+  }
+  queue.clear();
+}
+
+void WsSession::RefuseOverloaded(const std::string& id, std::chrono::milliseconds retry_after) {
+  context_.metrics->ErrorSent(kOverloaded);
+  Send("error",
+       FrameTranslator::RenderRetryLater(
+           kOverloaded, "the gateway is past what it can serve now; retry after retry_after_ms", id,
+           retry_after.count()));
 }
 
 void WsSession::ArmHeldTimer(std::chrono::steady_clock::time_point deadline) {

@@ -90,6 +90,9 @@ class WsSession : public std::enable_shared_from_this<WsSession> {
   void AcquireSlot(const std::string& key);
   // A slot of `key` is this session's: its oldest held request under the key goes to the router.
   void OnSlot(const std::string& key);
+  // The session's waiter for `key` waited past the bound: what it held is refused.
+  void OnWaitRefused(const std::string& key);
+  void RefuseOverloaded(const std::string& id, std::chrono::milliseconds retry_after);
   // Held requests whose timeout_ms runs out before their slot comes are answered
   // deadline_exceeded at that moment, by one timer set to the earliest such deadline.
   void ArmHeldTimer(std::chrono::steady_clock::time_point deadline);

@@ -248,11 +248,17 @@ def gateway():
     b.panel("timeseries", "Request latency", quantiles(
         "anima_gateway_request_seconds", "type", f'{sel}, type!~"self_coding.*"',
         legend="{{type}}"), unit="s")
-    b.row("Admission (normal and low priority work held in the gateway)")
+    b.row("Admission (every type held to its own limit; overload refused at the door)")
     b.panel("timeseries", "Admission limit by type", [
         (f"max by (type) (anima_gateway_admission_limit{{{sel}}})", "{{type}}")],
-        description="Adaptive concurrency limit per normal/low type: it shrinks when the type's "
-        "round trip rises over twice its baseline (CPU contention) and grows when it does not.")
+        description="Adaptive concurrency limit per type: it shrinks when the type's round trip "
+        "rises over twice its baseline (CPU contention) and grows when it does not.")
+    b.panel("timeseries", "Refused by admission", [
+        (f"sum by (type, reason) (rate(anima_gateway_admission_refused_total{{{sel}}}[{RI}]))",
+         "{{type}} {{reason}}")],
+        unit="reqps",
+        description="Requests answered overloaded before reaching the router: standing_queue (the "
+        "type's oldest held request had waited past the target), max_wait (held too long).")
     b.panel("timeseries", "Sessions waiting for admission", [
         (f"sum by (type) (anima_gateway_admission_waiting_sessions{{{sel}}})", "{{type}}")])
     b.panel("timeseries", "Admission wait", quantiles(

@@ -248,10 +248,16 @@ TEST_F(GatewayTest, CancelAndInFlightLimit) {
   EXPECT_TRUE(Eventually([&] { return router_->cancelled() == 2; }));
 }
 
-// Admission (docs/gateway.md): low and normal work over its type's limit waits in the gateway;
-// high-priority work never does. One slot for low_work makes every wait deterministic.
+// Bounds on the wait for admission long enough that these tests decide when a wait ends.
+const std::vector<std::string> kPatientAdmission = {"--admission-max-in-flight=1",
+                                                    "--admission-queue-target-ms=60000",
+                                                    "--admission-max-queue-wait-ms=600000"};
+
+// Admission (docs/gateway.md): work over its type's limit waits in the gateway; a type's limit
+// holds only that type, so high-priority chat is not held behind a low type's slots. One slot
+// per type makes every wait deterministic.
 TEST_F(GatewayTest, AdmissionHoldsLowWorkOverItsLimitButNeverHighWork) {
-  StartGateway({"--admission-max-in-flight=1"});
+  StartGateway(kPatientAdmission);
   ASSERT_TRUE(Eventually([&] { return router_->routes_listed() > 0; }));
   auto ws = Connect();
   ASSERT_TRUE(ws->SendText(R"({"type":"low_work","id":"a1","hang":true})"));
@@ -288,7 +294,7 @@ TEST_F(GatewayTest, AdmissionHoldsLowWorkOverItsLimitButNeverHighWork) {
 // Sessions waiting for one type take turns: a session with many requests held does not make
 // another wait behind all of them.
 TEST_F(GatewayTest, AdmissionTakesSessionsInTurn) {
-  StartGateway({"--admission-max-in-flight=1"});
+  StartGateway(kPatientAdmission);
   ASSERT_TRUE(Eventually([&] { return router_->routes_listed() > 0; }));
   auto a = Connect();
   auto b = Connect();
@@ -338,6 +344,40 @@ TEST_F(GatewayTest, AdmissionStateStaysBoundedUnderMadeUpTypes) {
   EXPECT_EQ(limit_series, 1);
   EXPECT_EQ(m.count("anima_gateway_admission_limit{type=\"other\"}"), 1u);
   EXPECT_EQ(m["anima_gateway_admission_wait_seconds_count{priority=\"normal\"}"], 200);
+}
+
+// Past what the path serves, the gateway refuses rather than queues: once the oldest held request
+// has waited past --admission-queue-target-ms a new one is refused at once, and one still held
+// after --admission-max-queue-wait-ms is refused then. Both are `overloaded` with retry_after_ms
+// and never reach the router; the connection stays open.
+TEST_F(GatewayTest, AdmissionRefusesWhatWouldWaitTooLong) {
+  StartGateway({"--admission-max-in-flight=1", "--admission-queue-target-ms=1",
+                "--admission-max-queue-wait-ms=2000"});
+  ASSERT_TRUE(Eventually([&] { return router_->routes_listed() > 0; }));
+  auto ws = Connect();
+  ASSERT_TRUE(ws->SendText(R"({"type":"low_work","id":"a1","hang":true})"));
+  ASSERT_TRUE(Eventually([&] { return router_->dispatched() == 1; }));
+  ASSERT_TRUE(ws->SendText(R"({"type":"low_work","id":"a2"})"));  // held behind a1
+  EXPECT_EQ(Exchange(*ws, R"({"type":"ping","id":"p1"})")["type"], "pong");
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));  // a2 has now waited past 1 ms
+  Json refused = Exchange(*ws, R"({"type":"low_work","id":"a3"})");
+  EXPECT_EQ(refused["code"], "overloaded") << refused.dump();
+  EXPECT_EQ(refused["id"], "a3");
+  EXPECT_GE(refused["retry_after_ms"].get<int64_t>(), 100) << refused.dump();
+  // a2 waits until the maximum, then hears the same.
+  Json waited = ws->Read().value_or(Json());
+  EXPECT_EQ(waited["code"], "overloaded") << waited.dump();
+  EXPECT_EQ(waited["id"], "a2");
+  EXPECT_EQ(router_->dispatched_ids(), std::vector<std::string>{"a1"});
+  auto m = anima::testing::ScrapeMetrics(gateway_->port("metrics"));
+  EXPECT_EQ(
+      m["anima_gateway_admission_refused_total{reason=\"standing_queue\",type=\"low_work\"}"] +
+          m["anima_gateway_admission_refused_total{reason=\"max_wait\",type=\"low_work\"}"],
+      2);
+  EXPECT_EQ(m["anima_gateway_errors_total{code=\"overloaded\"}"], 2);
+  // The connection is still good, and the slot a1 holds is its own.
+  EXPECT_EQ(Exchange(*ws, R"({"type":"cancel","id":"k","target_id":"a1"})")["code"], "cancelled");
+  EXPECT_EQ(Exchange(*ws, R"({"type":"low_work","id":"a4"})")["type"], "low_work_result");
 }
 
 TEST_F(GatewayTest, AdmissionOffDispatchesEverythingAtOnce) {

@@ -338,6 +338,49 @@ TEST_F(OpenAiHttpTest, ClientDisconnectCancelsTheRouterCall) {
   }
 }
 
+// The same admission as a WebSocket chat: past what the path serves a completion is refused 429
+// `overloaded` with Retry-After, at once when the queue stands (its oldest has waited past the
+// target) and after --admission-max-queue-wait-ms when it waited that long; neither reaches the
+// router.
+TEST_F(OpenAiHttpTest, OverloadIs429WithRetryAfter) {
+  StartGateway({"--admission-max-in-flight=1", "--admission-queue-target-ms=1",
+                "--admission-max-queue-wait-ms=2000"});
+  ASSERT_TRUE(Eventually([&] { return router_->routes_listed() > 0; }));
+  // One completion takes chat's only slot and keeps it.
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  ASSERT_GE(fd, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(gateway_->port("http")));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  std::string body = Chat("hang").dump();
+  std::string req =
+      "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: "
+      "application/json\r\nContent-Length: " +
+      std::to_string(body.size()) + "\r\n\r\n" + body;
+  ASSERT_EQ(write(fd, req.data(), req.size()), static_cast<ssize_t>(req.size()));
+  ASSERT_TRUE(Eventually([&] { return router_->dispatched() == 1; }));
+
+  HttpResponse waited;
+  std::thread held([&] { waited = Post(Chat("second").dump()); });
+  ASSERT_TRUE(Eventually([&] {
+    auto m = anima::testing::ScrapeMetrics(gateway_->port("metrics"));
+    return m["anima_gateway_admission_waiting_sessions{type=\"chat\"}"] == 1;
+  }));
+  std::this_thread::sleep_for(20ms);  // the held one has now waited past 1 ms
+  auto refused = Post(Chat("third").dump());
+  ExpectError(refused, 429, "rate_limit_error", "overloaded");
+  EXPECT_EQ(refused.headers["retry-after"], "1");
+  EXPECT_GE(std::stoi(refused.headers["retry-after-ms"]), 100);
+  held.join();
+  ExpectError(waited, 429, "rate_limit_error", "overloaded");
+  EXPECT_EQ(router_->dispatched(), 1) << "neither reached the router";
+  close(fd);
+  EXPECT_TRUE(Eventually([&] { return router_->cancelled() == 1; }));
+  EXPECT_EQ(Post(Chat("after").dump()).status, 200) << "the slot came back";
+}
+
 TEST_F(OpenAiHttpTest, AuthAppliesToTheApi) {
   char dir[] = "/tmp/anima-gateway-oai.XXXXXX";
   ASSERT_NE(mkdtemp(dir), nullptr);

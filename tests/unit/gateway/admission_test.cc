@@ -206,6 +206,9 @@ Admission::Options AdmissionOptions(TimePoint* now) {
   Admission::Options o;
   o.limit = TestOptions();
   o.limit.initial = 1;
+  // Long enough that the tests of limits and order never see a refusal.
+  o.queue_target = std::chrono::hours(1);
+  o.max_queue_wait = std::chrono::hours(1);
   o.clock = [now] { return *now; };
   return o;
 }
@@ -215,7 +218,10 @@ TEST(AdmissionTest, NothingIsHeldUntilTheRoutesAreKnown) {
   Admission admission(AdmissionOptions(&now), nullptr);
   EXPECT_FALSE(admission.HoldFor("word_count").has_value());
   admission.SetRoutes({{"chat", "high"}, {"word_count", "low"}}, "normal");
-  EXPECT_FALSE(admission.HoldFor("chat").has_value());
+  auto chat = admission.HoldFor("chat");
+  ASSERT_TRUE(chat.has_value()) << "high priority has a limiter too, of its own";
+  EXPECT_EQ(chat->key, "chat");
+  EXPECT_EQ(chat->priority, "high");
   auto word_count = admission.HoldFor("word_count");
   ASSERT_TRUE(word_count.has_value());
   EXPECT_EQ(word_count->key, "word_count");
@@ -240,9 +246,9 @@ TEST(AdmissionTest, WaitersGetFreedSlotsInOrder) {
   Admission admission(AdmissionOptions(&now), nullptr);
   admission.SetRoutes({{"word_count", "low"}}, "normal");
   std::vector<std::string> granted;
-  EXPECT_TRUE(admission.Acquire("word_count", [] { FAIL() << "had a slot at once"; }));
-  EXPECT_FALSE(admission.Acquire("word_count", [&] { granted.push_back("a"); }));
-  EXPECT_FALSE(admission.Acquire("word_count", [&] { granted.push_back("b"); }));
+  EXPECT_TRUE(admission.Acquire("word_count", [](bool) { FAIL() << "had a slot at once"; }));
+  EXPECT_FALSE(admission.Acquire("word_count", [&](bool) { granted.push_back("a"); }));
+  EXPECT_FALSE(admission.Acquire("word_count", [&](bool) { granted.push_back("b"); }));
   EXPECT_EQ(admission.Snapshot()["word_count"].waiting, 2u);
   admission.Release("word_count", now, true);
   EXPECT_EQ(granted, std::vector<std::string>{"a"});
@@ -257,10 +263,10 @@ TEST(AdmissionTest, TypesHaveTheirOwnLimitsAndUnlistedTypesShareOne) {
   Admission admission(AdmissionOptions(&now), nullptr);
   admission.SetRoutes({{"a", "low"}, {"b", "normal"}}, "normal");
   auto key = [&](const std::string& type) { return admission.HoldFor(type)->key; };
-  EXPECT_TRUE(admission.Acquire(key("a"), [] {}));
-  EXPECT_TRUE(admission.Acquire(key("b"), [] {}));
-  EXPECT_TRUE(admission.Acquire(key("x1"), [] {}));
-  EXPECT_FALSE(admission.Acquire(key("x2"), [] {})) << "x1 and x2 share the limit of `other`";
+  EXPECT_TRUE(admission.Acquire(key("a"), [](bool) {}));
+  EXPECT_TRUE(admission.Acquire(key("b"), [](bool) {}));
+  EXPECT_TRUE(admission.Acquire(key("x1"), [](bool) {}));
+  EXPECT_FALSE(admission.Acquire(key("x2"), [](bool) {})) << "x1 and x2 share the limit of `other`";
   auto snapshot = admission.Snapshot();
   EXPECT_EQ(snapshot.size(), 3u);
   EXPECT_EQ(snapshot.count("other"), 1u);
@@ -272,7 +278,7 @@ TEST(AdmissionTest, AKeyKeepsItsLimiterAcrossTableChanges) {
   Admission admission(AdmissionOptions(&now), nullptr);
   admission.SetRoutes({{"w", "low"}}, "normal");
   std::string key = admission.HoldFor("w")->key;
-  EXPECT_TRUE(admission.Acquire(key, [] {}));
+  EXPECT_TRUE(admission.Acquire(key, [](bool) {}));
   // The router's new table drops `w` while one is in flight: its slot still goes back to `w`.
   admission.SetRoutes({{"v", "low"}}, "normal");
   EXPECT_EQ(admission.HoldFor("w")->key, "other");
@@ -289,15 +295,146 @@ TEST(AdmissionTest, TickEndsAProbeAndGrantsWithoutTraffic) {
   options.limit.initial = 2;
   Admission admission(options, nullptr);
   admission.SetRoutes({{"w", "low"}}, "normal");
-  EXPECT_TRUE(admission.Acquire("w", [] {}));
+  EXPECT_TRUE(admission.Acquire("w", [](bool) {}));
   now += 1s;  // the first probe is due: draining while one is in flight
   bool granted = false;
-  EXPECT_FALSE(admission.Acquire("w", [&] { granted = true; }));
+  EXPECT_FALSE(admission.Acquire("w", [&](bool) { granted = true; }));
   admission.Tick();
   EXPECT_FALSE(granted);
   now += 1s;  // probe_timeout: the probe ends, the limit of 2 is back
   admission.Tick();
   EXPECT_TRUE(granted);
+}
+
+TEST(AdmissionTest, AStandingQueueRefusesNewRequestsAtOnce) {
+  TimePoint now{};
+  auto options = AdmissionOptions(&now);
+  options.queue_target = 5ms;
+  options.max_queue_wait = 50ms;
+  Admission admission(options, nullptr);
+  admission.SetRoutes({{"w", "low"}}, "normal");
+  EXPECT_FALSE(admission.Overloaded("w").has_value()) << "nothing waits";
+  EXPECT_TRUE(admission.Acquire("w", [](bool) {}));
+  EXPECT_FALSE(admission.Overloaded("w").has_value()) << "at the limit, but nothing waits yet";
+  bool granted = false;
+  EXPECT_FALSE(admission.Acquire("w", [&](bool g) { granted = g; }));
+  now += 5ms;
+  EXPECT_FALSE(admission.Overloaded("w").has_value()) << "a wait up to the target is a burst";
+  now += 1ms;
+  auto retry_after = admission.Overloaded("w");
+  ASSERT_TRUE(retry_after.has_value()) << "the oldest has waited past the target";
+  EXPECT_EQ(*retry_after, 100ms) << "at least the interval the queue is judged in";
+  EXPECT_EQ(admission.Snapshot()["w"].refused, 1u);
+  // The slot frees: the waiter gets it, the queue is empty again and new requests are held.
+  admission.Release("w", now - 6ms, true);
+  EXPECT_TRUE(granted);
+  EXPECT_FALSE(admission.Overloaded("w").has_value());
+}
+
+TEST(AdmissionTest, AWaiterPastTheMaximumWaitIsRefused) {
+  TimePoint now{};
+  auto options = AdmissionOptions(&now);
+  options.queue_target = 5ms;
+  options.max_queue_wait = 50ms;
+  Admission admission(options, nullptr);
+  admission.SetRoutes({{"w", "low"}}, "normal");
+  EXPECT_TRUE(admission.Acquire("w", [](bool) {}));  // in flight and stuck downstream
+  std::vector<std::string> calls;
+  EXPECT_FALSE(
+      admission.Acquire("w", [&](bool g) { calls.push_back(g ? "a granted" : "a refused"); }));
+  now += 30ms;
+  EXPECT_FALSE(
+      admission.Acquire("w", [&](bool g) { calls.push_back(g ? "b granted" : "b refused"); }));
+  now += 21ms;  // a has waited 51 ms, b 21 ms
+  admission.Tick();
+  EXPECT_EQ(calls, std::vector<std::string>{"a refused"});
+  EXPECT_EQ(admission.Snapshot()["w"].waiting, 1u);
+  EXPECT_EQ(admission.Snapshot()["w"].in_flight, 1) << "a refused waiter holds no slot";
+  EXPECT_EQ(admission.RetryAfter("w"), 100ms);
+  now += 30ms;  // b has waited 51 ms too; its retry hint is twice that
+  EXPECT_EQ(admission.RetryAfter("w"), 102ms);
+  admission.Tick();
+  EXPECT_EQ(calls, (std::vector<std::string>{"a refused", "b refused"}));
+  EXPECT_EQ(admission.Snapshot()["w"].refused, 2u);
+}
+
+TEST(AdmissionTest, AWaitThroughABaselineProbeIsNotOverload) {
+  TimePoint now{};
+  auto options = AdmissionOptions(&now);
+  options.queue_target = 5ms;
+  options.max_queue_wait = 50ms;
+  Admission admission(options, nullptr);
+  admission.SetRoutes({{"w", "low"}}, "normal");
+  EXPECT_TRUE(admission.Acquire("w", [](bool) {}));  // stays in flight through the probe
+  now += 1s;  // the first probe is due: starts pause until nothing is in flight
+  std::vector<std::string> calls;
+  auto waiter = [&](std::string name) {
+    return [&calls, name](bool g) { calls.push_back(name + (g ? " granted" : " refused")); };
+  };
+  EXPECT_FALSE(admission.Acquire("w", waiter("b")));
+  EXPECT_FALSE(admission.Acquire("w", waiter("c")));
+  now += 500ms;
+  admission.Tick();
+  EXPECT_TRUE(calls.empty()) << "held by the probe, not refused: " << calls.front();
+  EXPECT_FALSE(admission.Overloaded("w").has_value());
+  now += 501ms;  // the probe times out; the limit of 1 is back
+  admission.Tick();
+  EXPECT_TRUE(calls.empty()) << "a is still in flight";
+  now += 1ms;
+  EXPECT_FALSE(admission.Overloaded("w").has_value())
+      << "b and c have waited 1 ms since the probe, not 1 s";
+  admission.Release("w", now - 2s, true);
+  EXPECT_EQ(calls, std::vector<std::string>{"b granted"});
+  now += 6ms;
+  EXPECT_TRUE(admission.Overloaded("w").has_value()) << "now c has waited past the target";
+}
+
+TEST(AdmissionTest, HighPriorityTypesGrowPastTheToleranceOfTheOthers) {
+  // The same round trips (baseline 1 ms, then 3 ms at the limit) shrink a low type's limit
+  // (tolerance 2: 3 ms is over 2 ms) and let a high type's grow (tolerance 4: under 4 ms).
+  TimePoint now{};
+  auto options = AdmissionOptions(&now);
+  options.limit.initial = 4;
+  options.high_tolerance = 4.0;
+  Admission admission(options, nullptr);
+  admission.SetRoutes({{"chat", "high"}, {"w", "low"}}, "normal");
+  for (const char* key : {"chat", "w"}) {
+    EXPECT_TRUE(admission.Acquire(key, [](bool) {}));
+    admission.Release(key, now, true);
+  }
+  now += 1s;  // the first probe: 10 round trips of 1 ms, one at a time
+  for (int i = 0; i < 10; ++i) {
+    for (const char* key : {"chat", "w"}) {
+      EXPECT_TRUE(admission.Acquire(key, [](bool) {}));
+      admission.Release(key, now - 1ms, true);
+    }
+    now += 1ms;
+  }
+  for (int round = 0; round < 3; ++round) {  // at the limit, 3 ms each
+    now += 100ms;
+    for (const char* key : {"chat", "w"}) {
+      const int limit = admission.Snapshot()[key].limit;
+      for (int i = 0; i < limit; ++i) ASSERT_TRUE(admission.Acquire(key, [](bool) {}));
+      for (int i = 0; i < limit; ++i) admission.Release(key, now - 3ms, true);
+    }
+  }
+  EXPECT_GT(admission.Snapshot()["chat"].limit, 4);
+  EXPECT_LT(admission.Snapshot()["w"].limit, 4);
+}
+
+TEST(AdmissionTest, AFreedSlotGoesToAWaiterBeforeAnyIsRefused) {
+  TimePoint now{};
+  auto options = AdmissionOptions(&now);
+  options.max_queue_wait = 50ms;
+  Admission admission(options, nullptr);
+  admission.SetRoutes({{"w", "low"}}, "normal");
+  EXPECT_TRUE(admission.Acquire("w", [](bool) {}));
+  std::optional<bool> a;
+  EXPECT_FALSE(admission.Acquire("w", [&](bool g) { a = g; }));
+  now += 60ms;
+  admission.Release("w", now - 60ms, true);
+  ASSERT_TRUE(a.has_value());
+  EXPECT_TRUE(*a) << "the wait is over the bound, but a slot was there to give";
 }
 
 }  // namespace
