@@ -60,7 +60,8 @@ void Lane::OnTick() {
   });
 }
 
-void Lane::Complete(uint64_t seq, std::string_view error, Clock::time_point at) {
+void Lane::Complete(uint64_t seq, std::string_view error, Clock::time_point at,
+                    std::chrono::milliseconds retry_after) {
   auto it = outstanding_.find(seq);
   if (it == outstanding_.end()) return;  // already failed (drain deadline) or not ours
   const Outstanding o = it->second;
@@ -72,9 +73,24 @@ void Lane::Complete(uint64_t seq, std::string_view error, Clock::time_point at) 
       stats_.last_answer = std::max(stats_.last_answer, at);
     } else {
       ++stats_.errors[std::string(error)];
+      stats_.error_latency.Record(at - o.scheduled);
     }
   }
-  if (!plan_.open_loop && !stopped_) Issue(Clock::now());
+  if (!plan_.open_loop && !stopped_) {
+    if (retry_after.count() > 0) {
+      // Run on this lane's io_context, which outlives it only until its work is done: the
+      // timer is that work, so the lane is still there when it fires.
+      auto timer = std::make_shared<boost::asio::steady_timer>(tick_.get_executor(), retry_after);
+      ++backing_off_;
+      timer->async_wait([this, timer](boost::system::error_code) {
+        --backing_off_;
+        if (!stopped_) Issue(Clock::now());
+        MaybeFinish();
+      });
+    } else {
+      Issue(Clock::now());
+    }
+  }
   MaybeFinish();
 }
 
@@ -106,7 +122,7 @@ void Lane::OnDrainDeadline() {
 }
 
 void Lane::MaybeFinish() {
-  if (finished_ || !stopped_ || !outstanding_.empty()) return;
+  if (finished_ || !stopped_ || !outstanding_.empty() || backing_off_ > 0) return;
   finished_ = true;
   tick_.cancel();
   end_.cancel();

@@ -35,6 +35,7 @@ struct LoadPlan {
 // Counters of the lanes of one thread; only that thread touches them.
 struct LaneStats {
   LatencyRecorder latency;
+  LatencyRecorder error_latency;  // answers that were errors (not timeouts)
   int64_t sent = 0;
   int64_t ok = 0;
   std::map<std::string, int64_t> errors;
@@ -68,8 +69,11 @@ class Lane {
   // Closes the connection(s); no more Transmit calls follow.
   virtual void Shutdown() = 0;
 
-  // `error` "" means success. `at` is when the answer was complete.
-  void Complete(uint64_t seq, std::string_view error, Clock::time_point at);
+  // `error` "" means success. `at` is when the answer was complete. `retry_after`: the wait the
+  // server asked for with an error (retry_after_ms); a closed loop honours it, as an SDK would,
+  // before it sends the next request.
+  void Complete(uint64_t seq, std::string_view error, Clock::time_point at,
+                std::chrono::milliseconds retry_after = std::chrono::milliseconds(0));
   // The transport is gone: every outstanding request fails with `error`, and sending stops.
   void FailAll(std::string_view error);
   bool finished() const { return finished_; }
@@ -99,6 +103,7 @@ class Lane {
   Clock::duration interval_{};
   bool stopped_ = false;
   bool finished_ = false;
+  int backing_off_ = 0;  // closed loop: sends waiting out a retry_after
 };
 
 }  // namespace anima::bench

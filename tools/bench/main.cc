@@ -8,6 +8,7 @@
 
 #include "services/common/flags.h"
 #include "tools/bench/idle_scenario.h"
+#include "tools/bench/overload_scenario.h"
 #include "tools/bench/report.h"
 #include "tools/bench/runner.h"
 #include "tools/cli/url.h"
@@ -38,6 +39,16 @@ the connections idle for --hold seconds (pings are answered), reads them a last 
 everything. It reports the gateway's RSS before, with all open and at the end of the hold, per
 connection, and what that makes at 10,000. Exit codes: 0 all held, 1 some connections failed or
 were dropped, 2 usage (also: RLIMIT_NOFILE under connections + 64), 4 metrics unreadable.
+
+--scenario overload measures what the whole path does past its capacity: a closed-loop run
+(16 connections x 1 in flight) finds the capacity (or --capacity gives it), then one open-loop run per --steps
+factor (default 0.1,0.5,1,1.5,2,3 x capacity). Per step: goodput and its share of capacity, the
+accepted requests' p50/p99 and p99 over the first step's (unloaded), refusals (overloaded,
+too_many_in_flight, rate_limited) and how fast they came back, and any other error.
+
+--cpu-pids name=pid,... (any scenario but idle) reports each process's CPU per answered message
+over the recorded window, from /proc/PID/stat, and every process but "sim" over "sim": the
+ratio of what the gateway, router and broker spend to what the provider spends.
 
 )";
 
@@ -92,6 +103,23 @@ int RunPriority(anima::bench::BenchConfig high, const std::string& flood_frame,
   return loaded->ok > 0 && alone->ok > 0 ? 0 : 1;
 }
 
+int RunOverloadScenario(const anima::bench::OverloadConfig& config, bool json) {
+  auto r = anima::bench::RunOverload(config);
+  if (!r.ok()) {
+    std::cerr << "anima-bench: " << r.status().message() << "\n";
+    return 4;
+  }
+  if (json) {
+    std::cout << anima::bench::OverloadToJson(*r).dump() << "\n";
+  } else {
+    std::cout << anima::bench::FormatOverloadText(*r);
+  }
+  for (const auto& step : r->steps) {
+    if (step.result.ok == 0) return 1;
+  }
+  return 0;
+}
+
 // The idle scenario: connections held open while the gateway's memory is read.
 int RunIdleScenario(const anima::bench::IdleConfig& config, bool json) {
   if (auto s = anima::bench::EnsureFileLimit(config.connections); !s.ok()) {
@@ -127,6 +155,9 @@ int main(int argc, char** argv) {
   int flood_connections = 8;
   int flood_in_flight = 8;
   anima::bench::IdleConfig idle;
+  std::string cpu_pids;
+  double capacity = 0;
+  std::string steps = "0.1,0.5,1,1.5,2,3";
   idle.metrics_url_text = "http://127.0.0.1:9100/metrics";
 
   anima::common::FlagSet flags("anima-bench");
@@ -140,6 +171,8 @@ int main(int argc, char** argv) {
   flags.Add("stream", &c.load.stream, "",
             "ask for streamed answers (ws: until chat_response; sim: until data: [DONE])");
   flags.Add("model", &c.load.model, "", "model to ask for (sim default gpt-4o-mini)");
+  flags.Add("conversations", &c.load.conversations, "",
+            "ws chat: spread the messages over N conversations (id bench-<k>); 0: none");
   flags.Add("rate", &c.rate, "",
             "messages per second over all connections (open loop); 0 = full speed (closed loop)");
   flags.Add("connections", &c.connections, "",
@@ -154,7 +187,14 @@ int main(int argc, char** argv) {
   flags.Add("drain-ms", &c.drain_ms, "",
             "after the last send, wait this long for answers; missing ones count as timeout");
   flags.Add("json", &json, "", "print one JSON line instead of the text report");
-  flags.Add("scenario", &scenario, "", "load (the default), priority or idle (see above)");
+  flags.Add("scenario", &scenario, "",
+            "load (the default), priority, idle or overload (see above)");
+  flags.Add("cpu-pids", &cpu_pids, "",
+            "name=pid,...: report each process's CPU per answered message (\"sim\": the "
+            "provider, the ratio's denominator)");
+  flags.Add("capacity", &capacity, "",
+            "overload: the path's capacity in msg/s (0: measured by a closed-loop run first)");
+  flags.Add("steps", &steps, "", "overload: offered load per step, as factors of capacity");
   flags.Add("flood-frame", &flood_frame, "", "priority: the low-priority frame of the flood");
   flags.Add("flood-connections", &flood_connections, "", "priority: connections of the flood");
   flags.Add("flood-in-flight", &flood_in_flight, "",
@@ -183,6 +223,10 @@ int main(int argc, char** argv) {
   if (c.requests < 0) return Usage("--requests must be >= 0");
   if (c.drain_ms < 0 || c.drain_ms > 600000) return Usage("--drain-ms must be 0-600000");
   if (c.load.message.empty()) return Usage("--message must not be empty");
+  if (c.load.conversations < 0 || c.load.conversations > 10000000 ||
+      (c.load.conversations > 0 && target == "sim")) {
+    return Usage("--conversations must be 0-10000000, and needs the ws target");
+  }
 
   auto ws_url = anima::cli::ParseUrl(c.ws_url_text);
   if (!ws_url.ok()) return Usage("--url: " + std::string(ws_url.status().message()));
@@ -195,6 +239,22 @@ int main(int argc, char** argv) {
   }
   c.ws_url = *ws_url;
   c.sim_url = *sim_url;
+  if (!cpu_pids.empty()) {
+    auto watch = anima::bench::ParseCpuPids(cpu_pids);
+    if (!watch.ok()) return Usage(std::string(watch.status().message()));
+    c.watch = *std::move(watch);
+  }
+  if (scenario == "overload") {
+    auto parsed = anima::bench::ParseSteps(steps);
+    if (!parsed.ok()) return Usage(std::string(parsed.status().message()));
+    if (!(capacity >= 0 && capacity <= 1e6)) return Usage("--capacity must be [0, 1000000]");
+    if (target != "ws") return Usage("--scenario overload loads the gateway: --target ws");
+    anima::bench::OverloadConfig overload;
+    overload.base = c;
+    overload.capacity = capacity;
+    overload.steps = *std::move(parsed);
+    return RunOverloadScenario(overload, json);
+  }
   if (scenario == "priority") {
     auto frame = nlohmann::json::parse(flood_frame, nullptr, false);
     if (!frame.is_object() || !frame.contains("type") || frame.contains("id")) {
@@ -224,7 +284,7 @@ int main(int argc, char** argv) {
     idle.connections = c.connections;
     return RunIdleScenario(idle, json);
   }
-  if (scenario != "load") return Usage("--scenario must be load, priority or idle");
+  if (scenario != "load") return Usage("--scenario must be load, priority, idle or overload");
 
   try {
     std::vector<anima::bench::BenchResult> results;

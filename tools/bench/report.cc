@@ -71,6 +71,22 @@ std::string FormatText(const BenchResult& r) {
         << Ms(l.p99_ms) << "  p99.9 " << Ms(l.p999_ms) << "  max " << Ms(l.max_ms) << "  (min "
         << Ms(l.min_ms) << ", mean " << Ms(l.mean_ms) << ", " << l.count << " samples)\n";
   }
+  if (r.error_latency.count > 0) {
+    const LatencySummary& e = r.error_latency;
+    out << "  errors answered in ms  p50 " << Ms(e.p50_ms) << "  p99 " << Ms(e.p99_ms) << "  max "
+        << Ms(e.max_ms) << "\n";
+  }
+  if (!r.process_cpu.empty()) {
+    out << "  CPU per answered message:";
+    for (const ProcessCpu& p : r.process_cpu) {
+      out << " " << p.name << " " << Fixed(MicrosPerMessage(p, r.ok), 0) << " us";
+    }
+    // Only on the whole path does the simulator serve exactly the requests the others pass on.
+    if (const double ratio = AnimaOverSim(r.process_cpu); ratio > 0 && s.target == "ws") {
+      out << "; all but sim / sim " << Fixed(ratio, 2) << "x";
+    }
+    out << "\n";
+  }
   for (const auto& note : r.notes) out << "  note: " << note << "\n";
   return out.str();
 }
@@ -80,6 +96,12 @@ nlohmann::json ToJson(const BenchResult& r) {
   nlohmann::json errors = nlohmann::json::object();
   for (const auto& [code, count] : r.errors) errors[code] = count;
   const LatencySummary& l = r.latency;
+  const LatencySummary& e = r.error_latency;
+  nlohmann::json cpu = nlohmann::json::object();
+  for (const ProcessCpu& p : r.process_cpu) {
+    cpu[p.name] = {{"seconds", Round3(p.seconds)},
+                   {"us_per_message", Round3(MicrosPerMessage(p, r.ok))}};
+  }
   return {
       {"target", s.target},
       {"url", s.url},
@@ -107,6 +129,13 @@ nlohmann::json ToJson(const BenchResult& r) {
         {"p99", Round3(l.p99_ms)},
         {"p99.9", Round3(l.p999_ms)},
         {"max", Round3(l.max_ms)}}},
+      {"error_latency_ms",
+       {{"samples", e.count},
+        {"p50", Round3(e.p50_ms)},
+        {"p99", Round3(e.p99_ms)},
+        {"max", Round3(e.max_ms)}}},
+      {"cpu", cpu},
+      {"anima_over_sim", Round3(AnimaOverSim(r.process_cpu))},
       {"notes", r.notes},
   };
 }

@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "tools/bench/latency_recorder.h"
+#include "tools/bench/process_cpu.h"
 
 namespace anima::bench {
 
@@ -34,8 +35,14 @@ struct BenchResult {
   std::map<std::string, int64_t> errors;  // by code: gateway codes, http_<status>, timeout, ...
   double window_s = 0;                    // from the end of warmup to the last recorded answer
   LatencySummary latency;
+  // How long the errors took to come back (a refusal should be immediate), from the scheduled
+  // send; timeouts are not in it.
+  LatencySummary error_latency;
   double generator_cpu_percent = 0;  // this process, user+system over wall time
   std::vector<std::string> notes;    // warnings that make the numbers suspect
+  // CPU seconds of each --cpu-pids process from the start of the recorded window to the end of
+  // the drain: that window's messages, per answered message in the report.
+  std::vector<ProcessCpu> process_cpu;
 
   int64_t error_count() const;
   double throughput() const { return window_s > 0 ? ok / window_s : 0; }

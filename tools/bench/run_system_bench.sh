@@ -14,12 +14,15 @@
 #                                   # conversation memory and the gateway's quotas
 #   TARGET=ws PRELOAD=/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 \
 #     tools/bench/run_system_bench.sh              # the services under another allocator
+#   GATEWAY_ARGS=--admission=false tools/bench/run_system_bench.sh   # more gateway flags
+#   SCENARIO=overload CONNECTIONS=128 tools/bench/run_system_bench.sh
+#                                   # capacity, then open loop at STEPS x capacity
+#                                   # (default 0.1,0.5,1,1.5,2,3): goodput, accepted p99, refusals
 #
-# Each run also prints the CPU each process spent per answered message (user + system time from
-# /proc/PID/stat over the run, divided by the messages answered, the warm-up's estimated at the
-# measured rate; WARMUP=0 makes it exact) and the ratio
-# of Anima's three processes to the simulator's: with TARGET=ws the simulator serves exactly the
-# broker's requests, so the ratio is what Anima costs per unit of provider work. And each
+# Each run also prints the CPU each process spent per answered message (anima-bench --cpu-pids:
+# user + system time from /proc/PID/stat over the recorded window and the drain) and the ratio
+# of Anima's three processes to the simulator's: on the ws target the simulator serves exactly
+# the broker's requests, so the ratio is what Anima costs per unit of provider work. And each
 # process's RSS after the run.
 set -euo pipefail
 
@@ -35,6 +38,7 @@ connections=${CONNECTIONS:-64}
 keys=${KEYS:-0}
 redis=${REDIS:-0}
 preload=${PRELOAD:-}
+scenario=${SCENARIO:-load}
 mkdir -p "$out"
 
 pids=()
@@ -103,16 +107,18 @@ PY
   fi
   # The closed-loop runs send far more than 50 msg/s per connection: the per-connection limit
   # would be what they measure.
+  # shellcheck disable=SC2086  # GATEWAY_ARGS is a list of flags
   start anima-gateway --port 3002 --router 127.0.0.1:50051 --messages-per-second 1000000 \
-    "${gateway_auth[@]}" "${shared[@]}"
+    "${gateway_auth[@]}" "${shared[@]}" ${GATEWAY_ARGS:-}
 fi
 
-# cpu_ticks: "name=ticks ..." (utime + stime, clock ticks) of every service started here.
-cpu_ticks() {
-  local name
-  for name in "${!pid_of[@]}"; do
-    printf '%s=%s ' "$name" "$(awk '{print $14 + $15}' "/proc/${pid_of[$name]}/stat")"
-  done
+# cpu_pids: "gateway=PID,router=PID,broker=PID,sim=PID" for anima-bench --cpu-pids.
+cpu_pids() {
+  local name list=()
+  declare -A short=([anima-gateway]=gateway [anima-router]=router [anima-llm-broker]=broker
+    [anima-llm-sim]=sim)
+  for name in "${!pid_of[@]}"; do list+=("${short[$name]}=${pid_of[$name]}"); done
+  (IFS=,; echo "${list[*]}")
 }
 
 # rss_kib: "name=KiB ..." of every service started here.
@@ -128,16 +134,12 @@ run() {
   local label=$1
   shift
   echo "== $label: anima-bench --target $target $*"
-  local before
-  before=$(cpu_ticks)
   "$bin/anima-bench" --target "$target" --duration "$duration" --warmup "$warmup" "$@" \
-    --json >"$out/$label.json"
-  python3 - "$out/$label.json" "$before" "$(cpu_ticks)" "$(getconf CLK_TCK)" "$(rss_kib)" <<'PY'
+    --cpu-pids "$(cpu_pids)" --json >"$out/$label.json"
+  python3 - "$out/$label.json" "$(rss_kib)" <<'PY'
 import json, sys
 doc = json.load(open(sys.argv[1]))
-ticks = [dict(kv.split("=") for kv in arg.split()) for arg in sys.argv[2:4]]
-hz = int(sys.argv[4])
-rss = dict(kv.split("=") for kv in sys.argv[5].split())
+rss = dict(kv.split("=") for kv in sys.argv[2].split())
 runs = [doc] if "target" in doc else [doc[k] for k in ("sim", "ws") if k in doc]
 for r in runs:
     l = r["latency_ms"]
@@ -151,23 +153,26 @@ if "overhead_ms" in doc:
     o = doc["overhead_ms"]
     print(f'overhead: p50 {o["p50"]:.3f} p90 {o["p90"]:.3f} p99 {o["p99"]:.3f} '
           f'p99.9 {o["p99.9"]:.3f} max {o["max"]:.3f} ms')
-# The CPU counts the warm-up too: its messages are estimated at the measured rate.
-answered = sum(r["ok"] * (r["duration_s"] + r["warmup_s"]) / r["duration_s"] for r in runs)
-if answered:
-    us = {n: (int(ticks[1][n]) - int(ticks[0][n])) * 1e6 / hz / answered for n in ticks[1]}
-    short = {"anima-gateway": "gateway", "anima-router": "router", "anima-llm-broker": "broker",
-             "anima-llm-sim": "sim"}
-    print("cpu per message:", "  ".join(f'{short.get(n, n)} {us[n]:.0f} us' for n in sorted(us)))
-    anima = sum(us.get(n, 0) for n in ("anima-gateway", "anima-router", "anima-llm-broker"))
-    if anima and us.get("anima-llm-sim") and doc.get("target", "both") == "ws":
-        print(f'cpu ratio anima/sim: {anima / us["anima-llm-sim"]:.1f}x  ('
-              + "  ".join(f'{short[n]} {us[n] / us["anima-llm-sim"]:.1f}x'
-                          for n in ("anima-gateway", "anima-router", "anima-llm-broker") if n in us)
-              + ")")
+for r in runs:
+    cpu = r.get("cpu", {})
+    sim = cpu.get("sim", {}).get("us_per_message", 0)
+    if r["target"] == "ws" and cpu:
+        print("  cpu per message:", "  ".join(
+            f'{n} {c["us_per_message"]:.0f} us' + (f' ({c["us_per_message"] / sim:.1f}x)'
+                                                   if sim and n != "sim" else "")
+            for n, c in cpu.items()), f' anima/sim {r["anima_over_sim"]:.1f}x')
 print("rss after:", "  ".join(f'{n} {int(v) / 1024:.0f} MiB' for n, v in sorted(rss.items())))
 PY
 }
 
+if [[ "$scenario" == overload ]]; then
+  # Capacity by a closed-loop run over the same connections, then open loop at each step.
+  echo "== overload: anima-bench --scenario overload --connections $connections ${STEPS:+--steps $STEPS}"
+  "$bin/anima-bench" --scenario overload --duration "$duration" --warmup "$warmup" \
+    --connections "$connections" ${STEPS:+--steps "$STEPS"} --cpu-pids "$(cpu_pids)" \
+    | tee "$out/overload.txt"
+  exit 0
+fi
 if [[ "$closed" == 1 ]]; then
   run closed-c16 --rate 0 --connections 16 --in-flight 1
 fi

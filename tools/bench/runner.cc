@@ -113,6 +113,16 @@ absl::StatusOr<BenchResult> RunLoad(const BenchConfig& config, const std::string
     asio::post(*ios[i % threads_n], [&, i] { lanes[i]->Start(); });
   }
   for (auto& g : guards) g.reset();  // each io_context returns once its lanes are done
+  // The watched processes' CPU from the start of the recorded window; the answers to the warmup's
+  // last requests fall into it, those to the window's last ones (the drain) too.
+  std::vector<std::optional<double>> watched_before;
+  if (!config.watch.empty()) {
+    std::this_thread::sleep_until(plan.record_from);
+    for (const WatchedProcess& p : config.watch) {
+      auto seconds = ProcessCpuSeconds(p.pid);
+      watched_before.push_back(seconds.ok() ? std::optional<double>(*seconds) : std::nullopt);
+    }
+  }
   for (auto& th : threads) th.join();
   const double wall = std::chrono::duration<double>(Clock::now() - wall_before).count();
   const double cpu = CpuSeconds() - cpu_before;
@@ -144,6 +154,19 @@ absl::StatusOr<BenchResult> RunLoad(const BenchConfig& config, const std::string
     limit_in_flight = std::max(limit_in_flight, st.limit_max_in_flight);
   }
   result.latency = Summarize(all);
+  LatencyRecorder error_latency;
+  for (const LaneStats& st : stats) error_latency.Merge(st.error_latency);
+  result.error_latency = Summarize(error_latency);
+  for (size_t i = 0; i < config.watch.size(); ++i) {
+    const WatchedProcess& p = config.watch[i];
+    auto after = ProcessCpuSeconds(p.pid);
+    if (!watched_before[i] || !after.ok()) {
+      result.notes.push_back(absl::StrCat("--cpu-pids: ", p.name, " (pid ", p.pid,
+                                          ") was not running for the whole run"));
+      continue;
+    }
+    result.process_cpu.push_back({p.name, *after - *watched_before[i]});
+  }
   result.window_s = std::chrono::duration<double>(last_answer - plan.record_from).count();
   result.generator_cpu_percent = wall > 0 ? 100.0 * cpu / wall : 0;
   if (plan.open_loop && limit_rate > 0 && config.rate / lanes_n > limit_rate) {

@@ -2,8 +2,10 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
+#include "tools/bench/process_cpu.h"
 #include "tools/bench/report.h"
 #include "tools/bench/ws_lane.h"
 #include "tools/cli/url.h"
@@ -26,6 +28,8 @@ struct BenchConfig {
   double warmup_s = 1;
   int64_t requests = 0;  // 0: no limit
   int drain_ms = 5000;
+  // Processes whose CPU time over the recorded window (and the drain) the result reports.
+  std::vector<WatchedProcess> watch;
 };
 
 // Runs the load against one target ("ws" or "sim") and returns the merged statistics. Fails

@@ -1,5 +1,6 @@
 #include "tools/bench/ws_lane.h"
 
+#include <algorithm>
 #include <charconv>
 
 #include <nlohmann/json.hpp>
@@ -10,18 +11,23 @@ namespace anima::bench {
 
 WsLane::WsLane(boost::asio::io_context& io, int index, const LoadPlan& plan, LaneStats& stats,
                cli::Url url, cli::WsClientOptions options, const ChatLoad& load)
-    : Lane(io, index, plan, stats), io_(io), url_(std::move(url)), options_(std::move(options)) {
+    : Lane(io, index, plan, stats),
+      io_(io),
+      url_(std::move(url)),
+      options_(std::move(options)),
+      lanes_(plan.lanes),
+      conversations_(load.frame.empty() ? load.conversations : 0) {
   if (!load.frame.empty()) {
     // {"type":"x",...} -> {"id":"b-<n>","type":"x",...}; the runner checked it is an object.
     frame_prefix_ = R"({"id":"b-)";
-    frame_suffix_ = "\"," + load.frame.substr(load.frame.find('{') + 1);
+    const std::string body = load.frame.substr(load.frame.find('{') + 1);
+    frame_suffix_ = "\"," + body.substr(0, body.rfind('}'));
     return;
   }
   frame_prefix_ = R"({"type":"chat","id":"b-)";
   frame_suffix_ = "\",\"message\":" + nlohmann::json(load.message).dump();
   if (load.stream) frame_suffix_ += ",\"stream\":true";
   if (!load.model.empty()) frame_suffix_ += ",\"model\":" + nlohmann::json(load.model).dump();
-  frame_suffix_ += "}";
 }
 
 void WsLane::Connect(std::function<void(std::string error)> done) {
@@ -46,8 +52,18 @@ void WsLane::Transmit(uint64_t seq) {
   char digits[24];
   auto [end, ec] = std::to_chars(digits, digits + sizeof digits, seq);
   std::string frame;
-  frame.reserve(frame_prefix_.size() + 24 + frame_suffix_.size());
+  frame.reserve(frame_prefix_.size() + 24 + frame_suffix_.size() + 48);
   frame.append(frame_prefix_).append(digits, end).append(frame_suffix_);
+  if (conversations_ > 0) {
+    // Sequence numbers count per lane (from 1): interleaving the lanes makes consecutive messages
+    // of the whole run, whatever the number of connections, go to consecutive conversations.
+    const uint64_t k =
+        ((seq - 1) * static_cast<uint64_t>(lanes_) + static_cast<uint64_t>(index())) %
+        static_cast<uint64_t>(conversations_);
+    auto [k_end, k_ec] = std::to_chars(digits, digits + sizeof digits, k);
+    frame.append(R"(,"conversation_id":"bench-)").append(digits, k_end).append("\"");
+  }
+  frame.push_back('}');
   ws_->Send(std::move(frame));
 }
 
@@ -99,7 +115,11 @@ void WsLane::OnFrame(const std::string& text) {
     Complete(seq, "", now);
   } else {
     std::string code = cli::StringField(frame, "code");
-    Complete(seq, code.empty() ? "error" : code, now);
+    auto retry = frame.find("retry_after_ms");
+    const int64_t retry_ms = retry != frame.end() && retry->is_number_integer()
+                                 ? std::clamp<int64_t>(retry->get<int64_t>(), 0, 5000)
+                                 : 0;
+    Complete(seq, code.empty() ? "error" : code, now, std::chrono::milliseconds(retry_ms));
   }
 }
 

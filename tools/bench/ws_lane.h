@@ -16,6 +16,10 @@ struct ChatLoad {
   // ws only: send this frame (a JSON object, e.g. {"type":"word_count","text":"..."}) instead of
   // a chat message; the lane adds the id. Empty: chat.
   std::string frame;
+  // ws chat only: each message carries "conversation_id":"bench-<k>", k cycling over this many
+  // conversations across all connections (so each gets a turn per `conversations` messages);
+  // 0: no conversation id (each chat starts a new, unremembered-by-the-bench conversation).
+  int conversations = 0;
 };
 
 // A lane over one WebSocket connection to the gateway. Sends
@@ -40,7 +44,9 @@ class WsLane : public Lane {
   cli::Url url_;
   cli::WsClientOptions options_;
   std::string frame_prefix_;  // {"type":"chat","id":"b-
-  std::string frame_suffix_;  // ","message":"...",...}
+  std::string frame_suffix_;  // ","message":"...",...  (without the closing brace)
+  int lanes_;                 // the plan's, for spreading conversation ids over lanes
+  int conversations_;         // ChatLoad::conversations
   std::shared_ptr<cli::WsClient> ws_;
   std::unique_ptr<boost::asio::steady_timer> close_guard_;
 };

@@ -105,9 +105,21 @@ void FakeGateway::Serve(std::shared_ptr<tcp::socket> socket) {
       const std::string id = frame.value("id", "g-1");
       if (type == "chat") {
         ++chats_;
+        {
+          std::lock_guard<std::mutex> lock(mu_);
+          chat_times_.push_back(std::chrono::steady_clock::now());
+        }
         const std::string message = frame.value("message", "");
         if (message == "please fail") {
           send({{"type", "error"}, {"id", id}, {"code", "rate_limited"}, {"message", "slow"}});
+          continue;
+        }
+        if (message == "please back off") {
+          send({{"type", "error"},
+                {"id", id},
+                {"code", "overloaded"},
+                {"message", "busy"},
+                {"retry_after_ms", 50}});
           continue;
         }
         if (frame.value("stream", false)) {

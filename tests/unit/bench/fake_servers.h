@@ -1,6 +1,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -16,7 +17,8 @@ namespace anima::bench::testing {
 // A stand-in for the gateway on 127.0.0.1:<any port>, one thread per connection (synchronous
 // Beast). On connect it sends a welcome and a consciousness_state broadcast; it answers `chat`
 // with chat_delta frames (when stream is true) then chat_response, or with error rate_limited
-// when the message is "please fail"; `ping` with pong; `consciousness_query` with a state;
+// when the message is "please fail", overloaded with retry_after_ms 50 when it is "please back
+// off"; `ping` with pong; `consciousness_query` with a state;
 // invalid JSON with error invalid_json (no id).
 class FakeGateway {
  public:
@@ -25,6 +27,11 @@ class FakeGateway {
   int port() const { return port_; }
   std::string url() const { return "ws://127.0.0.1:" + std::to_string(port_) + "/"; }
   int chats() const { return chats_.load(); }
+  // When each chat arrived, in order.
+  std::vector<std::chrono::steady_clock::time_point> chat_times() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return chat_times_;
+  }
 
  private:
   void Serve(std::shared_ptr<boost::asio::ip::tcp::socket> socket);
@@ -34,7 +41,8 @@ class FakeGateway {
   int port_ = 0;
   std::atomic<int> chats_{0};
   std::atomic<bool> stopping_{false};
-  std::mutex mu_;
+  mutable std::mutex mu_;
+  std::vector<std::chrono::steady_clock::time_point> chat_times_;
   std::vector<std::shared_ptr<boost::asio::ip::tcp::socket>> sockets_;
   std::vector<std::thread> sessions_;
   std::thread accept_thread_;
@@ -59,7 +67,8 @@ class FakeSim {
   int port_ = 0;
   std::atomic<int> requests_{0};
   std::atomic<bool> stopping_{false};
-  std::mutex mu_;
+  mutable std::mutex mu_;
+  std::vector<std::chrono::steady_clock::time_point> chat_times_;
   std::vector<std::shared_ptr<boost::asio::ip::tcp::socket>> sockets_;
   std::vector<std::thread> sessions_;
   std::thread accept_thread_;

@@ -1,6 +1,7 @@
 #include "tools/bench/runner.h"
 
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include "tests/unit/bench/fake_servers.h"
 
@@ -64,6 +65,41 @@ TEST(RunLoadTest, ErrorFramesAreCountedByCode) {
   EXPECT_EQ(r->ok, 0);
   EXPECT_EQ(r->errors["rate_limited"], 20);
   EXPECT_EQ(r->latency.count, 0u);
+  EXPECT_EQ(r->error_latency.count, 20u) << "how fast each refusal came back is kept";
+}
+
+TEST(RunLoadTest, AClosedLoopWaitsTheRetryAfterItIsToldBeforeSendingAgain) {
+  testing::FakeGateway gateway;
+  BenchConfig c = ConfigFor(&gateway, nullptr);
+  c.load.message = "please back off";  // overloaded, retry_after_ms 50
+  c.connections = 1;
+  c.in_flight = 1;
+  c.threads = 1;
+  c.requests = 3;
+  auto r = RunLoad(c, "ws");
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->errors["overloaded"], 3);
+  auto times = gateway.chat_times();
+  ASSERT_EQ(times.size(), 3u);
+  for (size_t i = 1; i < times.size(); ++i) {
+    EXPECT_GE(times[i] - times[i - 1], std::chrono::milliseconds(50))
+        << "request " << i << " was sent before the wait it was told";
+  }
+}
+
+TEST(RunLoadTest, WatchedProcessesReportTheirCpu) {
+  // This process is the generator: it spends CPU on every message, so its share is above zero.
+  testing::FakeGateway gateway;
+  BenchConfig c = ConfigFor(&gateway, nullptr);
+  c.requests = 2000;
+  c.watch = {{"bench", ::getpid()}, {"gone", 0x3ffffff0}};
+  auto r = RunLoad(c, "ws");
+  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_EQ(r->process_cpu.size(), 1u) << "a process that is not running is left out";
+  EXPECT_EQ(r->process_cpu[0].name, "bench");
+  EXPECT_GE(r->process_cpu[0].seconds, 0);
+  ASSERT_EQ(r->notes.size(), 1u);
+  EXPECT_NE(r->notes[0].find("gone"), std::string::npos) << r->notes[0];
 }
 
 TEST(RunLoadTest, OpenLoopSendsExactlyRateTimesDuration) {
