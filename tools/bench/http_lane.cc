@@ -1,5 +1,8 @@
 #include "tools/bench/http_lane.h"
 
+#include <algorithm>
+#include <charconv>
+
 #include <boost/asio/connect.hpp>
 #include <nlohmann/json.hpp>
 
@@ -113,7 +116,20 @@ void HttpLane::OnRead(Conn& c, beast::error_code ec) {
   if (status == 200) {
     Complete(seq, "", c.done_at.value_or(now));
   } else {
-    Complete(seq, "http_" + std::to_string(status), now);
+    // A closed loop waits what the server asked for, as an SDK would: retry-after-ms (OpenAI's
+    // SDKs read it), else Retry-After in seconds.
+    int64_t retry_ms = 0;
+    const auto& head = c.parser->get();
+    if (auto ms = head.find("retry-after-ms"); ms != head.end()) {
+      std::from_chars(ms->value().data(), ms->value().data() + ms->value().size(), retry_ms);
+    } else if (auto after = head.find(boost::beast::http::field::retry_after);
+               after != head.end()) {
+      std::from_chars(after->value().data(), after->value().data() + after->value().size(),
+                      retry_ms);
+      retry_ms *= 1000;
+    }
+    Complete(seq, "http_" + std::to_string(status), now,
+             std::chrono::milliseconds(std::clamp<int64_t>(retry_ms, 0, 5000)));
   }
   if (!keep_alive && !shut_) return Reconnect(c);
   ServeQueue(c);

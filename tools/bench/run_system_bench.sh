@@ -15,6 +15,8 @@
 #   TARGET=ws PRELOAD=/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 \
 #     tools/bench/run_system_bench.sh              # the services under another allocator
 #   GATEWAY_ARGS=--admission=false tools/bench/run_system_bench.sh   # more gateway flags
+#   SIM_PORT=28080 BROKER_PORT=60052 ROUTER_PORT=60051 GATEWAY_PORT=13002 \
+#     tools/bench/run_system_bench.sh              # other ports than each service's default
 #   SCENARIO=overload CONNECTIONS=128 tools/bench/run_system_bench.sh
 #                                   # capacity, then open loop at STEPS x capacity
 #                                   # (default 0.1,0.5,1,1.5,2,3): goodput, accepted p99, refusals
@@ -39,6 +41,12 @@ keys=${KEYS:-0}
 redis=${REDIS:-0}
 preload=${PRELOAD:-}
 scenario=${SCENARIO:-load}
+# The ports (defaults: every service's own); another set lets two runs share a machine.
+sim_port=${SIM_PORT:-18080}
+broker_port=${BROKER_PORT:-50052}
+router_port=${ROUTER_PORT:-50051}
+gateway_port=${GATEWAY_PORT:-3002}
+sim_base="http://127.0.0.1:$sim_port"
 mkdir -p "$out"
 
 pids=()
@@ -72,7 +80,7 @@ start() {
   return 1
 }
 
-start anima-llm-sim --port 18080
+start anima-llm-sim --port "$sim_port"
 if [[ "$target" != sim ]]; then
   shared=()
   if [[ "$redis" == 1 ]]; then
@@ -83,8 +91,9 @@ if [[ "$target" != sim ]]; then
     for _ in $(seq 100); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.1; done
     shared=(--redis "redis://127.0.0.1:$redis_port")
   fi
-  start anima-llm-broker --port 50052
-  start anima-router --port 50051 --broker 127.0.0.1:50052 "${shared[@]}"
+  start anima-llm-broker --port "$broker_port" --openai-base-url "$sim_base/v1" \
+    --venice-base-url "$sim_base/api/v1" --gemini-base-url "$sim_base/v1beta"
+  start anima-router --port "$router_port" --broker "127.0.0.1:$broker_port" "${shared[@]}"
   gateway_auth=()
   if ((keys > 0)); then
     # Every principal has every quota (high enough not to refuse the bench), so each message pays
@@ -108,7 +117,7 @@ PY
   # The closed-loop runs send far more than 50 msg/s per connection: the per-connection limit
   # would be what they measure.
   # shellcheck disable=SC2086  # GATEWAY_ARGS is a list of flags
-  start anima-gateway --port 3002 --router 127.0.0.1:50051 --messages-per-second 1000000 \
+  start anima-gateway --port "$gateway_port" --router "127.0.0.1:$router_port" --messages-per-second 1000000 \
     "${gateway_auth[@]}" "${shared[@]}" ${GATEWAY_ARGS:-}
 fi
 
@@ -134,7 +143,8 @@ run() {
   local label=$1
   shift
   echo "== $label: anima-bench --target $target $*"
-  "$bin/anima-bench" --target "$target" --duration "$duration" --warmup "$warmup" "$@" \
+  "$bin/anima-bench" --target "$target" --url "ws://127.0.0.1:$gateway_port/" \
+    --sim-url "$sim_base/v1/chat/completions" --duration "$duration" --warmup "$warmup" "$@" \
     --cpu-pids "$(cpu_pids)" --json >"$out/$label.json"
   python3 - "$out/$label.json" "$(rss_kib)" <<'PY'
 import json, sys
@@ -168,7 +178,7 @@ PY
 if [[ "$scenario" == overload ]]; then
   # Capacity by a closed-loop run over the same connections, then open loop at each step.
   echo "== overload: anima-bench --scenario overload --connections $connections ${STEPS:+--steps $STEPS}"
-  "$bin/anima-bench" --scenario overload --duration "$duration" --warmup "$warmup" \
+  "$bin/anima-bench" --scenario overload --url "ws://127.0.0.1:$gateway_port/" --duration "$duration" --warmup "$warmup" \
     --connections "$connections" ${STEPS:+--steps "$STEPS"} --cpu-pids "$(cpu_pids)" \
     | tee "$out/overload.txt"
   exit 0
