@@ -6,6 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "services/common/logging.h"
+#include "services/common/memory_trim.h"
 
 namespace anima::common {
 
@@ -22,6 +23,11 @@ void AddServiceFlags(FlagSet& flags, const std::string& env_prefix, std::string 
   flags.AddEnvFallback("log-level", "ANIMA_LOG_LEVEL");
   flags.Add("ready-file", &service->ready_file, env("READY_FILE"),
             "once listening, write the bound ports here as JSON: {\"<listener>\":port,...}");
+  flags.Add("memory-trim-interval-ms", &service->memory_trim_interval_ms,
+            env("MEMORY_TRIM_INTERVAL_MS"),
+            "how often to check whether the process went quiet holding freed memory, and give it "
+            "back to the system (malloc_trim); 0: never");
+  flags.AddEnvFallback("memory-trim-interval-ms", "ANIMA_MEMORY_TRIM_INTERVAL_MS");
 }
 
 absl::Status InitService(const ServiceFlags& service, const std::string& log_name) {
@@ -32,7 +38,14 @@ absl::Status InitService(const ServiceFlags& service, const std::string& log_nam
           absl::StrCat(flag, ": must be between 0 and 65535, got ", port));
     }
   }
-  return InitLogging(log_name, service.log_format, service.log_level);
+  if (service.memory_trim_interval_ms < 0 || service.memory_trim_interval_ms > 3600000) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--memory-trim-interval-ms: must be between 0 and 3600000, got ",
+                     service.memory_trim_interval_ms));
+  }
+  if (auto s = InitLogging(log_name, service.log_format, service.log_level); !s.ok()) return s;
+  StartMemoryTrimmer({.interval = std::chrono::milliseconds(service.memory_trim_interval_ms)});
+  return absl::OkStatus();
 }
 
 absl::StatusOr<std::unique_ptr<MetricsServer>> StartMetricsServer(const ServiceFlags& service) {

@@ -25,17 +25,22 @@ struct ServiceFlags {
   std::string log_format = "text";
   std::string log_level = "info";
   std::string ready_file = "";  // empty: no ready file
+  // How often the process checks whether to give freed memory back (memory_trim.h); 0: never.
+  int64_t memory_trim_interval_ms = 10000;
 };
 
-// Adds --bind, --port, --metrics-port, --log-format, --log-level and --ready-file to `flags`,
-// read from <env_prefix>_BIND, _PORT, _METRICS_PORT, _LOG_FORMAT, _LOG_LEVEL and _READY_FILE.
-// The two log variables fall back to ANIMA_LOG_FORMAT and ANIMA_LOG_LEVEL, so that one setting
-// serves a whole deployment. `port_help` says what --port serves.
+// Adds --bind, --port, --metrics-port, --log-format, --log-level, --ready-file and
+// --memory-trim-interval-ms to `flags`, read from <env_prefix>_BIND, _PORT, _METRICS_PORT,
+// _LOG_FORMAT, _LOG_LEVEL, _READY_FILE and _MEMORY_TRIM_INTERVAL_MS. The two log variables and
+// the trim interval fall back to ANIMA_LOG_FORMAT, ANIMA_LOG_LEVEL and
+// ANIMA_MEMORY_TRIM_INTERVAL_MS, so that one setting serves a whole deployment. `port_help` says
+// what --port serves.
 void AddServiceFlags(FlagSet& flags, const std::string& env_prefix, std::string port_help,
                      ServiceFlags* service);
 
-// Checks the ports (0 to 65535; the error names the flag) and sets up logging as `log_name`
-// (InitLogging). Call once the flags are parsed; an error is a bad flag.
+// Checks the ports (0 to 65535; the error names the flag) and the trim interval, sets up logging
+// as `log_name` (InitLogging) and starts the memory trimmer (StartMemoryTrimmer). Call once the
+// flags are parsed; an error is a bad flag.
 absl::Status InitService(const ServiceFlags& service, const std::string& log_name);
 
 // Starts the Prometheus /metrics server on --bind and --metrics-port.

@@ -37,10 +37,18 @@ std::string CapMessage(std::string_view text, size_t max_bytes) {
 ConversationMemory::ConversationMemory(Limits limits, Clock clock)
     : limits_(limits), clock_(std::move(clock)) {}
 
+ConversationMemory::Turn::Turn(std::string_view user, std::string_view assistant,
+                               const allocator_type& alloc)
+    : text(alloc), user_size(static_cast<uint32_t>(user.size())) {
+  text.reserve(user.size() + assistant.size());
+  text.append(user).append(assistant);
+}
+
 void ConversationMemory::EvictLocked(std::chrono::steady_clock::time_point now) {
   // The LRU order is also the order of last_used: the expired are all at the back.
+  bool evicted = false;
   while (!lru_.empty()) {
-    auto it = conversations_.find(*lru_.back());
+    auto it = conversations_.find(std::string_view(*lru_.back()));
     if (now - it->second.last_used <= limits_.max_age &&
         conversations_.size() <= limits_.max_conversations && bytes_ <= limits_.max_bytes) {
       break;
@@ -48,6 +56,13 @@ void ConversationMemory::EvictLocked(std::chrono::steady_clock::time_point now) 
     bytes_ -= it->second.bytes;
     lru_.pop_back();
     conversations_.erase(it);
+    evicted = true;
+  }
+  if (evicted && conversations_.empty()) {
+    // The pool keeps freed blocks for reuse; with nothing stored they are only held memory. The
+    // bucket array, the last thing allocated from it, goes with the swapped-out temporary.
+    Map(&pool_).swap(conversations_);
+    pool_.release();
   }
 }
 
@@ -57,7 +72,7 @@ ChatHistory ConversationMemory::History(const ConversationKey& key) {
   std::string storage_key = StorageKey(key);
   std::lock_guard lock(mu_);
   EvictLocked(clock_());
-  auto it = conversations_.find(storage_key);
+  auto it = conversations_.find(std::string_view(storage_key));
   if (it == conversations_.end()) return out;
   for (const Turn& turn : it->second.turns) {
     std::string_view text = turn.text;
@@ -74,28 +89,30 @@ ChatHistory ConversationMemory::History(const ConversationKey& key) {
 void ConversationMemory::Append(const ConversationKey& key, std::string_view user,
                                 std::string_view assistant) {
   if (key.id.empty() || limits_.max_turns == 0 || limits_.max_conversations == 0) return;
-  Turn turn{CapMessage(user, limits_.max_message_bytes), 0};
-  turn.user_size = static_cast<uint32_t>(turn.text.size());
-  turn.text += CapMessage(assistant, limits_.max_message_bytes);
-  turn.text.shrink_to_fit();
-  size_t turn_bytes = turn.text.size() + kTurnOverhead;
-  std::string storage_key = StorageKey(key);
+  // Cut outside the lock; only the copies into the pool happen under it.
+  const std::string user_kept = CapMessage(user, limits_.max_message_bytes);
+  const std::string assistant_kept = CapMessage(assistant, limits_.max_message_bytes);
+  const std::string storage_key = StorageKey(key);
 
   std::lock_guard lock(mu_);
   auto now = clock_();
-  auto [it, inserted] = conversations_.try_emplace(std::move(storage_key));
-  Conversation& c = it->second;
-  if (inserted) {
+  // The expired go first: when that empties the store, this conversation starts a fresh pool.
+  EvictLocked(now);
+  auto it = conversations_.find(std::string_view(storage_key));
+  if (it == conversations_.end()) {
+    it = conversations_.try_emplace(std::pmr::string(storage_key, &pool_)).first;
     lru_.push_front(&it->first);
-    c.bytes = it->first.size() + kConversationOverhead;
-    bytes_ += c.bytes;
+    it->second.bytes = it->first.size() + kConversationOverhead;
+    bytes_ += it->second.bytes;
   } else {
-    lru_.splice(lru_.begin(), lru_, c.lru_position);
+    lru_.splice(lru_.begin(), lru_, it->second.lru_position);
   }
+  Conversation& c = it->second;
   c.lru_position = lru_.begin();
   c.last_used = now;
-  c.text_bytes += turn.text.size();
-  c.turns.push_back(std::move(turn));
+  const size_t text_size = c.turns.emplace_back(user_kept, assistant_kept).text.size();
+  const size_t turn_bytes = text_size + kTurnOverhead;
+  c.text_bytes += text_size;
   c.bytes += turn_bytes;
   bytes_ += turn_bytes;
   // The oldest turns go while there are too many or they take too much (possibly all of them:

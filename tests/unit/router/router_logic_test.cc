@@ -144,6 +144,14 @@ TEST(ConversationMemoryTest, ForgetsTheLeastRecentlyUsedAndTheOld) {
   EXPECT_TRUE(memory.History({"p", "a"}).empty());
   EXPECT_EQ(memory.size(), 0u);
   EXPECT_EQ(memory.bytes(), 0u);
+
+  // Emptied (its pool handed back to the system allocator), the memory works as before.
+  memory.Append({"p", "d"}, "q", "r");
+  memory.Append({"p", "d"}, "q2", "r2");
+  auto history = memory.History({"p", "d"});
+  ASSERT_EQ(history.size(), 4);
+  EXPECT_EQ(history[2].content(), "q2");
+  EXPECT_EQ(history[3].content(), "r2");
 }
 
 TEST(ConversationMemoryTest, LongMessagesAreCutWithAMarker) {
