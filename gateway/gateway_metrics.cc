@@ -44,7 +44,7 @@ GatewayMetrics::GatewayMetrics(prometheus::Registry& registry)
                          .Register(registry)),
       admission_limit_(prometheus::BuildGauge()
                            .Name("anima_gateway_admission_limit")
-                           .Help("Adaptive concurrency limit of a normal or low priority type.")
+                           .Help("Adaptive concurrency limit of a message type.")
                            .Register(registry)),
       admission_waiting_(
           prometheus::BuildGauge()
@@ -57,7 +57,7 @@ GatewayMetrics::GatewayMetrics(prometheus::Registry& registry)
                               .Register(registry)),
       admission_wait_(prometheus::BuildHistogram()
                           .Name("anima_gateway_admission_wait_seconds")
-                          .Help("How long normal and low priority requests waited for a slot.")
+                          .Help("How long admitted requests waited for a slot, by priority.")
                           .Register(registry)),
       admission_refused_(prometheus::BuildCounter()
                              .Name("anima_gateway_admission_refused_total")

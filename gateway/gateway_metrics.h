@@ -24,10 +24,10 @@ namespace anima::gateway {
 //   anima_gateway_auth_failures_total{reason}      refused upgrades, expired tokens
 //   anima_gateway_limit_hits_total{limit}           a limit refused or closed something; limit is
 //       message_size, messages_per_second, in_flight, send_queue
-//   anima_gateway_admission_limit{type}             adaptive concurrency limit of a normal/low
+//   anima_gateway_admission_limit{type}             adaptive concurrency limit of a type
 //   anima_gateway_admission_waiting_sessions{type}  sessions with requests of it held now
 //   anima_gateway_admission_baseline_seconds{type}  its round trip at concurrency 1
-//   anima_gateway_admission_wait_seconds{priority}  how long normal/low requests waited
+//   anima_gateway_admission_wait_seconds{priority}  how long admitted requests waited
 //   anima_gateway_admission_refused_total{type,reason}  refused as `overloaded` before reaching
 //       the router; reason standing_queue (at arrival: the queue's oldest waited past the
 //       target) or max_wait (waited past --admission-max-queue-wait-ms)

@@ -482,8 +482,8 @@ void HttpSession::OnChatQuota(ChatCompletionRequest req, QuotaDecision decision)
   // A completion may take as long as the router lets it.
   stream_.expires_never();
   chat_->held = std::move(req.envelope);
-  // The same admission as a WebSocket chat: held while its type is over its adaptive limit
-  // (never when the type is high priority).
+  // The same admission as a WebSocket chat: held while its type is over its adaptive limit,
+  // refused 429 overloaded when that wait would be too long.
   if (auto hold = context_.admission->HoldFor("chat")) {
     // Past what the path serves: refused now rather than after a wait in a standing queue.
     if (auto retry_after = context_.admission->Overloaded(hold->key)) {

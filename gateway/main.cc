@@ -80,10 +80,11 @@ int Main(int argc, char** argv) {
   flags.Add("drain-timeout-ms", &drain_timeout_ms, "ANIMA_GATEWAY_DRAIN_TIMEOUT_MS",
             "on SIGTERM: how long requests in flight get to finish before connections close 1001");
   flags.Add("admission", &settings.admission, "ANIMA_GATEWAY_ADMISSION",
-            "hold normal and low priority work to an adaptive concurrency limit per type");
+            "hold every request to an adaptive concurrency limit per type, and refuse what "
+            "would wait too long (overloaded)");
   flags.Add("admission-max-in-flight", &settings.admission_limit.max,
             "ANIMA_GATEWAY_ADMISSION_MAX_IN_FLIGHT",
-            "the most requests of one normal or low type in flight from this gateway");
+            "the most requests of one type in flight from this gateway");
   flags.Add("admission-tolerance", &settings.admission_limit.tolerance,
             "ANIMA_GATEWAY_ADMISSION_TOLERANCE",
             "a normal or low type's limit shrinks while its median round trip is over this x its "

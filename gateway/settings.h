@@ -58,8 +58,9 @@ struct GatewaySettings {
   AccessPolicy::Options access;
   // anima_gateway_principal_* metrics (set when the keys file bounds the principals).
   bool metrics_per_principal = false;
-  // Normal and low priority work held to an adaptive concurrency limit per type before it goes
-  // to the router (gateway/admission.h); off: every frame is dispatched as it arrives.
+  // Every request held to an adaptive concurrency limit per type, and refused when it would
+  // wait too long, before it goes to the router (gateway/admission.h); off: every frame is
+  // dispatched as it arrives.
   bool admission = true;
   AdaptiveLimitOptions admission_limit;
   double admission_high_tolerance = 4.0;  // Admission::Options::high_tolerance

@@ -61,7 +61,7 @@ class WsSession : public std::enable_shared_from_this<WsSession> {
     std::string request_id;  // for log lines
     std::chrono::steady_clock::time_point start;
     bool saw_module_frame = false;
-    // Admission (gateway/admission.h): a normal or low priority request waits in `held` until
+    // Admission (gateway/admission.h): a request over its type's limit waits in `held` until
     // its limiter `admission_key` has a slot for it, then goes to the router at `dispatched`.
     bool admitted = false;
     std::string admission_key;  // Admission::HoldFor(type); empty: not held
