@@ -59,6 +59,27 @@ class OpenAiHttpTest : public testing::GatewayOverFakeRouterTest {
     return HttpRequest(gateway_->port("http"), "POST", "/v1/chat/completions", body, headers);
   }
 
+  // Sends a completion request on a raw connection that the test closes when it likes (closing it
+  // is the client going away); -1 when the request could not be sent.
+  int SendAndKeepOpen(const std::string& body) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (fd < 0) return -1;
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons(static_cast<uint16_t>(gateway_->port("http")));
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    std::string req =
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: "
+        "application/json\r\nContent-Length: " +
+        std::to_string(body.size()) + "\r\n\r\n" + body;
+    if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ||
+        write(fd, req.data(), req.size()) != static_cast<ssize_t>(req.size())) {
+      close(fd);
+      return -1;
+    }
+    return fd;
+  }
+
   // Expects an OpenAI error object with `status` and `code`.
   Json ExpectError(const HttpResponse& r, int status, const std::string& type,
                    const std::string& code) {
@@ -316,20 +337,9 @@ TEST_F(OpenAiHttpTest, ClientDisconnectCancelsTheRouterCall) {
   StartGateway();
   for (bool stream : {false, true}) {
     int before = router_->cancelled();
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    ASSERT_GE(fd, 0);
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_port = htons(static_cast<uint16_t>(gateway_->port("http")));
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    ASSERT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
-    std::string body = Chat("hang", {{"stream", stream}}).dump();
-    std::string req =
-        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: "
-        "application/json\r\nContent-Length: " +
-        std::to_string(body.size()) + "\r\n\r\n" + body;
     int dispatched = router_->dispatched();
-    ASSERT_EQ(write(fd, req.data(), req.size()), static_cast<ssize_t>(req.size()));
+    int fd = SendAndKeepOpen(Chat("hang", {{"stream", stream}}).dump());
+    ASSERT_GE(fd, 0);
     ASSERT_TRUE(Eventually([&] { return router_->dispatched() > dispatched; }));
     close(fd);
     EXPECT_TRUE(Eventually([&] { return router_->cancelled() > before; }))
@@ -347,19 +357,8 @@ TEST_F(OpenAiHttpTest, OverloadIs429WithRetryAfter) {
                 "--admission-max-queue-wait-ms=2000"});
   ASSERT_TRUE(Eventually([&] { return router_->routes_listed() > 0; }));
   // One completion takes chat's only slot and keeps it.
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  int fd = SendAndKeepOpen(Chat("hang").dump());
   ASSERT_GE(fd, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(gateway_->port("http")));
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ASSERT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
-  std::string body = Chat("hang").dump();
-  std::string req =
-      "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: "
-      "application/json\r\nContent-Length: " +
-      std::to_string(body.size()) + "\r\n\r\n" + body;
-  ASSERT_EQ(write(fd, req.data(), req.size()), static_cast<ssize_t>(req.size()));
   ASSERT_TRUE(Eventually([&] { return router_->dispatched() == 1; }));
 
   HttpResponse waited;

@@ -213,6 +213,14 @@ Admission::Options AdmissionOptions(TimePoint* now) {
   return o;
 }
 
+// The tests of refusals: a 5 ms target and a 50 ms maximum wait.
+Admission::Options QueueBoundedOptions(TimePoint* now) {
+  Admission::Options o = AdmissionOptions(now);
+  o.queue_target = 5ms;
+  o.max_queue_wait = 50ms;
+  return o;
+}
+
 TEST(AdmissionTest, NothingIsHeldUntilTheRoutesAreKnown) {
   TimePoint now{};
   Admission admission(AdmissionOptions(&now), nullptr);
@@ -308,9 +316,7 @@ TEST(AdmissionTest, TickEndsAProbeAndGrantsWithoutTraffic) {
 
 TEST(AdmissionTest, AStandingQueueRefusesNewRequestsAtOnce) {
   TimePoint now{};
-  auto options = AdmissionOptions(&now);
-  options.queue_target = 5ms;
-  options.max_queue_wait = 50ms;
+  auto options = QueueBoundedOptions(&now);
   Admission admission(options, nullptr);
   admission.SetRoutes({{"w", "low"}}, "normal");
   EXPECT_FALSE(admission.Overloaded("w").has_value()) << "nothing waits";
@@ -333,9 +339,7 @@ TEST(AdmissionTest, AStandingQueueRefusesNewRequestsAtOnce) {
 
 TEST(AdmissionTest, AWaiterPastTheMaximumWaitIsRefused) {
   TimePoint now{};
-  auto options = AdmissionOptions(&now);
-  options.queue_target = 5ms;
-  options.max_queue_wait = 50ms;
+  auto options = QueueBoundedOptions(&now);
   Admission admission(options, nullptr);
   admission.SetRoutes({{"w", "low"}}, "normal");
   EXPECT_TRUE(admission.Acquire("w", [](bool) {}));  // in flight and stuck downstream
@@ -360,9 +364,7 @@ TEST(AdmissionTest, AWaiterPastTheMaximumWaitIsRefused) {
 
 TEST(AdmissionTest, AWaitThroughABaselineProbeIsNotOverload) {
   TimePoint now{};
-  auto options = AdmissionOptions(&now);
-  options.queue_target = 5ms;
-  options.max_queue_wait = 50ms;
+  auto options = QueueBoundedOptions(&now);
   Admission admission(options, nullptr);
   admission.SetRoutes({{"w", "low"}}, "normal");
   EXPECT_TRUE(admission.Acquire("w", [](bool) {}));  // stays in flight through the probe
