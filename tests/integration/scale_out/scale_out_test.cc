@@ -91,7 +91,9 @@ class ScaleOutTest : public ::testing::Test {
     for (int i = 0; i < 2; ++i) {
       routers_.push_back({"anima-router",
                           {"--redis=" + redis_->url(), "--broker=" + broker_.address(),
-                           "--self-coding=" + Targets(coders_)}});
+                           "--self-coding=" + Targets(coders_),
+                           // more than the conversation test's turns, so each one still grows
+                           "--memory-turns=32"}});
       ASSERT_TRUE(routers_.back().Start());
     }
     for (int i = 0; i < 2; ++i) {
@@ -191,27 +193,14 @@ class ScaleOutTest : public ::testing::Test {
   static inline std::vector<Replica> coders_, routers_, gateways_;
 };
 
-// Round robin spreads consecutive calls over both routers, so four turns on two gateways cross
-// routers and gateways both ways; the simulator counts every word it is sent as a prompt token,
-// so each turn's prompt_tokens show that every earlier turn came with it.
+// Round robin spreads consecutive calls over both routers, so turns alternating between two
+// gateways cross routers and gateways both ways; the simulator counts every word it is sent as a
+// prompt token, so each turn's prompt_tokens show that every earlier turn came with it. A
+// gateway's channel picks only among routers it is already connected to, and the gateway's own
+// calls (state polls) share the rotation, so the first few turns may all land on one router: the
+// test goes on (at most 20 turns) until both have served some.
 TEST_F(ScaleOutTest, ConversationContinuesAcrossGatewaysAndRouters) {
-  auto first = Connect(0);
-  json turn = Chat(*first, "t0", "", "remember the word plum");
-  ASSERT_EQ(turn["type"], "chat_response") << turn.dump();
-  std::string conversation = turn["conversation_id"];
-  int previous = turn["usage"]["prompt_tokens"];
-  auto second = Connect(1);
-  for (int i = 1; i <= 4; ++i) {
-    WsClient& ws = i % 2 ? *second : *first;
-    json next = Chat(ws, "t" + std::to_string(i), conversation, "and now?");
-    ASSERT_EQ(next["type"], "chat_response") << next.dump();
-    EXPECT_EQ(next["conversation_id"], conversation);
-    int tokens = next["usage"]["prompt_tokens"];
-    EXPECT_GT(tokens, previous) << "turn " << i << " came without the earlier ones";
-    previous = tokens;
-  }
-  // Both routers served some of it.
-  for (auto& router : routers_) {
+  auto chats_served = [](Replica& router) {
     double chats = 0;
     for (const auto& [name, value] : ScrapeMetrics(router.process->port("metrics"))) {
       if (name.rfind("anima_router_requests_total{", 0) == 0 &&
@@ -219,8 +208,28 @@ TEST_F(ScaleOutTest, ConversationContinuesAcrossGatewaysAndRouters) {
         chats += value;
       }
     }
-    EXPECT_GT(chats, 0) << "a router served no chat; round robin did not spread the turns";
+    return chats;
+  };
+  auto first = Connect(0);
+  json turn = Chat(*first, "t0", "", "remember the word plum");
+  ASSERT_EQ(turn["type"], "chat_response") << turn.dump();
+  std::string conversation = turn["conversation_id"];
+  int previous = turn["usage"]["prompt_tokens"];
+  auto second = Connect(1);
+  bool both_served = false;
+  for (int i = 1; i <= 20 && !both_served; ++i) {
+    WsClient& ws = i % 2 ? *second : *first;
+    json next = Chat(ws, "t" + std::to_string(i), conversation, "and now?");
+    ASSERT_EQ(next["type"], "chat_response") << next.dump();
+    EXPECT_EQ(next["conversation_id"], conversation);
+    int tokens = next["usage"]["prompt_tokens"];
+    EXPECT_GT(tokens, previous) << "turn " << i << " came without the earlier ones";
+    previous = tokens;
+    if (i >= 4) both_served = chats_served(routers_[0]) > 0 && chats_served(routers_[1]) > 0;
   }
+  EXPECT_TRUE(both_served) << "20 turns and a router served no chat; round robin did not spread "
+                              "them (router chats: "
+                           << chats_served(routers_[0]) << ", " << chats_served(routers_[1]) << ")";
 }
 
 // Carol may send 4 chats a minute wherever she connects: 3 on each gateway get exactly 4 answers.
