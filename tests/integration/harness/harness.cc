@@ -110,10 +110,15 @@ std::unique_ptr<Process> Process::Start(const std::string& binary, std::vector<s
 }
 
 Process::~Process() {
-  if (pid_ > 0 && Running()) {
-    kill(pid_, SIGKILL);
-    waitpid(pid_, nullptr, 0);
-  }
+  if (pid_ <= 0 || !Running()) return;
+#ifdef ANIMA_SANITIZE
+  // Under sanitizers a process is asked to stop and given time to, so that it exits on its own
+  // and LeakSanitizer looks at what it still holds (a SIGKILL would skip that).
+  kill(pid_, SIGTERM);
+  if (Wait(10s) >= 0) return;
+#endif
+  kill(pid_, SIGKILL);
+  waitpid(pid_, nullptr, 0);
 }
 
 int Process::port(const std::string& key) const {

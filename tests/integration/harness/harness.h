@@ -37,7 +37,7 @@ class Process {
   static std::unique_ptr<Process> Start(const std::string& binary, std::vector<std::string> args,
                                         std::map<std::string, std::string> env = {},
                                         std::chrono::milliseconds timeout = 20s);
-  ~Process();  // SIGKILL if still running
+  ~Process();  // SIGKILL if still running (SIGTERM first in a sanitizer build)
 
   int port(const std::string& key) const;             // "grpc", "http", "metrics"
   std::string address(const std::string& key) const;  // "127.0.0.1:<port>"
