@@ -115,6 +115,12 @@ void AddState(const anima::v1::ConsciousnessState& s, Json& j) {
     mj["p95_ms"] = m.p95_ms();
     mj["last_active"] = m.last_active();
     if (!m.detail().empty()) mj["detail"] = m.detail();
+    if (!m.counters().empty()) {
+      // Sorted by name, so a client (and a test) sees them in a stable order.
+      Json counters = Json::object();
+      for (const auto& [name, value] : m.counters()) counters[name] = value;
+      mj["counters"] = std::move(counters);
+    }
     modules.push_back(std::move(mj));
   }
   j["modules"] = std::move(modules);

@@ -20,6 +20,7 @@
 
 namespace anima::gateway {
 
+class GatewayModules;
 class WsSession;
 
 // The open WebSocket sessions, so shutdown can close each of them. Thread-safe.
@@ -69,6 +70,7 @@ struct GatewayContext {
   RouterClient* router = nullptr;
   ReadinessProbe* readiness = nullptr;
   Admission* admission = nullptr;
+  GatewayModules* modules = nullptr;  // the gateway's own modules in consciousness_state
   SessionRegistry sessions;
   // Both front doors: who a request acts for, and that principal's quotas (asked
   // asynchronously: a shared store answers over the network).

@@ -42,6 +42,13 @@ absl::StatusOr<std::unique_ptr<GatewayServer>> GatewayServer::Start(
   context.router = server->router_.get();
   context.readiness = server->readiness_.get();
   context.admission = server->admission_.get();
+  server->modules_ = std::make_unique<GatewayModules>(GatewayModules::Sources{
+      .context = &context,
+      .admission = context.settings.admission ? server->admission_.get() : nullptr,
+      .state_stream_live = [watcher = server->state_watcher_.get()] {
+        return watcher->Latest().has_value();
+      }});
+  context.modules = server->modules_.get();
 
   int threads = std::max(1, context.settings.threads);
   server->ioc_ = std::make_unique<net::io_context>(threads);
@@ -102,9 +109,11 @@ void GatewayServer::BroadcastState() {
   *event.mutable_consciousness_state() = std::move(*state);
   event.mutable_consciousness_state()->mutable_load()->set_connections(
       context_->open_connections.load());
+  modules_->AddTo(*event.mutable_consciousness_state());
   batch_frame_ = std::make_shared<const std::string>(FrameTranslator::Render(event, "").text);
   batch_timer_->cancel();  // a broadcast still going out gives way to the newer state
   batch_sessions_ = context_->sessions.Snapshot();
+  modules_->NoteBroadcast(batch_sessions_.size());
   batch_next_ = 0;
   BroadcastBatch();
 }

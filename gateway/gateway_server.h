@@ -9,6 +9,7 @@
 #include "boost/asio/io_context.hpp"
 #include "boost/asio/steady_timer.hpp"
 #include "gateway/gateway_context.h"
+#include "gateway/gateway_modules.h"
 #include "gateway/http_session.h"
 #include "gateway/state_watcher.h"
 #include "prometheus/registry.h"
@@ -52,6 +53,7 @@ class GatewayServer {
   std::unique_ptr<ReadinessProbe> readiness_;
   std::unique_ptr<StateWatcher> state_watcher_;
   std::unique_ptr<GatewayContext> context_;
+  std::unique_ptr<GatewayModules> modules_;  // refers to context_, admission_, state_watcher_
   std::unique_ptr<boost::asio::io_context> ioc_;
   std::shared_ptr<Listener> listener_;
   std::unique_ptr<boost::asio::steady_timer> broadcast_timer_;

@@ -9,6 +9,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "gateway/gateway_modules.h"
 #include "services/common/grpc_metrics.h"
 #include "services/common/identity.h"
 #include "services/common/process.h"
@@ -505,9 +506,10 @@ void WsSession::OnCallEvent(uint64_t seq, const std::string& id, anima::v1::Even
   auto it = in_flight_.find(id);
   if (it == in_flight_.end() || it->second.seq != seq) return;
   if (event.has_consciousness_state()) {
-    // The router cannot count the gateway's connections; the gateway can.
+    // The router cannot count the gateway's connections, nor see its admission; the gateway can.
     event.mutable_consciousness_state()->mutable_load()->set_connections(
         context_.open_connections.load());
+    if (context_.modules != nullptr) context_.modules->AddTo(*event.mutable_consciousness_state());
   }
   RenderedFrame frame = FrameTranslator::Render(event, id);
   if (frame.type == "module") it->second.saw_module_frame = true;

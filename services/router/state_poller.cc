@@ -3,7 +3,7 @@
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "services/common/metrics.h"
 #include "services/common/process.h"
-#include "services/router/harmony.h"
+#include "services/common/harmony.h"
 #include "spdlog/spdlog.h"
 
 namespace anima::router {

@@ -492,7 +492,9 @@ TEST_F(GatewayTest, StateBroadcastsReachSubscribersOnly) {
   EXPECT_EQ(Exchange(*quiet,
                      R"({"type":"unsubscribe","id":"u","topics":["consciousness_state"]})")["type"],
             "unsubscribed");
-  // New connections are subscribed; the count is the gateway's own, not the router's.
+  // New connections are subscribed; the count is the gateway's own, not the router's. The
+  // gateway adds its own modules, the broadcaster counting its broadcasts.
+  double broadcasts = -1;
   for (int i = 0; i < 3; ++i) {
     auto state = listening->Read();
     ASSERT_TRUE(state.has_value()) << gateway_->Log();
@@ -500,6 +502,15 @@ TEST_F(GatewayTest, StateBroadcastsReachSubscribersOnly) {
     EXPECT_FALSE(state->contains("id"));
     EXPECT_EQ((*state)["load"]["connections"], 2);
     EXPECT_EQ((*state)["status"], "healthy");
+    Json broadcaster;
+    for (const auto& m : (*state)["modules"]) {
+      if (m["name"] == "gateway/broadcaster") broadcaster = m;
+    }
+    ASSERT_TRUE(broadcaster.is_object()) << state->dump();
+    EXPECT_EQ(broadcaster["status"], "healthy");
+    EXPECT_GT(broadcaster["counters"]["broadcasts"].get<double>(), broadcasts);
+    broadcasts = broadcaster["counters"]["broadcasts"].get<double>();
+    EXPECT_EQ(broadcaster["counters"]["interval_ms"], 100);
   }
   EXPECT_EQ(router_->watches(), 1) << "one WatchState stream for all connections";
   // The unsubscribed connection's next frame is the answer to its own request.

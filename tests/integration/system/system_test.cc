@@ -183,6 +183,21 @@ TEST_F(SystemTest, StateListsEveryServiceWithHarmony) {
   for (const auto& n : names) has_broker |= n.rfind("llm-broker", 0) == 0;
   EXPECT_TRUE(has_broker);
   EXPECT_TRUE((*state)["load"].contains("queue_depth"));
+  // The gateway describes itself too, with its counters.
+  for (const char* name : {"gateway", "gateway/admission", "gateway/broadcaster"}) {
+    EXPECT_NE(std::find(names.begin(), names.end(), name), names.end()) << name;
+  }
+  for (const auto& m : (*state)["modules"]) {
+    if (m["name"] == "gateway") {
+      EXPECT_EQ(m["service"], "gateway");
+      EXPECT_EQ(m["status"], "healthy");
+      EXPECT_GE(m["counters"]["connections"].get<double>(), 1) << m.dump();
+      EXPECT_GE(m["in_flight"].get<int64_t>(), 1) << "the query itself is in flight";
+    }
+    if (m["name"] == "gateway/admission") {
+      EXPECT_TRUE(m["counters"].contains("refused")) << m.dump();
+    }
+  }
 }
 
 TEST_F(SystemTest, EveryServiceServesItsMetrics) {

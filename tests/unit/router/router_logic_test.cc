@@ -3,7 +3,7 @@
 #include "services/router/chat_translation.h"
 #include "services/router/conversation_memory.h"
 #include "services/router/error_mapping.h"
-#include "services/router/harmony.h"
+#include "services/common/harmony.h"
 
 namespace anima::router {
 namespace {

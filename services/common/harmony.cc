@@ -1,6 +1,6 @@
-#include "services/router/harmony.h"
+#include "services/common/harmony.h"
 
-namespace anima::router {
+namespace anima {
 
 double Harmony(const std::vector<anima::v1::ModuleStatus>& modules) {
   if (modules.empty()) return 0;
@@ -27,4 +27,11 @@ const char* HarmonyStatus(double harmony, bool any_modules) {
   return "critical";
 }
 
-}  // namespace anima::router
+void SetHarmony(anima::v1::ConsciousnessState& state) {
+  std::vector<anima::v1::ModuleStatus> modules(state.modules().begin(), state.modules().end());
+  double harmony = Harmony(modules);
+  state.set_harmony(harmony);
+  state.set_status(HarmonyStatus(harmony, !modules.empty()));
+}
+
+}  // namespace anima
