@@ -83,6 +83,10 @@ struct GatewayContext {
   std::atomic<int64_t> open_connections{0};
   // Requests of every session that have not ended yet (the drain waits for none to be left).
   std::atomic<int64_t> in_flight{0};
+  // Of those, the self-coding jobs' event streams (self_coding_request, self_coding_watch): the
+  // job goes on without the connection and its client watches it again from after_seq
+  // elsewhere, so the drain does not wait for them.
+  std::atomic<int64_t> in_flight_resumable{0};
   // Set once shutdown begins: new upgrades are refused.
   std::atomic<bool> draining{false};
 };

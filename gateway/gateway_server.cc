@@ -148,15 +148,21 @@ void GatewayServer::Shutdown() {
   });
   // The admission tick keeps running through the drain: held requests still need their slots.
   auto drain_deadline = std::chrono::steady_clock::now() + context_->settings.drain_timeout;
-  if (context_->in_flight.load() > 0) {
+  auto waited_for = [this] {
+    return context_->in_flight.load() - context_->in_flight_resumable.load();
+  };
+  if (waited_for() > 0) {
     spdlog::info("draining: waiting up to {} ms for {} requests in flight",
-                 context_->settings.drain_timeout.count(), context_->in_flight.load());
+                 context_->settings.drain_timeout.count(), waited_for());
   }
-  while (context_->in_flight.load() > 0 && std::chrono::steady_clock::now() < drain_deadline) {
+  while (waited_for() > 0 && std::chrono::steady_clock::now() < drain_deadline) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   auto sessions = context_->sessions.Snapshot();
-  spdlog::info("shutting down: closing {} connections with 1001", sessions.size());
+  spdlog::info(
+      "shutting down: {} requests still in flight answered unavailable, closing {} "
+      "connections with 1001",
+      context_->in_flight.load(), sessions.size());
   for (auto& session : sessions) session->Close(boost::beast::websocket::close_code::going_away);
   sessions.clear();
   auto deadline = std::chrono::steady_clock::now() + context_->settings.shutdown_grace;

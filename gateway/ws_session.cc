@@ -23,6 +23,12 @@ namespace websocket = beast::websocket;
 
 namespace {
 
+// A self-coding job's event stream: the job goes on without the connection, and its client can
+// watch it again from after_seq on any gateway.
+bool Resumable(const std::string& type) {
+  return type == "self_coding_request" || type == "self_coding_watch";
+}
+
 constexpr size_t kIdleBufferBytes = 8192;
 
 double SecondsSince(std::chrono::steady_clock::time_point start) {
@@ -89,6 +95,17 @@ void WsSession::Close(websocket::close_code code) {
       beast::error_code ignored;
       self->ws_.next_layer().close(ignored);
       return;
+    }
+    while (!self->in_flight_.empty()) {
+      auto it = self->in_flight_.begin();
+      if (it->second.call) it->second.call->Cancel();
+      self->SendError(kUnavailable,
+                      Resumable(it->second.type)
+                          ? "the gateway is shutting down; the job goes on: watch it again on "
+                            "another connection (self_coding_watch with after_seq)"
+                          : "the gateway is shutting down; send it again on another connection",
+                      it->first);
+      self->Finish(it, /*answered=*/false);
     }
     self->CloseAfterFlush(code);
   });
@@ -317,6 +334,7 @@ void WsSession::OnQuotaDecision(ParsedFrame frame, std::chrono::steady_clock::ti
 
   uint64_t seq = ++next_seq_;
   context_.in_flight.fetch_add(1);
+  if (Resumable(frame.type)) context_.in_flight_resumable.fetch_add(1);
   InFlight& entry = in_flight_[frame.id];
   entry.seq = seq;
   entry.type = frame.type;
@@ -624,6 +642,7 @@ void WsSession::Finish(InFlightMap::iterator it, bool answered) {
   // A held request leaves a stale entry in held_, skipped when its slot comes.
   if (entry.admitted) context_.admission->Release(entry.admission_key, entry.dispatched, answered);
   context_.quotas->Release(*entry.principal, entry.ticket);
+  if (Resumable(entry.type)) context_.in_flight_resumable.fetch_sub(1);
   in_flight_.erase(it);
   context_.in_flight.fetch_sub(1);
 }
@@ -635,6 +654,9 @@ void WsSession::CancelAllCalls() {
     context_.quotas->Release(*entry.principal, entry.ticket);
   }
   held_.clear();  // waiters still queued find nothing held and give their slots back
+  int64_t resumable = 0;
+  for (const auto& [id, entry] : in_flight_) resumable += Resumable(entry.type) ? 1 : 0;
+  context_.in_flight_resumable.fetch_sub(resumable);
   context_.in_flight.fetch_sub(static_cast<int64_t>(in_flight_.size()));
   in_flight_.clear();
 }

@@ -46,7 +46,10 @@ class WsSession : public std::enable_shared_from_this<WsSession> {
   // Completes the upgrade of `request`, whose connection this session now owns.
   void Run(boost::beast::http::request<boost::beast::http::string_body> request);
 
-  // Thread-safe: closes with `code` once the frames queued so far are written.
+  // Thread-safe: the end of a drain. Every request still in flight is answered with an
+  // `unavailable` error frame (its router call cancelled), then the session closes with `code`
+  // once the frames queued so far are written: a client never waits on a request that was
+  // dropped.
   void Close(boost::beast::websocket::close_code code);
 
   // Thread-safe: queues a consciousness_state broadcast if the session is subscribed. A

@@ -248,6 +248,10 @@ grpc::ServerWriteReactor<anima::v1::Event>* FakeRouter::Dispatch(
       request->raw_json().find("\"hang\":true") != std::string::npos) {
     return new FakeDispatch(this, {}, grpc::Status::OK, /*hang=*/true);
   }
+  // A watch of a job that runs for ever: a stream that only ends when cancelled.
+  if (request->has_self_coding_watch() && request->self_coding_watch().job_id() == "job-hang") {
+    return new FakeDispatch(this, {}, grpc::Status::OK, /*hang=*/true);
+  }
   if (request->has_chat()) {
     const std::string& m = request->chat().message();
     if (m == "hang") return new FakeDispatch(this, {}, grpc::Status::OK, /*hang=*/true);

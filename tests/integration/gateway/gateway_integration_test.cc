@@ -615,10 +615,65 @@ TEST_F(GatewayTest, SigtermDrainEndsAtItsDeadline) {
   ASSERT_TRUE(ws->SendText(R"({"type":"chat","id":"h","message":"hang"})"));
   ASSERT_TRUE(Eventually([&] { return router_->dispatched() == 1; }));
   gateway_->Signal(SIGTERM);
+  // The request the drain could not wait for is answered, not dropped: then 1001.
+  auto answer = ws->Read();
+  ASSERT_TRUE(answer.has_value());
+  EXPECT_EQ((*answer)["type"], "error");
+  EXPECT_EQ((*answer)["id"], "h");
+  EXPECT_EQ((*answer)["code"], "unavailable");
   EXPECT_FALSE(ws->Read().has_value());
   EXPECT_EQ(ws->close_code(), 1001);
   EXPECT_EQ(gateway_->Wait(), 0) << gateway_->Log();
   EXPECT_TRUE(Eventually([&] { return router_->cancelled() == 1; }));
+}
+
+// A rolling update's drain with 1,000 clients connected: half with a chat in flight (answered
+// within the drain), some watching a job (not waited for: told to watch again elsewhere), the
+// rest idle. Every request ends with exactly one frame, every client is told 1001, and the
+// gateway exits 0 once the chats are answered (the watches would hold it for its 10-minute
+// drain timeout).
+TEST_F(GatewayTest, DrainWithAThousandClientsAnswersEveryRequestAndClosesEveryone) {
+  StartGateway({"--drain-timeout-ms=600000", "--admission=false",
+                "--max-new-connections-per-second=100000", "--state-interval-ms=600000"});
+  constexpr int kClients = 1000, kChatting = 500, kWatching = 20;
+  std::vector<std::unique_ptr<WsClient>> clients;
+  for (int i = 0; i < kClients; ++i) {
+    clients.push_back(Connect());
+    ASSERT_FALSE(::testing::Test::HasFailure()) << "client " << i << " could not connect";
+  }
+  for (int i = 0; i < kChatting; ++i) {
+    ASSERT_TRUE(clients[i]->SendText(
+        Json{{"type", "chat"}, {"id", "c" + std::to_string(i)}, {"message", "slow:1500"}}.dump()));
+  }
+  for (int i = kChatting; i < kChatting + kWatching; ++i) {
+    ASSERT_TRUE(clients[i]->SendText(
+        Json{{"type", "self_coding_watch"}, {"id", "w"}, {"job_id", "job-hang"}}.dump()));
+  }
+  ASSERT_TRUE(Eventually([&] { return router_->dispatched() == kChatting + kWatching; }, 20s))
+      << router_->dispatched();
+  gateway_->Signal(SIGTERM);
+  int answered = 0, told_to_watch_again = 0, told_1001 = 0;
+  for (int i = 0; i < kClients; ++i) {
+    std::vector<Json> frames;
+    while (auto f = clients[i]->Read(40s)) frames.push_back(*f);
+    if (clients[i]->close_code() == 1001) ++told_1001;
+    if (i < kChatting) {
+      ASSERT_EQ(frames.size(), 1u) << "client " << i << ": one answer, nothing else";
+      EXPECT_EQ(frames[0]["type"], "chat_response") << frames[0].dump();
+      answered += frames[0]["type"] == "chat_response";
+    } else if (i < kChatting + kWatching) {
+      ASSERT_EQ(frames.size(), 1u) << "client " << i;
+      EXPECT_EQ(frames[0]["code"], "unavailable") << frames[0].dump();
+      EXPECT_NE(frames[0]["message"].get<std::string>().find("watch it again"), std::string::npos);
+      told_to_watch_again += frames[0]["code"] == "unavailable";
+    } else {
+      EXPECT_TRUE(frames.empty()) << "client " << i << " got " << frames[0].dump();
+    }
+  }
+  EXPECT_EQ(answered, kChatting);
+  EXPECT_EQ(told_to_watch_again, kWatching);
+  EXPECT_EQ(told_1001, kClients);
+  EXPECT_EQ(gateway_->Wait(60s), 0) << "the drain waited for the job watches\n" << gateway_->Log();
 }
 
 double LimitHits(int metrics_port, const std::string& limit) {
