@@ -46,6 +46,7 @@ UsageReport UsageNow(QuotaStore& store, const Principal& p) {
   return answer.get();
 }
 
+// Points into `r`: keep the report alive while using the entry.
 const UsageEntry* Entry(const UsageReport& r, const std::string& limit) {
   for (const auto& e : r.limits) {
     if (e.limit == limit) return &e;
@@ -172,7 +173,8 @@ TEST_P(QuotaStoreContractTest, InFlightIsCountedAndReleased) {
   ASSERT_FALSE(refused.admitted());
   EXPECT_EQ(refused.refusal->limit, "requests_in_flight");
   EXPECT_GT(refused.refusal->retry_after, milliseconds(0));
-  const UsageEntry* in_flight = Entry(UsageNow(*store_, p), "requests_in_flight");
+  UsageReport usage = UsageNow(*store_, p);  // kept: Entry points into it
+  const UsageEntry* in_flight = Entry(usage, "requests_in_flight");
   ASSERT_NE(in_flight, nullptr);
   EXPECT_EQ(in_flight->used, 2);
   EXPECT_EQ(in_flight->remaining, 0);
@@ -186,7 +188,8 @@ TEST_P(QuotaStoreContractTest, InFlightIsCountedAndReleased) {
   store_->Release(p, b.ticket);
   store_->Release(p, c.ticket);
   EXPECT_TRUE(Eventually([&] {
-    const UsageEntry* e = Entry(UsageNow(*store_, p), "requests_in_flight");
+    UsageReport now = UsageNow(*store_, p);
+    const UsageEntry* e = Entry(now, "requests_in_flight");
     return e && e->used == 0;
   }));
 }
