@@ -1,9 +1,9 @@
 #include "services/router/state_poller.h"
 
 #include "grpc/health/v1/health.grpc.pb.h"
+#include "services/common/harmony.h"
 #include "services/common/metrics.h"
 #include "services/common/process.h"
-#include "services/common/harmony.h"
 #include "spdlog/spdlog.h"
 
 namespace anima::router {

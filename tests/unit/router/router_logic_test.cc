@@ -1,9 +1,9 @@
 #include "anima/v1/llm_broker.pb.h"
 #include "gtest/gtest.h"
+#include "services/common/harmony.h"
 #include "services/router/chat_translation.h"
 #include "services/router/conversation_memory.h"
 #include "services/router/error_mapping.h"
-#include "services/common/harmony.h"
 
 namespace anima::router {
 namespace {
