@@ -45,9 +45,7 @@ absl::StatusOr<std::unique_ptr<GatewayServer>> GatewayServer::Start(
   server->modules_ = std::make_unique<GatewayModules>(GatewayModules::Sources{
       .context = &context,
       .admission = context.settings.admission ? server->admission_.get() : nullptr,
-      .state_stream_live = [watcher = server->state_watcher_.get()] {
-        return watcher->Latest().has_value();
-      }});
+      .state_stream_live = [watcher = server->state_watcher_.get()] { return watcher->Live(); }});
   context.modules = server->modules_.get();
 
   int threads = std::max(1, context.settings.threads);

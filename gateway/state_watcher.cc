@@ -33,6 +33,11 @@ std::optional<anima::v1::ConsciousnessState> StateWatcher::Latest() const {
   return latest_;
 }
 
+bool StateWatcher::Live() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return latest_.has_value();
+}
+
 void StateWatcher::Run() {
   std::chrono::milliseconds backoff = kFirstBackoff;
   for (;;) {

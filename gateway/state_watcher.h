@@ -23,6 +23,8 @@ class StateWatcher {
   ~StateWatcher();  // cancels the stream and joins the thread
 
   std::optional<anima::v1::ConsciousnessState> Latest() const;
+  // Whether a WatchState stream is live (Latest() has a state), without copying the state.
+  bool Live() const;
 
  private:
   void Run();
