@@ -5,6 +5,7 @@
 #include <atomic>
 #include <filesystem>
 #include <fstream>
+#include <mutex>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -255,8 +256,11 @@ TEST_F(RunnerServiceTest, BadRunRequestsAreRefused) {
 
 TEST_F(RunnerServiceTest, OneCommandAtATimeAndCancellingKillsTheTree) {
   Ready();
+  // The caller's context lives only while its Run call does: it is cancelled under the lock, and
+  // only while the call is still going (a call that ended early fails the test, not the process).
+  std::mutex mutex;
   grpc::ClientContext* running = nullptr;
-  std::atomic<bool> have_context{false};
+  bool ended = false;
   RunnerClient::RunOutcome first;
   std::thread caller([&] {
     first = client_->Run(
@@ -265,17 +269,27 @@ TEST_F(RunnerServiceTest, OneCommandAtATimeAndCancellingKillsTheTree) {
              "(exec >/dev/null 2>&1 </dev/null; sleep 0.5; touch late) & touch started; "
              "sleep 60"}),
         kSecret, [&](grpc::ClientContext& context) {
+          std::lock_guard<std::mutex> lock(mutex);
           running = &context;
-          have_context = true;
         });
+    std::lock_guard<std::mutex> lock(mutex);
+    running = nullptr;
+    ended = true;
   });
-  ASSERT_TRUE(testing::Eventually([&] { return have_context && InWorkspace("started"); }));
+  EXPECT_TRUE(testing::Eventually([&] {
+    std::lock_guard<std::mutex> lock(mutex);
+    return (running != nullptr && InWorkspace("started")) || ended;
+  }));
   auto second = client_->Run(RunnerClient::Command({"true"}));
   EXPECT_EQ(second.status.error_code(), grpc::StatusCode::FAILED_PRECONDITION)
       << second.status.error_message();
-  running->TryCancel();
+  {
+    std::lock_guard<std::mutex> lock(mutex);
+    EXPECT_FALSE(ended) << "the first command ended before it was cancelled";
+    if (running != nullptr) running->TryCancel();
+  }
   caller.join();
-  EXPECT_EQ(first.status.error_code(), grpc::StatusCode::CANCELLED);
+  EXPECT_EQ(first.status.error_code(), grpc::StatusCode::CANCELLED) << first.status.error_message();
   // The grandchild would have written `late` 500 ms after starting.
   std::this_thread::sleep_for(std::chrono::milliseconds(900));
   EXPECT_FALSE(InWorkspace("late")) << "a process of the cancelled command lived on";
