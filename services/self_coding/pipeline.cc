@@ -217,7 +217,7 @@ anima::v1::SelfCodingResult JobPipeline::Run(const anima::v1::SubmitRequest& spe
       for (const auto& [path, content] : out.files) to_write[path] = content;
       if (!spec.tests().empty()) to_write[lang->tests_file] = spec.tests();
       for (const auto& [path, content] : HarnessFiles(lang->compiled)) to_write[path] = content;
-      AttemptContext context{.job_id = job_id, .cancel = cancel};
+      AttemptContext context{.job_id = job_id, .cancel = cancel, .waiting = {}};
       context.waiting = [&](const std::string& reason) {
         sink->Progress(kStageQueued, attempt, pct(0.5), reason);
       };

@@ -94,7 +94,8 @@ ChildLimits ContainedLimits(const SandboxLimits& lim) {
   // plus the threads this process has now; threads it starts later (gRPC grows its pool on
   // demand) come out of the command's share.
   const rlim_t soft[ChildLimits::kCount] = {
-      static_cast<rlim_t>(lim.cpu_seconds), static_cast<rlim_t>(lim.memory_bytes),
+      static_cast<rlim_t>(lim.cpu_seconds),
+      lim.memory_bytes > 0 ? static_cast<rlim_t>(lim.memory_bytes) : RLIM_INFINITY,
       static_cast<rlim_t>(lim.max_processes + ThreadsOfThisProcess()),
       static_cast<rlim_t>(lim.file_size_bytes), 0};
   for (int i = 0; i < ChildLimits::kCount; ++i) {
@@ -422,7 +423,7 @@ class ProcessSandbox : public Sandbox {
               "/usr/bin/prlimit",
               // Soft below hard: SIGXCPU (a clear reason) comes before SIGKILL.
               absl::StrCat("--cpu=", lim.cpu_seconds, ":", lim.cpu_seconds + 1),
-              absl::StrCat("--as=", lim.memory_bytes),
+              lim.memory_bytes > 0 ? absl::StrCat("--as=", lim.memory_bytes) : "--as=unlimited",
               absl::StrCat("--nproc=", lim.max_processes),
               absl::StrCat("--fsize=", lim.file_size_bytes),
               "--core=0",
@@ -552,7 +553,8 @@ class ProcessSandbox : public Sandbox {
         r.rlim_cur = static_cast<rlim_t>(lim.cpu_seconds);
         r.rlim_max = r.rlim_cur + 1;
         setrlimit(RLIMIT_CPU, &r);
-        r.rlim_cur = r.rlim_max = static_cast<rlim_t>(lim.memory_bytes);
+        r.rlim_cur = r.rlim_max =
+            lim.memory_bytes > 0 ? static_cast<rlim_t>(lim.memory_bytes) : RLIM_INFINITY;
         setrlimit(RLIMIT_AS, &r);
         r.rlim_cur = r.rlim_max = static_cast<rlim_t>(lim.max_processes);
         setrlimit(RLIMIT_NPROC, &r);

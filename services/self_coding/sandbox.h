@@ -18,12 +18,22 @@ namespace anima::selfcoding {
 
 struct SandboxLimits {
   int cpu_seconds = 10;                        // RLIMIT_CPU per process
-  int64_t memory_bytes = 1LL << 30;            // RLIMIT_AS per process
+  int64_t memory_bytes = 1LL << 30;            // RLIMIT_AS per process; 0: none (see below)
   int max_processes = 64;                      // RLIMIT_NPROC (per sandbox, enforced when not root)
   int64_t file_size_bytes = 16LL << 20;        // RLIMIT_FSIZE
   int64_t output_bytes = 1LL << 20;            // stdout+stderr kept; more ends the run
   std::chrono::milliseconds wall_time{30000};  // then the whole process tree is killed
 };
+
+// A process built with AddressSanitizer or ThreadSanitizer reserves terabytes of address space
+// for its shadow memory and cannot start under RLIMIT_AS. Only our own programs are built so (the
+// sandbox runner, in `tools/anima test --sanitize=...`): those are started with memory_bytes 0,
+// and the commands they run get their own limits from them as usual.
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+inline constexpr bool kBuiltWithSanitizer = true;
+#else
+inline constexpr bool kBuiltWithSanitizer = false;
+#endif
 
 struct SandboxCommand {
   std::vector<std::string> argv;  // argv[0] is looked up in the sandbox's PATH (/usr/bin:/bin)

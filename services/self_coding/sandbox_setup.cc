@@ -108,7 +108,7 @@ absl::StatusOr<Sandboxes> MakeSandboxes(SandboxSetup s) {
     // (rlimits only go down: the runner's file size limit is its commands' ceiling.)
     SandboxLimits runner = s.command_ceiling;
     runner.cpu_seconds = 3600;
-    runner.memory_bytes += 2LL << 30;
+    runner.memory_bytes = kBuiltWithSanitizer ? 0 : runner.memory_bytes + (2LL << 30);
     runner.max_processes += 64;
     runner.output_bytes = 1 << 20;
     runner.wall_time = std::chrono::hours(1);
@@ -175,7 +175,7 @@ void SandboxCanary::Run() {
     finish(State::kFailed, absl::StrCat("canary job not run: ", s.message()));
     return;
   }
-  AttemptContext context{.job_id = "canary", .cancel = &cancel_};
+  AttemptContext context{.job_id = "canary", .cancel = &cancel_, .waiting = {}};
   context.waiting = [this](const std::string& reason) {
     std::lock_guard lock(mu_);
     detail_ = reason;

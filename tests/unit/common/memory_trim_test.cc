@@ -60,7 +60,9 @@ TEST(TrimDeciderTest, TheThresholdsComeFromThePolicy) {
 TEST(TrimDeciderTest, SamplingThisProcessSeesItsMemoryAndTime) {
   const MemorySample sample = SampleMemory();
   EXPECT_GT(sample.rss_bytes, 0u);
-  EXPECT_GT(sample.in_use_bytes, 0u);
+#if !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_THREAD__)
+  EXPECT_GT(sample.in_use_bytes, 0u);  // a sanitizer's allocator replaces malloc: mallinfo2 is 0
+#endif
   EXPECT_GT(sample.cpu_seconds, 0.0);
 }
 

@@ -331,6 +331,7 @@ TEST(BrokerStrategyTest, RequestsChooseTheirStrategyByName) {
   EXPECT_FALSE(b->started());
   request.strategy = "roulette";
   EXPECT_FALSE(by_default.Start(request, Recorder().Sink()).ok());
+  a->Succeed("y");  // the call left open holds its provider, which holds the call
 }
 
 TEST(ResponseCacheTest, DeterministicRequestsAreAnsweredFromTheCache) {
@@ -377,6 +378,7 @@ TEST(ResponseCacheTest, DeterministicRequestsAreAnsweredFromTheCache) {
   ASSERT_TRUE(broker.Start(request, expired.Sink()).ok());
   EXPECT_TRUE(a->started());
   EXPECT_EQ(lookups.back(), false);
+  a->Succeed("4");  // the call left open holds its provider, which holds the call
 }
 
 TEST(ResponseCacheTest, KeysCoverWhatShapesTheAnswerAndTheOldestIsEvicted) {
