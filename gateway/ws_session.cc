@@ -96,6 +96,11 @@ void WsSession::Close(websocket::close_code code) {
       self->ws_.next_layer().close(ignored);
       return;
     }
+    for (const std::string& id : self->awaiting_quota_) {
+      self->SendError(kUnavailable,
+                      "the gateway is shutting down; send it again on another connection", id);
+    }
+    self->awaiting_quota_.clear();
     while (!self->in_flight_.empty()) {
       auto it = self->in_flight_.begin();
       if (it->second.call) it->second.call->Cancel();
@@ -282,6 +287,7 @@ void WsSession::StartRequest(ParsedFrame frame, std::chrono::steady_clock::time_
   if (!principal) return;  // revoked: the connection is closing
   bool spends = frame.type == "chat" || frame.type == "self_coding_request";
   ++quota_pending_;
+  awaiting_quota_.push_back(frame.id);
   // Held strongly: the answer comes within the store's deadline, and an admission must reach a
   // live session to be released.
   std::shared_ptr<const Principal> asking = principal;
@@ -299,10 +305,17 @@ void WsSession::StartRequest(ParsedFrame frame, std::chrono::steady_clock::time_
       });
 }
 
+bool WsSession::TakeAwaitingQuota(const std::string& id) {
+  auto it = std::find(awaiting_quota_.begin(), awaiting_quota_.end(), id);
+  if (it == awaiting_quota_.end()) return false;
+  awaiting_quota_.erase(it);
+  return true;
+}
+
 void WsSession::OnQuotaDecision(ParsedFrame frame, std::chrono::steady_clock::time_point start,
                                 std::shared_ptr<const Principal> principal,
                                 QuotaDecision decision) {
-  if (torn_down_ || close_after_flush_ || write_failed_) {
+  if (!TakeAwaitingQuota(frame.id) || torn_down_ || close_after_flush_ || write_failed_) {
     // Nobody is left to answer.
     if (decision.admitted()) context_.quotas->Release(*principal, decision.ticket);
     return;
@@ -592,11 +605,12 @@ void WsSession::HandleUsageQuery(const ParsedFrame& frame) {
   }
   context_.metrics->FrameReceived(frame.type, "ok");
   ++quota_pending_;
+  awaiting_quota_.push_back(frame.id);
   context_.quotas->Usage(*subject, [self = shared_from_this(), executor = ws_.get_executor(),
                                     id = frame.id](UsageReport report) mutable {
     net::dispatch(executor,
                   [self = std::move(self), id = std::move(id), report = std::move(report)] {
-                    if (!self->torn_down_)
+                    if (self->TakeAwaitingQuota(id) && !self->torn_down_)
                       self->Send("usage", FrameTranslator::RenderUsage(report, id));
                     self->QuotaAnswered();
                   });

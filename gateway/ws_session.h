@@ -84,6 +84,8 @@ class WsSession : public std::enable_shared_from_this<WsSession> {
   // Checks the request's limits, then asks the principal's quotas.
   void StartRequest(ParsedFrame frame, std::chrono::steady_clock::time_point start);
   // The quotas answered: the request is refused, or goes to admission and the router.
+  // Removes `id` from awaiting_quota_; false when a shutdown answered it meanwhile.
+  bool TakeAwaitingQuota(const std::string& id);
   void OnQuotaDecision(ParsedFrame frame, std::chrono::steady_clock::time_point start,
                        std::shared_ptr<const Principal> principal, QuotaDecision decision);
   // A quota answer arrived; reading resumes once none is awaited.
@@ -164,7 +166,10 @@ class WsSession : public std::enable_shared_from_this<WsSession> {
   boost::asio::steady_timer held_timer_;
   bool held_timer_armed_ = false;
   std::chrono::steady_clock::time_point held_timer_at_;
-  int quota_pending_ = 0;     // quota answers awaited (reading waits for them)
+  int quota_pending_ = 0;  // quota answers awaited (reading waits for them)
+  // Ids of the frames behind quota_pending_: a shutdown answers them `unavailable` rather than
+  // leave a frame it read without an answer (their late quota answers are then dropped).
+  std::vector<std::string> awaiting_quota_;
   bool read_paused_ = false;  // a frame was handled but the next read waits for quota answers
   bool torn_down_ = false;    // the connection is finished: late answers are dropped
 };

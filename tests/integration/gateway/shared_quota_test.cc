@@ -162,6 +162,22 @@ TEST_F(SharedQuotaTest, FramesStayInOrderWhileTheQuotaIsAsked) {
   redis_->Resume();
 }
 
+// A frame the gateway read is answered even when a shutdown comes while its quota is still asked
+// of a Redis that hangs: `unavailable` with its id, before the 1001 (never a silent drop).
+TEST_F(SharedQuotaTest, AShutdownAnswersAFrameWaitingForItsQuota) {
+  auto ws = Connect(0);
+  redis_->Pause();
+  ASSERT_TRUE(ws->SendText(R"({"type":"chat","id":"q","message":"hang"})"));
+  gateways_[0]->Signal(SIGTERM);
+  auto answer = ws->ReadUntil("error", "q");
+  redis_->Resume();
+  ASSERT_TRUE(answer) << "no answer before the close; skipped: " << ws->skipped().size();
+  EXPECT_EQ((*answer)["code"], "unavailable") << answer->dump();
+  EXPECT_FALSE(ws->Read()) << "the connection closes after the answer";
+  EXPECT_EQ(ws->close_code(), 1001);
+  EXPECT_EQ(gateways_[0]->Wait(), 0) << gateways_[0]->Log();
+}
+
 // Redis stopped: chats are still answered, each gateway holding carol to 4 a minute on its own
 // (never unlimited), and the fallback is counted; Redis back: the gateways use it again.
 TEST_F(SharedQuotaTest, RedisDownFallsBackToALocalLimit) {
