@@ -1,5 +1,7 @@
 #include "tools/llm_sim/directives.h"
 
+#include <random>
+
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 
@@ -29,7 +31,8 @@ absl::Status ReadMillis(const SimRequest& request, const std::string& name, int*
 }  // namespace
 
 absl::StatusOr<Directives> ResolveDirectives(const SimConfig& config, const SimRequest& request,
-                                             std::string_view user_text, std::string_view model) {
+                                             std::string_view api, std::string_view user_text,
+                                             std::string_view model) {
   Directives d;
   d.rule = config.rules.Match(user_text, model);
   d.reply = config.rules.ReplyFor(d.rule, user_text, model);
@@ -44,6 +47,10 @@ absl::StatusOr<Directives> ResolveDirectives(const SimConfig& config, const SimR
     d.scenario = *scenario;
   } else if (d.rule != nullptr && d.rule->scenario) {
     d.scenario = *d.rule->scenario;
+  } else if (!config.faults.empty()) {
+    thread_local std::mt19937_64 random{std::random_device{}()};
+    const double draw = std::uniform_real_distribution<double>(0, 1)(random);
+    if (const Scenario* fault = config.faults.Pick(api, draw)) d.scenario = *fault;
   }
 
   const Timing& t = config.timing;

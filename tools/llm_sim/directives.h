@@ -26,10 +26,12 @@ struct SimConfig {
   Timing timing;
   bool require_key = true;  // a request without "Authorization: Bearer ..." gets 401
   std::string api_key;      // when set, any other key gets 401 invalid_api_key
+  FaultMix faults;          // --faults: scenarios drawn at random for requests that name none
 };
 
 // What one request will get, resolved from (in order of precedence) its x-sim-* headers, the
-// first matching rule, and the configured defaults. The same resolution serves every provider.
+// first matching rule, the fault mix of `api` (openai, venice or gemini) when neither names a
+// scenario, and the configured defaults. The same resolution serves every provider.
 struct Directives {
   Scenario scenario;
   const Rule* rule = nullptr;
@@ -43,6 +45,7 @@ struct Directives {
 // Headers read: x-sim-scenario, x-sim-first-token-ms, x-sim-token-interval-ms, x-sim-latency-ms,
 // x-sim-seed. An unknown scenario or a bad number is an InvalidArgument naming the header.
 absl::StatusOr<Directives> ResolveDirectives(const SimConfig& config, const SimRequest& request,
-                                             std::string_view user_text, std::string_view model);
+                                             std::string_view api, std::string_view user_text,
+                                             std::string_view model);
 
 }  // namespace anima::sim

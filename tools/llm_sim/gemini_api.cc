@@ -394,7 +394,7 @@ std::optional<ResponsePlan> GeminiApi::Handle(const SimRequest& request) const {
   }
   const gemini::Request& gr = parsed.request;
 
-  auto directives = ResolveDirectives(*config_, request, gr.last_user_text, model);
+  auto directives = ResolveDirectives(*config_, request, "gemini", gr.last_user_text, model);
   if (!directives.ok()) {
     return GoogleError(400, "INVALID_ARGUMENT", std::string(directives.status().message()),
                        ojson::array(), false, route, "ok");
@@ -456,7 +456,7 @@ std::optional<ResponsePlan> GeminiApi::Handle(const SimRequest& request) const {
   const ojson running_usage = UsageMetadata(prompt, std::nullopt, 0);
   const bool content_less_end = outcome == Outcome::kSafetyStop ||
                                 outcome == Outcome::kRecitation || outcome == Outcome::kEmptyParts;
-  const bool broken = outcome == Outcome::kMidstreamError || outcome == Outcome::kTruncated;
+  const bool broken = BreaksStream(outcome);
 
   // The stream's events as JSON objects.
   std::vector<ojson> events;
@@ -572,7 +572,7 @@ std::optional<ResponsePlan> GeminiApi::Handle(const SimRequest& request) const {
           {milliseconds(d.token_interval_ms),
            absl::StrCat(events.empty() ? "[" : "\n,\r\n", Dump(midstream_error, 2), "\n]")});
       plan.ending = Ending::kCloseAfterLast;
-    } else if (outcome == Outcome::kTruncated) {
+    } else if (outcome == Outcome::kTruncated || outcome == Outcome::kMalformedEvent) {
       plan.writes.push_back(
           {milliseconds(d.token_interval_ms),
            absl::StrCat(
@@ -602,6 +602,11 @@ std::optional<ResponsePlan> GeminiApi::Handle(const SimRequest& request) const {
   }
   if (outcome == Outcome::kMidstreamError) {
     sse_events.push_back({Dump(midstream_error), milliseconds(d.token_interval_ms)});
+  } else if (outcome == Outcome::kMalformedEvent) {
+    // A whole event whose data is cut JSON (a broken proxy or encoder), then the end.
+    std::string next = Dump(Response(
+        identity, Candidate(ojson::array({{{"text", " and then"}}}), true, ""), running_usage));
+    sse_events.push_back({next.substr(0, next.size() / 2), milliseconds(d.token_interval_ms)});
   }
   if (outcome == Outcome::kPromptBlocked && !m.split_bytes && !m.byte_by_byte && !m.comments &&
       !m.fields && !m.nospace) {
@@ -611,7 +616,7 @@ std::optional<ResponsePlan> GeminiApi::Handle(const SimRequest& request) const {
   } else {
     plan.writes = FrameEvents(sse_events, framing, d.seed);
   }
-  if (outcome == Outcome::kMidstreamError) {
+  if (outcome == Outcome::kMidstreamError || outcome == Outcome::kMalformedEvent) {
     plan.ending = Ending::kCloseAfterLast;
   } else if (outcome == Outcome::kTruncated) {
     ojson next = Response(identity, Candidate(ojson::array({{{"text", " and then"}}}), true, ""),

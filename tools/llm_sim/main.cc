@@ -37,6 +37,7 @@ int Run(int argc, char** argv) {
   int slow_token_interval_ms = 200;
   bool require_key = true;
   std::string api_key_env;
+  std::string faults;
   int idle_close_seconds = 0;
   int threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   int max_body_bytes = 4 * 1024 * 1024;
@@ -66,6 +67,10 @@ int Run(int argc, char** argv) {
             "name of an environment variable holding the only accepted key (empty = any key)");
   flags.Add("idle-close-seconds", &idle_close_seconds, "ANIMA_SIM_IDLE_CLOSE_SECONDS",
             "close keep-alive connections idle this long (0 = never)");
+  flags.Add("faults", &faults, "ANIMA_SIM_FAULTS",
+            "a provider fault storm: scenarios drawn at random per request, e.g. "
+            "'openai=rate_limit_429:0.2,error_500:0.1;gemini=truncated:0.05' (requests whose "
+            "header or rule names a scenario are exempt)");
   flags.Add("threads", &threads, "ANIMA_SIM_THREADS", "I/O threads");
   flags.Add("max-body-bytes", &max_body_bytes, "ANIMA_SIM_MAX_BODY_BYTES",
             "larger request bodies get 413");
@@ -109,6 +114,11 @@ int Run(int argc, char** argv) {
   config->timing = {first_token_ms, token_interval_ms, latency_ms, slow_first_token_ms,
                     slow_token_interval_ms};
   config->require_key = require_key;
+  if (!faults.empty()) {
+    auto mix = anima::sim::FaultMix::Parse(faults);
+    if (!mix.ok()) return Fail(absl::StrCat("--", mix.status().message()));
+    config->faults = *std::move(mix);
+  }
   if (!api_key_env.empty()) {
     const char* key = std::getenv(api_key_env.c_str());
     if (key == nullptr || *key == '\0') {

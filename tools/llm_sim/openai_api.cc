@@ -424,7 +424,8 @@ ResponsePlan OpenAiApi::ChatCompletions(const SimRequest& request) const {
   }
   const openai::ChatRequest& chat = parsed.request;
 
-  auto directives = ResolveDirectives(*config_, request, chat.last_user_text, chat.model);
+  auto directives = ResolveDirectives(*config_, request, venice ? "venice" : "openai",
+                                      chat.last_user_text, chat.model);
   if (!directives.ok()) {
     ApiError error{400, std::string(directives.status().message()), "invalid_request_error",
                    std::nullopt, "invalid_simulator_directive"};
@@ -495,7 +496,7 @@ ResponsePlan OpenAiApi::ChatCompletions(const SimRequest& request) const {
   plan.close_silently = m.close_after;
   plan.exact_writes =
       m.split_bytes || m.byte_by_byte || m.multi || m.comments || m.crlf || m.nospace || m.fields;
-  const bool broken = outcome == Outcome::kMidstreamError || outcome == Outcome::kTruncated;
+  const bool broken = BreaksStream(outcome);
 
   if (!chat.stream) {
     int latency = d.latency_ms >= 0
@@ -549,6 +550,10 @@ ResponsePlan OpenAiApi::ChatCompletions(const SimRequest& request) const {
   if (outcome == Outcome::kMidstreamError) {
     events.push_back(
         {std::string(openai::MidstreamErrorData()), milliseconds(d.token_interval_ms)});
+  } else if (outcome == Outcome::kMalformedEvent) {
+    // A whole event whose data is cut JSON (a broken proxy or encoder), then the end.
+    std::string chunk = openai::ContentChunk(identity, " and then", options);
+    events.push_back({chunk.substr(0, chunk.size() / 2), milliseconds(d.token_interval_ms)});
   } else if (outcome != Outcome::kTruncated) {
     events.push_back({openai::FinishChunk(identity, finish_reason, options), milliseconds(0)});
     if (chat.include_usage) {
@@ -562,7 +567,7 @@ ResponsePlan OpenAiApi::ChatCompletions(const SimRequest& request) const {
   AddIdentityHeaders(plan, request_id, 1, dialect_);
   AddRateLimitHeaders(plan, chat.prompt_tokens + usage.completion_tokens, false, dialect_);
   plan.writes = FrameEvents(events, m, d.seed);
-  if (outcome == Outcome::kMidstreamError) {
+  if (outcome == Outcome::kMidstreamError || outcome == Outcome::kMalformedEvent) {
     plan.ending = Ending::kCloseAfterLast;
   } else if (outcome == Outcome::kTruncated) {
     // The next event, framed as usual, of which only the first half will reach the client.

@@ -3,7 +3,9 @@
 #include <utility>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
 #include "absl/strings/str_split.h"
 
 namespace anima::sim {
@@ -26,6 +28,7 @@ constexpr std::pair<Outcome, std::string_view> kOutcomes[] = {
     {Outcome::kError503, "error_503"},
     {Outcome::kMidstreamError, "midstream_error"},
     {Outcome::kTruncated, "truncated"},
+    {Outcome::kMalformedEvent, "malformed_event"},
     {Outcome::kPromptBlocked, "prompt_blocked"},
     {Outcome::kSafetyStop, "safety_stop"},
     {Outcome::kRecitation, "recitation"},
@@ -107,6 +110,70 @@ bool IsHttpError(Outcome outcome) {
     default:
       return false;
   }
+}
+
+bool BreaksStream(Outcome outcome) {
+  return outcome == Outcome::kMidstreamError || outcome == Outcome::kTruncated ||
+         outcome == Outcome::kMalformedEvent;
+}
+
+absl::StatusOr<FaultMix> FaultMix::Parse(std::string_view text) {
+  FaultMix mix;
+  const absl::string_view all(text.data(), text.size());
+  for (absl::string_view api_part : absl::StrSplit(all, ';', absl::SkipWhitespace())) {
+    std::pair<absl::string_view, absl::string_view> api_and_list =
+        absl::StrSplit(api_part, absl::MaxSplits('=', 1));
+    std::string api = absl::AsciiStrToLower(absl::StripAsciiWhitespace(api_and_list.first));
+    if (api != "openai" && api != "venice" && api != "gemini") {
+      return absl::InvalidArgumentError(
+          absl::StrCat("faults: '", api_part, "': expected openai=..., venice=... or gemini=..."));
+    }
+    for (const auto& [named, ignored] : mix.apis_) {
+      if (named == api) {
+        return absl::InvalidArgumentError(absl::StrCat("faults: ", api, " is named twice"));
+      }
+    }
+    std::vector<Share> shares;
+    double total = 0;
+    for (absl::string_view entry :
+         absl::StrSplit(api_and_list.second, ',', absl::SkipWhitespace())) {
+      std::pair<absl::string_view, absl::string_view> name_and_share =
+          absl::StrSplit(entry, absl::MaxSplits(':', 1));
+      double share = 0;
+      if (!absl::SimpleAtod(absl::StripAsciiWhitespace(name_and_share.second), &share) ||
+          !(share > 0) || share > 1) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "faults: '", entry, "': expected SCENARIO:SHARE with a share above 0 and up to 1"));
+      }
+      auto scenario = ParseScenario(absl::StrReplaceAll(name_and_share.first, {{"+", ","}}));
+      if (!scenario.ok()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("faults: ", api, ": ", scenario.status().message()));
+      }
+      total += share;
+      shares.push_back({total, *scenario});
+    }
+    if (shares.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat("faults: ", api, " names no scenario"));
+    }
+    if (total > 1 + 1e-9) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("faults: the shares of ", api, " add up to ", total, ", over 1"));
+    }
+    mix.apis_.emplace_back(std::move(api), std::move(shares));
+  }
+  return mix;
+}
+
+const Scenario* FaultMix::Pick(std::string_view api, double draw) const {
+  for (const auto& [name, shares] : apis_) {
+    if (name != api) continue;
+    for (const auto& share : shares) {
+      if (draw < share.upto) return &share.scenario;
+    }
+    return nullptr;
+  }
+  return nullptr;
 }
 
 }  // namespace anima::sim

@@ -2,6 +2,7 @@
 
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -30,6 +31,7 @@ enum class Outcome {
   kError503,
   kMidstreamError,  // content, then an error event after HTTP 200, no [DONE]
   kTruncated,       // the connection closes inside a chunk, mid-JSON
+  kMalformedEvent,  // content, then an event whose data is not JSON, then the connection closes
   // Gemini outcomes (the OpenAI-shaped APIs answer them like `ok`):
   kPromptBlocked,  // promptFeedback.blockReason SAFETY, no candidates
   kSafetyStop,     // a final candidate with finishReason SAFETY and no content
@@ -66,5 +68,29 @@ std::vector<std::string> ScenarioNames();
 
 // True when the outcome answers with an HTTP error before any body.
 bool IsHttpError(Outcome outcome);
+
+// True for the outcomes that break a stream after HTTP 200 (midstream_error, truncated,
+// malformed_event): a few content events, then no proper end.
+bool BreaksStream(Outcome outcome);
+
+// A provider fault storm: for each simulated API, scenarios drawn at random per request, each
+// with its share of the requests (the rest, and every API not named, answer as usual).
+// Written --faults='openai=rate_limit_429:0.2,error_500:0.1;venice=truncated:0.05'; an API is
+// `openai`, `venice` or `gemini`; a scenario may combine names with '+' (`slow+split_bytes`).
+class FaultMix {
+ public:
+  static absl::StatusOr<FaultMix> Parse(std::string_view text);
+
+  bool empty() const { return apis_.empty(); }
+  // The scenario for a request to `api`, given a uniform draw in [0, 1); nullptr: no fault.
+  const Scenario* Pick(std::string_view api, double draw) const;
+
+ private:
+  struct Share {
+    double upto = 0;  // cumulative share
+    Scenario scenario;
+  };
+  std::vector<std::pair<std::string, std::vector<Share>>> apis_;
+};
 
 }  // namespace anima::sim

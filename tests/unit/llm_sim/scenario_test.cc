@@ -42,5 +42,45 @@ TEST(ScenarioTest, EveryNameParsesAndOutcomesRoundTrip) {
   EXPECT_FALSE(IsHttpError(Outcome::kMidstreamError));
 }
 
+TEST(FaultMixTest, SharesAreCumulativePerApiAndTheRestIsNoFault) {
+  auto mix = FaultMix::Parse(
+      "openai=rate_limit_429:0.2, error_500:0.1 ,slow+split_bytes:0.05; gemini=truncated:0.5");
+  ASSERT_TRUE(mix.ok()) << mix.status();
+  ASSERT_NE(mix->Pick("openai", 0.0), nullptr);
+  EXPECT_EQ(mix->Pick("openai", 0.0)->outcome, Outcome::kRateLimit429);
+  EXPECT_EQ(mix->Pick("openai", 0.199)->outcome, Outcome::kRateLimit429);
+  EXPECT_EQ(mix->Pick("openai", 0.2)->outcome, Outcome::kError500);
+  const Scenario* slow = mix->Pick("openai", 0.31);
+  ASSERT_NE(slow, nullptr);
+  EXPECT_EQ(slow->outcome, Outcome::kSlow);
+  EXPECT_TRUE(slow->modifiers.split_bytes);
+  EXPECT_EQ(mix->Pick("openai", 0.351), nullptr);
+  EXPECT_EQ(mix->Pick("openai", 0.999), nullptr);
+  EXPECT_EQ(mix->Pick("gemini", 0.49)->outcome, Outcome::kTruncated);
+  EXPECT_EQ(mix->Pick("gemini", 0.5), nullptr);
+  EXPECT_EQ(mix->Pick("venice", 0.0), nullptr) << "an API not named has no faults";
+  EXPECT_TRUE(FaultMix::Parse("")->empty());
+}
+
+TEST(FaultMixTest, BadSpecificationsNameWhatIsWrong) {
+  auto expect_error = [](const std::string& text, const std::string& part) {
+    auto mix = FaultMix::Parse(text);
+    ASSERT_FALSE(mix.ok()) << text;
+    EXPECT_NE(mix.status().message().find(part), std::string::npos)
+        << text << ": " << mix.status().message();
+  };
+  expect_error("anthropic=error_500:0.1", "expected openai=");
+  expect_error("openai=error_500", "SCENARIO:SHARE");
+  expect_error("openai=error_500:0", "above 0");
+  expect_error("openai=error_500:-0.5", "above 0");
+  expect_error("openai=error_500:nan", "above 0");
+  expect_error("openai=error_500:1.5", "up to 1");
+  expect_error("openai=error_500:0.6,truncated:0.6", "over 1");
+  expect_error("openai=bogus:0.1", "unknown scenario 'bogus'");
+  expect_error("openai=error_500+truncated:0.1", "two outcomes");
+  expect_error("openai=error_500:0.1;openai=truncated:0.1", "named twice");
+  expect_error("openai=", "names no scenario");
+}
+
 }  // namespace
 }  // namespace anima::sim

@@ -36,13 +36,17 @@ class SimServerTest : public ::testing::Test {
  protected:
   void SetUp() override { StartServer(SimServerOptions{}); }
 
-  void StartServer(SimServerOptions options, bool require_key = true) {
+  void StartServer(SimServerOptions options, bool require_key = true,
+                   const std::string& faults = "") {
     server_.reset();
     auto config = std::make_shared<SimConfig>();
     auto rules = RuleSet::FromJson(json::parse(kRules), "rules");
     ASSERT_TRUE(rules.ok()) << rules.status();
     config->rules = *rules;
     config->require_key = require_key;
+    auto mix = FaultMix::Parse(faults);
+    ASSERT_TRUE(mix.ok()) << mix.status();
+    config->faults = *mix;
     registry_ = std::make_shared<prometheus::Registry>();
     std::vector<std::unique_ptr<ProviderApi>> apis;
     apis.push_back(std::make_unique<OpenAiApi>(config));
@@ -443,6 +447,40 @@ TEST_F(SimServerTest, MidstreamErrorSendsContentThenErrorAndNoDone) {
   EXPECT_EQ(
       events[3],
       R"({"error": {"message": "The server had an error while processing your request. Sorry about that!", "type": "server_error"}})");
+}
+
+TEST_F(SimServerTest, MalformedEventSendsContentThenCutJsonAndCloses) {
+  HttpResponse r = Chat("count to three", true, {"x-sim-scenario: malformed_event"});
+  EXPECT_EQ(r.status, 200);
+  EXPECT_TRUE(r.complete) << "the chunked body ends properly; only the event is broken";
+  EXPECT_EQ(r.body.find("[DONE]"), std::string::npos);
+  std::vector<std::string> events = SseEvents(r.body);
+  ASSERT_EQ(events.size(), 4u) << r.body;  // role, "one", " two", the broken one
+  EXPECT_EQ(Content({events[0], events[1], events[2]}), "one two");
+  EXPECT_TRUE(json::parse(events[3], nullptr, false).is_discarded()) << events[3];
+  EXPECT_EQ(events[3].rfind("{\"id\":\"chatcmpl-", 0), 0u) << events[3];
+}
+
+TEST_F(SimServerTest, AFaultStormDrawsItsShareAndSparesRequestsThatNameAScenario) {
+  StartServer(SimServerOptions{}, true, "openai=error_500:0.5,truncated:0.25");
+  std::map<int, int> statuses;
+  int truncated = 0;
+  constexpr int kRequests = 400;
+  for (int i = 0; i < kRequests; ++i) {
+    HttpResponse r = Chat("count to three", false);
+    statuses[r.status]++;
+    if (r.status == 200 && !r.complete) truncated++;
+  }
+  // 50% / 25% / 25% of 400: each count within +-60 of its mean (over 5 standard deviations).
+  EXPECT_NEAR(statuses[500], 200, 60);
+  EXPECT_NEAR(truncated, 100, 60);
+  EXPECT_NEAR(statuses[200] - truncated, 100, 60);
+  EXPECT_EQ(statuses[500] + statuses[200], kRequests);
+  EXPECT_EQ(MetricValue("anima_sim_requests_total", {{"scenario", "error_500"}}), statuses[500]);
+  // A request that names its scenario is not part of the storm.
+  for (int i = 0; i < 20; ++i) {
+    EXPECT_EQ(Chat("count to three", false, {"x-sim-scenario: ok"}).status, 200);
+  }
 }
 
 TEST_F(SimServerTest, TruncatedStreamClosesMidJsonWithoutTerminator) {
