@@ -25,6 +25,9 @@ class GrpcBrokerClient : public BrokerClient {
       const anima::v1::CompletionRequest& request, CancelToken* cancel) override {
     grpc::ClientContext context;
     context.set_deadline(std::chrono::system_clock::now() + deadline_);
+    // A job is not in a hurry to fail: a broker restarting (a rolling update, a crash the
+    // kubelet restarts) is waited for within the deadline instead of costing an attempt.
+    context.set_wait_for_ready(true);
     if (!request.request_id().empty()) {
       context.AddMetadata(common::kRequestIdKey, request.request_id());
     }
