@@ -40,6 +40,10 @@ BrokerMetrics::BrokerMetrics(prometheus::Registry& registry)
                          .Name("anima_broker_breaker_state")
                          .Help("Circuit breaker state per provider: 0 closed, 1 open, 2 half-open")
                          .Register(registry)),
+      breaker_transitions_(prometheus::BuildCounter()
+                               .Name("anima_broker_breaker_transitions_total")
+                               .Help("Circuit breaker transitions by provider and the state entered")
+                               .Register(registry)),
       cost_(prometheus::BuildCounter()
                 .Name("anima_broker_cost_usd_total")
                 .Help("Cost of the tokens providers reported, from the configured prices (USD)")
@@ -95,6 +99,13 @@ void BrokerMetrics::CacheLookup(bool hit) {
 
 void BrokerMetrics::BreakerState(const std::string& provider, int state) {
   breaker_state_.Add({{"provider", provider}}).Set(state);
+}
+
+void BrokerMetrics::BreakerTransition(const std::string& provider, int state) {
+  static constexpr const char* kStates[] = {"closed", "open", "half_open"};
+  BreakerState(provider, state);
+  const char* to = state >= 0 && state <= 2 ? kStates[state] : "other";
+  breaker_transitions_.Add({{"provider", provider}, {"to", to}}).Increment();
 }
 
 }  // namespace anima::broker

@@ -42,6 +42,9 @@ class BrokerMetrics {
   void CacheLookup(bool hit);
   // 0 closed, 1 open, 2 half-open.
   void BreakerState(const std::string& provider, int state);
+  // A transition to `state`: the gauge, and the transitions counter (a gauge scraped every 15 s
+  // misses a breaker that opened and closed again between two scrapes).
+  void BreakerTransition(const std::string& provider, int state);
 
  private:
   std::string ModelLabel(const std::string& provider, const std::string& model) const;
@@ -52,6 +55,7 @@ class BrokerMetrics {
   prometheus::Histogram& overhead_;
   prometheus::Family<prometheus::Counter>& connections_;
   prometheus::Family<prometheus::Gauge>& breaker_state_;
+  prometheus::Family<prometheus::Counter>& breaker_transitions_;
   prometheus::Family<prometheus::Counter>& cost_;
   prometheus::Family<prometheus::Counter>& cache_;
   mutable std::mutex mu_;

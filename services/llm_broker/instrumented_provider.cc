@@ -96,7 +96,7 @@ InstrumentedProvider::InstrumentedProvider(std::shared_ptr<Provider> inner,
     metrics_->BreakerState(inner_->name(), 0);
     guards_.breaker->OnTransition(
         [metrics = metrics_, name = inner_->name()](CircuitBreaker::State state) {
-          metrics->BreakerState(name, static_cast<int>(state));
+          metrics->BreakerTransition(name, static_cast<int>(state));
         });
   }
 }

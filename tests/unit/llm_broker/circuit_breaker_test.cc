@@ -143,11 +143,19 @@ TEST(ProviderGuardsTest, AnOpenBreakerStopsCallsBeforeTheProviderAndShowsInTheMe
   EXPECT_EQ(rejected.code(), "circuit_open");
   EXPECT_TRUE(std::get<ProviderError>(*rejected.outcome).retryable);
   EXPECT_EQ(std::get<ProviderError>(*rejected.outcome).retry_after, 5000ms);
-  double gauge = -1;
+  double gauge = -1, opened = 0;
   for (const auto& family : registry.Collect()) {
     if (family.name == "anima_broker_breaker_state") gauge = family.metric.at(0).gauge.value;
+    if (family.name == "anima_broker_breaker_transitions_total") {
+      for (const auto& m : family.metric) {
+        for (const auto& label : m.label) {
+          if (label.name == "to" && label.value == "open") opened = m.counter.value;
+        }
+      }
+    }
   }
   EXPECT_EQ(gauge, 1);
+  EXPECT_EQ(opened, 1);  // counted, whatever the gauge says at the next scrape
 }
 
 TEST(ProviderGuardsTest, TheConcurrencyCapRejectsTheCallOverIt) {
