@@ -1,5 +1,6 @@
 // FrameTranslator's Render functions: router events and gateway answers to the server frames of
 // PROTOCOL.md §3. Keys are written in the order the protocol shows them.
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <ctime>
@@ -159,6 +160,16 @@ void AddResult(const anima::v1::SelfCodingResult& r, Json& j) {
 }
 
 }  // namespace
+
+std::chrono::steady_clock::time_point FrameTranslator::WithoutProviderTime(
+    std::chrono::steady_clock::time_point dispatched, std::chrono::steady_clock::time_point now,
+    const anima::v1::Event& event) {
+  int64_t us = event.has_chat_response() ? event.chat_response().provider_time_us()
+               : event.has_error()       ? event.error().provider_time_us()
+                                         : 0;
+  if (us <= 0) return dispatched;
+  return std::min(dispatched + std::chrono::microseconds(us), now);
+}
 
 RenderedFrame FrameTranslator::Render(const anima::v1::Event& event, std::string_view id) {
   using anima::v1::Event;

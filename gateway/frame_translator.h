@@ -1,6 +1,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <set>
 #include <string>
@@ -84,6 +85,12 @@ class FrameTranslator {
   // broadcasts). An external module's raw_json that is not a JSON object becomes an `internal`
   // error frame.
   static RenderedFrame Render(const anima::v1::Event& event, std::string_view id);
+  // A request's answered round trip without the time it spent on LLM providers (calls and retry
+  // waits, as the broker reports it with the answer or the error), which is what the admission
+  // judges the path by: `dispatched` moved later by that time, never past `now`.
+  static std::chrono::steady_clock::time_point WithoutProviderTime(
+      std::chrono::steady_clock::time_point dispatched, std::chrono::steady_clock::time_point now,
+      const anima::v1::Event& event);
   static std::string RenderError(const ProtocolError& error);
   static std::string RenderError(std::string_view code, std::string_view message,
                                  std::string_view id);

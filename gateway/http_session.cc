@@ -597,6 +597,10 @@ void HttpSession::OnProbe(beast::error_code ec, size_t bytes) {
 
 void HttpSession::OnChatEvent(uint64_t seq, anima::v1::Event event) {
   if (!chat_ || chat_->seq != seq || client_gone_) return;
+  if (event.has_chat_response() || event.has_error()) {
+    chat_->dispatched = FrameTranslator::WithoutProviderTime(
+        chat_->dispatched, std::chrono::steady_clock::now(), event);
+  }
   if (event.has_chat_delta()) {
     if (!chat_->stream) return;
     StartEventStream();

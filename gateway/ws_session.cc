@@ -548,7 +548,11 @@ void WsSession::OnCallEvent(uint64_t seq, const std::string& id, anima::v1::Even
     context_.metrics->ErrorSent(
         event.has_error() && !event.error().code().empty() ? event.error().code() : kInternal);
   }
-  if (frame.terminal) ChargeUsage(it->second, event);
+  if (frame.terminal) {
+    ChargeUsage(it->second, event);
+    it->second.dispatched = FrameTranslator::WithoutProviderTime(
+        it->second.dispatched, std::chrono::steady_clock::now(), event);
+  }
   Send(frame.type, std::move(frame.text));
   if (frame.terminal) Finish(it, /*answered=*/true);
 }

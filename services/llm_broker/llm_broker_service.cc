@@ -80,6 +80,8 @@ void FillResponse(const StrategyOutcome& outcome, Clock::duration elapsed,
   FillCandidates(outcome.candidates, out);
   out->set_cost_usd(outcome.billed.cost_usd);
   FillUsage(outcome.billed.usage, out->mutable_billed_usage());
+  out->set_provider_time_us(
+      std::chrono::duration_cast<std::chrono::microseconds>(outcome.provider_time).count());
 }
 
 grpc::Status InvalidStatus(const absl::Status& status) {
@@ -292,6 +294,8 @@ grpc::Status FailureStatus(const StrategyOutcome& outcome) {
     cause->set_http_status(c.http_status);
   }
   if (outcome.retry_after) failure.set_retry_after_ms(outcome.retry_after->count());
+  failure.set_provider_time_us(
+      std::chrono::duration_cast<std::chrono::microseconds>(outcome.provider_time).count());
   grpc::StatusCode code = grpc::StatusCode::INTERNAL;
   if (outcome.code == "provider_error") code = grpc::StatusCode::UNAVAILABLE;
   if (outcome.code == "deadline_exceeded") code = grpc::StatusCode::DEADLINE_EXCEEDED;

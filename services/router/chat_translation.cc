@@ -35,6 +35,7 @@ anima::v1::ChatResponse ToChatResponse(const anima::v1::CompletionResponse& comp
   *res.mutable_candidates() = completion.candidates();
   res.set_cost_usd(completion.cost_usd());
   *res.mutable_billed_usage() = completion.billed_usage();
+  res.set_provider_time_us(completion.provider_time_us());
   return res;
 }
 

@@ -19,6 +19,7 @@ anima::v1::ErrorEvent ErrorFromStatus(const grpc::Status& status, const std::str
     error.set_retry_after_ms(failure.retry_after_ms());
     *error.mutable_causes() = failure.causes();
     error.set_limit(failure.limit());
+    error.set_provider_time_us(failure.provider_time_us());
     return error;
   }
   switch (status.error_code()) {

@@ -108,6 +108,25 @@ for name in "${CLUSTER_ORDER[@]}"; do
   printf '%-18s %14s %14s %10s %10s %10s %10s\n' "$name" "$rss0" "$rss1" "$fds0" "$fds1" "$thr0" "$thr1"
 done
 echo "(after: the process running at the end, a new one for every service restarted)"
+echo
+# What the broker spent on the providers (since its last start): attempts by provider and outcome,
+# and its circuit breakers' transitions.
+curl -s "http://127.0.0.1:${CLUSTER_METRICS[anima-llm-broker]}/metrics" | awk '
+  /^anima_broker_provider_requests_total\{/ {
+    match($0, /provider="[^"]*"/); p = substr($0, RSTART + 10, RLENGTH - 11)
+    match($0, /outcome="[^"]*"/); o = substr($0, RSTART + 9, RLENGTH - 10)
+    n[p] += $NF; if (o != "ok") out[p] = out[p] sprintf(" %s %d", o, $NF)
+  }
+  /^anima_broker_breaker_transitions_total\{/ {
+    match($0, /provider="[^"]*"/); p = substr($0, RSTART + 10, RLENGTH - 11)
+    match($0, /to="[^"]*"/); t = substr($0, RSTART + 4, RLENGTH - 5)
+    br[p] = br[p] sprintf(" %s %d", t, $NF)
+  }
+  END {
+    printf "%-8s %9s  %s\n", "provider", "attempts", "not ok (by outcome); breaker transitions"
+    for (p in n) printf "%-8s %9d %s;%s\n", p, n[p], out[p] ? out[p] : " none", br[p] ? br[p] : " none"
+  }' | sort
+echo "(the broker running at the end: its counters start again at each restart)"
 if ((${#unexpected[@]} > 0)); then
   echo
   echo "FAILED: services exited unasked: ${unexpected[*]}"

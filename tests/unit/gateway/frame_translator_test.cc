@@ -549,6 +549,28 @@ TEST(RenderTest, EmptyEventIsInternal) {
   EXPECT_EQ(Json::parse(f.text)["code"], "internal");
 }
 
+// The admission judges the path by the round trip without the providers' time, which the
+// answer carries but the client never sees.
+TEST(RenderTest, TheProviderTimeIsTakenOffTheRoundTripAndNotRendered) {
+  using std::chrono::milliseconds;
+  const auto dispatched = std::chrono::steady_clock::time_point{} + milliseconds(1000);
+  const auto now = dispatched + milliseconds(900);
+  anima::v1::Event answer;
+  answer.mutable_chat_response()->set_message("hi");
+  answer.mutable_chat_response()->set_provider_time_us(850000);
+  EXPECT_EQ(FrameTranslator::WithoutProviderTime(dispatched, now, answer),
+            dispatched + milliseconds(850));
+  EXPECT_EQ(FrameTranslator::Render(answer, "1").text.find("provider_time"), std::string::npos);
+  anima::v1::Event failed;
+  failed.mutable_error()->set_code("provider_error");
+  failed.mutable_error()->set_provider_time_us(5000000);  // never past now (clocks differ)
+  EXPECT_EQ(FrameTranslator::WithoutProviderTime(dispatched, now, failed), now);
+  EXPECT_EQ(FrameTranslator::Render(failed, "1").text.find("provider_time"), std::string::npos);
+  anima::v1::Event module;
+  module.set_raw_json(R"({"type":"word_count_result"})");
+  EXPECT_EQ(FrameTranslator::WithoutProviderTime(dispatched, now, module), dispatched);
+}
+
 TEST(RenderTest, InvalidUtf8FromAProviderIsReplaced) {
   anima::v1::Event e;
   e.mutable_chat_delta()->set_delta("a\xff");

@@ -166,7 +166,7 @@ TEST_F(GatewayModulesTest, NoStateStreamDegradesTheBroadcaster) {
 
 TEST(GatewayModulesOff, AdmissionOffIsSaidAndHealthy) {
   GatewayContext context{GatewaySettings{}};
-  GatewayModules modules(GatewayModules::Sources{.context = &context});
+  GatewayModules modules(GatewayModules::Sources{.context = &context, .state_stream_live = {}});
   anima::v1::ConsciousnessState state;
   modules.AddTo(state);
   ASSERT_EQ(state.modules_size(), 3);

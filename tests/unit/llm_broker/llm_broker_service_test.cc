@@ -192,6 +192,9 @@ TEST(LlmBrokerServiceTest, ResponsesCarryTheCostOfEveryProviderCall) {
   EXPECT_DOUBLE_EQ(response.cost_usd(), kWholeCost);
   EXPECT_EQ(response.billed_usage().prompt_tokens(), 19);
   EXPECT_EQ(response.billed_usage().total_tokens(), 29);
+  // The provider's part of the latency (the upstream answers at once: a little of it).
+  EXPECT_GT(response.provider_time_us(), 0);
+  EXPECT_LE(response.provider_time_us(), response.latency_ms() * 1000 + 1000);
 
   auto streamed = Stream(broker.stub(), Hello());
   ASSERT_TRUE(streamed.status.ok()) << streamed.status.error_message();

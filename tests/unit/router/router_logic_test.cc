@@ -44,9 +44,11 @@ TEST(ErrorMappingTest, BrokerFailureDetailsWin) {
   auto* cause = failure.add_causes();
   cause->set_provider("openai");
   cause->set_code("http_503");
+  failure.set_provider_time_us(1234567);
   grpc::Status status(grpc::StatusCode::UNAVAILABLE, "x", failure.SerializeAsString());
   auto error = ErrorFromStatus(status, "llm-broker");
   EXPECT_EQ(error.code(), "provider_error");
+  EXPECT_EQ(error.provider_time_us(), 1234567);  // for the gateway's admission
   EXPECT_EQ(error.message(), "every provider failed");
   ASSERT_EQ(error.causes_size(), 1);
   EXPECT_EQ(error.causes(0).provider(), "openai");
