@@ -275,7 +275,11 @@ TEST_F(JobManagerTest, AJobWhoseWorkersKeepDyingEndsFailedAfterThreeLosses) {
   job.spec = PythonSpec();
   job.spec.set_language("python");
   job.created_at = common::Rfc3339Now();
-  job.created_unix_ms = 1;
+  // Now, not long ago: an ended job past the retention age is pruned at once, and the watch
+  // below, if slower than that (under TSan), found no job.
+  job.created_unix_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                            std::chrono::system_clock::now().time_since_epoch())
+                            .count();
   ASSERT_TRUE(store_->Create(job).ok());
   // Three workers claim it in turn and die before their lease runs out.
   for (int dead = 0; dead < 3; ++dead) {
