@@ -5,6 +5,7 @@
 # job event lost or repeated, any exit nobody asked for; this test also checks that the run
 # really carried load through every fault (every lane sent and was answered, jobs ran, all six
 # faults happened and each service served again after its restart).
+# A job every 2 s, so that a kill or the drain usually finds one streaming (watched again).
 set -euo pipefail
 SRC="${ANIMA_SOURCE_DIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}"
 export ANIMA_BIN_DIR="${ANIMA_BIN_DIR:-$SRC/build/bin}"
@@ -17,7 +18,7 @@ export OUT_DIR
 trap 'rm -rf "$OUT_DIR"' EXIT
 
 status=0
-PERIOD=9 WARMUP=6 DOWN_MS=500 "$SRC/tools/bench/chaos.sh" 75 >"$OUT_DIR/report.txt" 2>"$OUT_DIR/chaos.log" ||
+CLIENT_ARGS="--job-every 2" PERIOD=9 WARMUP=6 DOWN_MS=500 "$SRC/tools/bench/chaos.sh" 75 >"$OUT_DIR/report.txt" 2>"$OUT_DIR/chaos.log" ||
   status=$?
 cat "$OUT_DIR/report.txt"
 if ((status != 0)); then
