@@ -40,10 +40,11 @@ BrokerMetrics::BrokerMetrics(prometheus::Registry& registry)
                          .Name("anima_broker_breaker_state")
                          .Help("Circuit breaker state per provider: 0 closed, 1 open, 2 half-open")
                          .Register(registry)),
-      breaker_transitions_(prometheus::BuildCounter()
-                               .Name("anima_broker_breaker_transitions_total")
-                               .Help("Circuit breaker transitions by provider and the state entered")
-                               .Register(registry)),
+      breaker_transitions_(
+          prometheus::BuildCounter()
+              .Name("anima_broker_breaker_transitions_total")
+              .Help("Circuit breaker transitions by provider and the state entered")
+              .Register(registry)),
       cost_(prometheus::BuildCounter()
                 .Name("anima_broker_cost_usd_total")
                 .Help("Cost of the tokens providers reported, from the configured prices (USD)")
