@@ -87,6 +87,11 @@ struct ChildLimits {
   struct rlimit value[kCount] = {};
 };
 
+// RLIMIT_AS for the limits: memory_bytes 0 is none (a runner built with a sanitizer).
+rlim_t AddressSpaceLimit(const SandboxLimits& lim) {
+  return lim.memory_bytes > 0 ? static_cast<rlim_t>(lim.memory_bytes) : RLIM_INFINITY;
+}
+
 ChildLimits ContainedLimits(const SandboxLimits& lim) {
   ChildLimits out;
   // RLIMIT_NPROC counts every process and thread of the uid, and the command runs as the
@@ -94,8 +99,7 @@ ChildLimits ContainedLimits(const SandboxLimits& lim) {
   // plus the threads this process has now; threads it starts later (gRPC grows its pool on
   // demand) come out of the command's share.
   const rlim_t soft[ChildLimits::kCount] = {
-      static_cast<rlim_t>(lim.cpu_seconds),
-      lim.memory_bytes > 0 ? static_cast<rlim_t>(lim.memory_bytes) : RLIM_INFINITY,
+      static_cast<rlim_t>(lim.cpu_seconds), AddressSpaceLimit(lim),
       static_cast<rlim_t>(lim.max_processes + ThreadsOfThisProcess()),
       static_cast<rlim_t>(lim.file_size_bytes), 0};
   for (int i = 0; i < ChildLimits::kCount; ++i) {
@@ -561,8 +565,7 @@ class ProcessSandbox : public Sandbox {
         r.rlim_cur = static_cast<rlim_t>(lim.cpu_seconds);
         r.rlim_max = r.rlim_cur + 1;
         setrlimit(RLIMIT_CPU, &r);
-        r.rlim_cur = r.rlim_max =
-            lim.memory_bytes > 0 ? static_cast<rlim_t>(lim.memory_bytes) : RLIM_INFINITY;
+        r.rlim_cur = r.rlim_max = AddressSpaceLimit(lim);
         setrlimit(RLIMIT_AS, &r);
         r.rlim_cur = r.rlim_max = static_cast<rlim_t>(lim.max_processes);
         setrlimit(RLIMIT_NPROC, &r);
