@@ -333,6 +333,13 @@ RedisQuotaStore::RedisQuotaStore(std::unique_ptr<store::RedisClient> client,
                      .Register(*metrics)
                      .Add({});
     up_gauge_->Set(1);
+    pending_gauge_ = &prometheus::BuildGauge()
+                          .Name("anima_gateway_quota_pending")
+                          .Help(
+                              "Requests and usage queries waiting for the shared quota store "
+                              "(Redis) to answer now.")
+                          .Register(*metrics)
+                          .Add({});
   }
   renewer_ = std::thread([this] {
     auto every = std::max(milliseconds(10), options_.lease_ttl / 3);
@@ -403,10 +410,7 @@ void RedisQuotaStore::Admit(const Principal& principal, bool spends, AdmitCallba
                                    absl::StrCat(options_.lease_ttl.count()),
                                    DayExpiry(wall),
                                    MonthExpiry(wall)};
-  {
-    std::lock_guard<std::mutex> lock(pending_mu_);
-    ++pending_;
-  }
+  Started();
   client_->Eval(
       "quota_admit", AdmitScript(), AdmitKeys(prefix, wall), std::move(args),
       [this, principal, spends, wall, lease, member = std::move(member), key = prefix + "inflight",
@@ -489,10 +493,7 @@ void RedisQuotaStore::Usage(const Principal& principal, UsageCallback done) {
     return;
   }
   system_clock::time_point wall = wall_();
-  {
-    std::lock_guard<std::mutex> lock(pending_mu_);
-    ++pending_;
-  }
+  Started();
   client_->Eval("quota_usage", UsageScript(), AdmitKeys(KeyPrefix(principal.id), wall), {},
                 [this, principal, wall, done = std::move(done)](absl::StatusOr<RedisReply> reply) {
                   absl::StatusOr<UsageReport> report =
@@ -515,9 +516,16 @@ void RedisQuotaStore::Quiesce() {
   pending_cv_.wait_for(lock, std::chrono::seconds(10), [this] { return pending_ == 0; });
 }
 
+void RedisQuotaStore::Started() {
+  std::lock_guard<std::mutex> lock(pending_mu_);
+  ++pending_;
+  if (pending_gauge_) pending_gauge_->Set(static_cast<double>(pending_));
+}
+
 void RedisQuotaStore::Finished() {
   std::lock_guard<std::mutex> lock(pending_mu_);
   if (--pending_ == 0) pending_cv_.notify_all();
+  if (pending_gauge_) pending_gauge_->Set(static_cast<double>(pending_));
 }
 
 bool RedisQuotaStore::ShouldAsk(Reason* reason) {

@@ -53,7 +53,8 @@ struct RedisQuotaOptions {
 // Redis unreachable, timing out or failing a script: the request is decided by an in-process
 // QuotaTracker with the same limits (fail open to a local limit), counted in
 // anima_gateway_quota_fallback_total{reason}; for retry_interval after a failure Redis is not
-// asked at all, then one call probes it. anima_gateway_quota_backend_up says which it is.
+// asked at all, then one call probes it. anima_gateway_quota_backend_up says which it is;
+// anima_gateway_quota_pending counts the Admit and Usage calls waiting for Redis now.
 //
 // Thread-safe. Callbacks run on the Redis client's I/O threads, or inline when the call fails at
 // once or the fallback answers.
@@ -96,6 +97,7 @@ class RedisQuotaStore : public QuotaStore {
   // Returns why, for the fallback counter.
   Reason MarkDown(const absl::Status& status, std::string_view op);
   void CountFallback(Reason reason);
+  void Started();   // an Admit or Usage went to Redis
   void Finished();  // an Admit or Usage callback ran
   void RenewLeases();
 
@@ -107,6 +109,7 @@ class RedisQuotaStore : public QuotaStore {
 
   prometheus::Family<prometheus::Counter>* fallback_family_ = nullptr;
   prometheus::Gauge* up_gauge_ = nullptr;
+  prometheus::Gauge* pending_gauge_ = nullptr;  // pending_, under pending_mu_
 
   std::atomic<bool> up_{true};
   std::mutex health_mu_;
