@@ -165,7 +165,8 @@ TEST_F(TenantsSystemTest, JobsInFlightIsAQuota) {
   // Alice is not held to Bob's jobs: hers is accepted (its first answer, not its end, which is
   // the simulator's 30 s away).
   auto alice = Connect("key-alice");
-  json hers = First(*alice, {{"type", "self_coding_request"}, {"id", "h"}, {"task", "Slow task: x"}});
+  json hers =
+      First(*alice, {{"type", "self_coding_request"}, {"id", "h"}, {"task", "Slow task: x"}});
   EXPECT_EQ(hers["type"], "self_coding_accepted") << hers.dump();
   // Cancelling the first job, while its broker call is in flight, ends it and frees the slot.
   json cancelled = Answer(
