@@ -93,7 +93,10 @@ class QuotaStoreContractTest : public ::testing::TestWithParam<Backend> {
     ASSERT_NE(redis_, nullptr);
     admin_ = ClientFor(redis_->url());
     ASSERT_TRUE(Eventually([&] { return Connected(*admin_); }));
-    admin_->Command("test", {"FLUSHALL"}, [](auto) {});
+    // Waited for: a FLUSHALL still queued when the test's first calls land would wipe them.
+    std::promise<absl::StatusOr<store::RedisReply>> flushed;
+    admin_->Command("test", {"FLUSHALL"}, [&flushed](auto r) { flushed.set_value(std::move(r)); });
+    ASSERT_TRUE(flushed.get_future().get().ok());
     auto client = ClientFor(redis_->url());
     ASSERT_TRUE(Eventually([&] { return Connected(*client); }));
     store_ = std::make_unique<RedisQuotaStore>(std::move(client), RedisQuotaOptions{}, nullptr);
