@@ -25,6 +25,7 @@ import websockets
 
 CHAT_TIMEOUT_MS = 10000
 GRACE_S = 5.0  # past a request's own deadline, before it counts as unanswered
+RECOVERY_GRACE_S = 5.0  # a service back this close to the end of the load need not serve again
 DEMO_TESTS = (
     "from solution import word_count\n\n\n"
     "def test_counts_words_case_insensitively():\n"
@@ -524,6 +525,7 @@ def report(client, events):
     oks = sorted((r.sent + r.latency, r.sent, r.lane, r.gateway) for r in client.requests.values()
                  if r.ok)
     seen = sorted(client.self_coding_seen)
+    last_sent = max((r.sent for r in client.requests.values()), default=0)
     faults = []
     for i, (at, kind, svc, extra) in enumerate(events):
         if kind not in ("kill", "term"):
@@ -556,7 +558,9 @@ def report(client, events):
                                   "recovery_ms": ms(recovery)})
         if kind == "term" and exit_status != "0":
             failures.append(f"{svc}: exited {exit_status} after SIGTERM (expected 0)")
-        if ready is not None and recovery is None:
+        # A service back within the last seconds of the load may have had no request left to
+        # serve: that is the schedule's end, not a failure.
+        if ready is not None and recovery is None and ready < last_sent - RECOVERY_GRACE_S:
             failures.append(f"{svc}: no success after its restart")
     if faults:
         start = events[0][0] if events else 0
