@@ -83,6 +83,7 @@ int CommandSession::Run() {
           return;
         }
         std::cerr << "anima-cli: connection ended: " << detail << "\n";
+        OnConnectionLost();
         Finish(kExitConnection);
       },
       [this](boost::system::error_code ec, std::string detail) {

@@ -34,6 +34,8 @@ class CommandSession {
   virtual void OnStdinLine(std::optional<std::string> line) {}
   virtual void OnTimeout();
   virtual void OnInterrupt();
+  // The connection ended before Finish(); the session then ends with kExitConnection.
+  virtual void OnConnectionLost() {}
 
   // Reads stdin on a helper thread and delivers each line through OnStdinLine on this thread.
   void StartReadingStdin();
@@ -46,6 +48,8 @@ class CommandSession {
   bool finished() const { return finished_; }
   const CliOptions& options() const { return options_; }
   static bool StdinIsTerminal();
+  // The session's event loop, for timers of a subclass.
+  boost::asio::io_context& io() { return io_; }
 
  private:
   struct StdinState;

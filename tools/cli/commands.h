@@ -1,5 +1,6 @@
 #pragma once
 
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -24,6 +25,14 @@ struct CliOptions {
   bool compact = false;
   bool all = false;
   bool raw_binary = false;
+
+  std::string request_file;  // code: a self_coding_request frame to take the fields from
+  std::string language;      // code
+  std::string tests_file;    // code: test code the result must pass
+  std::string files_dir;     // code: the starting workspace
+  std::string out_dir;       // code/watch: write the result's files here
+  int max_attempts = 0;      // code: 0 is the service's default (3)
+  int64_t after_seq = 0;     // watch: the events after this one
 };
 
 // Exit codes shared by every subcommand.
@@ -42,5 +51,10 @@ int RunSend(const CliOptions& options, const std::string& frame_or_dash);
 int RunState(const CliOptions& options);
 // `watch-state`: every consciousness_state broadcast, until Ctrl-C or --timeout-ms.
 int RunWatchState(const CliOptions& options);
+// `code "TASK"`: a self-coding job, its progress drawn until its result, which is printed (and
+// its files written with --out). Exit 0 when it succeeded, 1 when it failed or was cancelled.
+int RunCode(const CliOptions& options, const std::vector<std::string>& task_words);
+// `watch JOB`: the same for a job already submitted, from --after SEQ.
+int RunWatch(const CliOptions& options, const std::vector<std::string>& args);
 
 }  // namespace anima::cli

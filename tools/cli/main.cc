@@ -25,6 +25,16 @@ commands:
       Asks for the consciousness state once and prints it.
   watch-state
       Prints every consciousness_state broadcast until Ctrl-C (or --timeout-ms).
+  code [--tests FILE] [--files DIR] [--language L] [--max-attempts N] [--out DIR] "task"
+  code --request FILE [...]
+      Submits a self-coding job and follows it: a live progress bar (percent, stage, attempt,
+      elapsed) when stdout is a terminal, one plain line per event otherwise; then the result,
+      and its files printed, or written under --out DIR. Exit 0 when the job succeeded, 1 when
+      it failed or was cancelled; Ctrl-C leaves the job running and says how to watch it again.
+      --request takes task, language, tests, files and max_attempts from a self_coding_request
+      frame in a file (docs/examples/self-coding-demo.json); flags and a task given override it.
+  watch JOB [--after SEQ] [--out DIR]
+      Follows a job already submitted, as code does, from the events after SEQ.
 
 exit codes: 0 ok, 1 the gateway answered with an error frame, 2 usage, 3 timeout,
             4 connection failed or ended early, 130 interrupted.
@@ -44,7 +54,7 @@ int main(int argc, char** argv) {
   flags.Add("verbose", &o.verbose, "", "print the welcome frame and unrelated frames to stderr");
   flags.Add("timeout-ms", &o.timeout_ms, "",
             "give up after this long without the answer; 0: chat 120000, send/state 30000, "
-            "watch-state never");
+            "code/watch 1800000, watch-state never");
   flags.Add("stream", &o.stream, "", "chat: ask for streamed deltas and print them as they come");
   flags.Add("provider", &o.provider, "", "chat: provider (openai, venice, gemini, ...)");
   flags.Add("model", &o.model, "", "chat: model");
@@ -54,6 +64,13 @@ int main(int argc, char** argv) {
   flags.Add("compact", &o.compact, "", "send/state: print frames on one line");
   flags.Add("all", &o.all, "", "send: print every frame, broadcasts included, until timeout");
   flags.Add("raw-binary", &o.raw_binary, "", "send: send the frames as binary WebSocket frames");
+  flags.Add("request", &o.request_file, "", "code: a self_coding_request frame (JSON file)");
+  flags.Add("language", &o.language, "", "code: python (default) or cpp");
+  flags.Add("tests", &o.tests_file, "", "code: a file of test code the result must pass");
+  flags.Add("files", &o.files_dir, "", "code: a directory whose files are the starting workspace");
+  flags.Add("max-attempts", &o.max_attempts, "", "code: 1 to 5 (default 3)");
+  flags.Add("out", &o.out_dir, "", "code/watch: write the result's files under this directory");
+  flags.Add("after", &o.after_seq, "", "watch: only the events after this seq");
 
   if (auto s = flags.Parse(argc, argv); !s.ok()) {
     std::cerr << "anima-cli: " << s.message() << "\n";
@@ -75,6 +92,8 @@ int main(int argc, char** argv) {
       }
       return anima::cli::RunSend(o, rest[0]);
     }
+    if (command == "code") return anima::cli::RunCode(o, rest);
+    if (command == "watch") return anima::cli::RunWatch(o, rest);
     if (command == "state" || command == "watch-state") {
       if (!rest.empty()) {
         std::cerr << "anima-cli: " << command << " takes no arguments\n";

@@ -78,6 +78,58 @@ FakeGateway::~FakeGateway() {
   Stop({acceptor_, io_, stopping_, mu_, sockets_, sessions_}, port_, accept_thread_);
 }
 
+std::vector<nlohmann::json> FakeJobEvents() {
+  using nlohmann::json;
+  return {
+      json{{"seq", 1}, {"stage", "queued"}, {"attempt", 0}, {"percent", 0}, {"message", "queued"}},
+      json{{"seq", 2},
+           {"stage", "generating"},
+           {"attempt", 1},
+           {"percent", 10},
+           {"message", "asking"}},
+      json{{"seq", 3},
+           {"stage", "testing"},
+           {"attempt", 1},
+           {"percent", 40},
+           {"message", "2 tests"}},
+      // A hostile message: a terminal title escape and a cursor move, which must not reach it.
+      json{{"seq", 4},
+           {"stage", "retrying"},
+           {"attempt", 1},
+           {"percent", 50},
+           {"message", "1 failed \x1b]0;pwned\x07\x1b[2J"}},
+      json{{"seq", 5},
+           {"stage", "testing"},
+           {"attempt", 2},
+           {"percent", 80},
+           {"message", "2 tests"}},
+      json{{"seq", 6},
+           {"stage", "succeeded"},
+           {"attempt", 2},
+           {"percent", 100},
+           {"message", "done"}},
+  };
+}
+
+nlohmann::json FakeJobResult(const std::string& id, bool fail) {
+  nlohmann::json result = {{"type", "self_coding_result"},
+                           {"id", id},
+                           {"job_id", kFakeJobId},
+                           {"status", fail ? "failed" : "succeeded"},
+                           {"attempts", 2},
+                           {"tests", {{"passed", fail ? 1 : 2}, {"failed", fail ? 1 : 0}}}};
+  if (fail) {
+    result["reason"] = "tests failed after 2 attempts";
+    result["tests"]["output_tail"] = "E   assert 1 == 2";
+    return result;
+  }
+  result["files"] = {{"solution.py", "def f():\n    return 1\n"},
+                     {"pkg/util.py", "X = 1"},
+                     {"../escape.py", "outside"},
+                     {"/etc/abs.py", "absolute"}};
+  return result;
+}
+
 void FakeGateway::Serve(std::shared_ptr<tcp::socket> socket) {
   try {
     websocket::stream<tcp::socket&> ws(*socket);
@@ -135,6 +187,24 @@ void FakeGateway::Serve(std::shared_ptr<tcp::socket> socket) {
               {"finish_reason", "stop"},
               {"usage", {{"prompt_tokens", 1}, {"completion_tokens", 2}, {"total_tokens", 3}}},
               {"latency_ms", 1}});
+      } else if (type == "self_coding_request" || type == "self_coding_watch") {
+        if (type == "self_coding_watch" && frame.value("job_id", "") != kFakeJobId) {
+          send({{"type", "error"}, {"id", id}, {"code", "not_found"}, {"message", "no such job"}});
+          continue;
+        }
+        const bool fail = frame.value("task", "") == "fail me";
+        if (type == "self_coding_request") {
+          send({{"type", "self_coding_accepted"}, {"id", id}, {"job_id", kFakeJobId}});
+        }
+        const int64_t after = frame.value("after_seq", int64_t{0});
+        for (nlohmann::json event : FakeJobEvents()) {
+          if (event["seq"].get<int64_t>() <= after) continue;
+          event["type"] = "self_coding_progress";
+          event["id"] = id;
+          event["job_id"] = kFakeJobId;
+          send(event);
+        }
+        send(FakeJobResult(id, fail));
       } else if (type == "ping") {
         send({{"type", "pong"}, {"id", id}});
       } else if (type == "consciousness_query") {

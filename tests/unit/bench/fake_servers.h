@@ -11,15 +11,26 @@
 
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
+#include <nlohmann/json.hpp>
 
 namespace anima::bench::testing {
+
+inline constexpr char kFakeJobId[] = "job-fake";
+// The fake job's progress events (seq 1 to 6, a retry between two attempts, one message with
+// terminal escapes in it), without type, id and job_id.
+std::vector<nlohmann::json> FakeJobEvents();
+// Its result: succeeded with files (two of which name paths outside any output directory), or
+// failed with an output tail.
+nlohmann::json FakeJobResult(const std::string& id, bool fail);
 
 // A stand-in for the gateway on 127.0.0.1:<any port>, one thread per connection (synchronous
 // Beast). On connect it sends a welcome and a consciousness_state broadcast; it answers `chat`
 // with chat_delta frames (when stream is true) then chat_response, or with error rate_limited
 // when the message is "please fail", overloaded with retry_after_ms 50 when it is "please back
-// off"; `ping` with pong; `consciousness_query` with a state;
-// invalid JSON with error invalid_json (no id).
+// off"; `ping` with pong; `consciousness_query` with a state; `self_coding_request` with
+// accepted (job kFakeJobId), the events of FakeJobEvents() and FakeJobResult() (failed when the
+// task is "fail me"); `self_coding_watch` of that job with the events after after_seq and the
+// result; invalid JSON with error invalid_json (no id).
 class FakeGateway {
  public:
   FakeGateway();
