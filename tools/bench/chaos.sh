@@ -123,9 +123,8 @@ curl -s "http://127.0.0.1:${CLUSTER_METRICS[anima-llm-broker]}/metrics" | awk '
     br[p] = br[p] sprintf(" %s %d", t, $NF)
   }
   END {
-    printf "%-8s %9s  %s\n", "provider", "attempts", "not ok (by outcome); breaker transitions"
     for (p in n) printf "%-8s %9d %s;%s\n", p, n[p], out[p] ? out[p] : " none", br[p] ? br[p] : " none"
-  }' | sort
+  }' | sort | { printf '%-8s %9s  %s\n' provider attempts "not ok (by outcome); breaker transitions"; cat; }
 echo "(the broker running at the end: its counters start again at each restart)"
 if ((${#unexpected[@]} > 0)); then
   echo
