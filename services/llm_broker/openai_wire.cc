@@ -177,9 +177,12 @@ std::optional<std::chrono::milliseconds> ParseEpochReset(
   if (head == nullptr) return std::nullopt;
   auto value = head->Header("x-ratelimit-reset-requests");
   if (!value) return std::nullopt;
+  // From 2001 to 2100: a plausible timestamp, and far inside what system_clock's nanoseconds
+  // hold (to 2262), so the arithmetic below cannot overflow (libFuzzer found 99999999999 did).
+  constexpr int64_t kEarliest = 1'000'000'000, kLatest = 4'102'444'800;
   int64_t epoch = 0;
-  if (!absl::SimpleAtoi(absl::StripAsciiWhitespace(*value), &epoch) || epoch < 1'000'000'000 ||
-      epoch > 100'000'000'000) {
+  if (!absl::SimpleAtoi(absl::StripAsciiWhitespace(*value), &epoch) || epoch < kEarliest ||
+      epoch > kLatest) {
     return std::nullopt;
   }
   auto at = std::chrono::system_clock::time_point(std::chrono::seconds(epoch));

@@ -167,6 +167,11 @@ TEST(VeniceWireTest, StringErrorsAndTheEpochResetHeader) {
   // OpenAI's duration in the same header is not a timestamp.
   head.headers = {{"x-ratelimit-reset-requests", "6m0s"}};
   EXPECT_FALSE(openai::ParseHttpError(429, &head, "{}", now).retry_after.has_value());
+  // Nor is a time past 2100 (found by libFuzzer: in nanoseconds it overflowed).
+  for (const char* far : {"99999999999", "4102444801", "9223372036854775807"}) {
+    head.headers = {{"x-ratelimit-reset-requests", far}};
+    EXPECT_FALSE(openai::ParseHttpError(429, &head, "{}", now).retry_after.has_value()) << far;
+  }
   EXPECT_FALSE(
       openai::ParseHttpError(402, nullptr, R"({"error":"Insufficient balance"})", now).retryable);
 }
