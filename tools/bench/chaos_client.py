@@ -114,6 +114,8 @@ class Client:
         return {"type": "word_count", "id": rid, "text": f"the quick brown fox {rid} jumps"}
 
     async def ws_lane(self, lane, rate, connections):
+        if rate <= 0:
+            return  # the lane is off
         await asyncio.gather(*(self.ws_connection(lane, rate / connections, k)
                                for k in range(connections)))
 
@@ -176,6 +178,8 @@ class Client:
 
     # ---- HTTP lanes
     async def http_lane(self, lane, rate):
+        if rate <= 0:
+            return  # the lane is off
         interval = 1.0 / rate
         tasks = set()
         next_send = now() + random.random() * interval
