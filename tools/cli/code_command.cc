@@ -82,7 +82,7 @@ class JobSession : public CommandSession {
       : CommandSession(options),
         first_frame_(std::move(first_frame)),
         job_id_(std::move(job_id)),
-        progress_(options.max_attempts > 0 ? options.max_attempts : 3),
+        progress_(options.max_attempts),
         terminal_(StdoutIsTerminal()),
         ticker_(io()) {
     if (options.after_seq > 0) {
@@ -299,10 +299,10 @@ int RunCode(const CliOptions& options, const std::vector<std::string>& task_word
     }
     request["files"] = *std::move(files);
   }
+  // The bar shows "attempt N/M": M is the request's, else the service's default (PROTOCOL.md).
   CliOptions effective = options;
-  if (auto m = request.find("max_attempts"); m != request.end() && m->is_number_integer()) {
-    effective.max_attempts = m->get<int>();
-  }
+  auto m = request.find("max_attempts");
+  effective.max_attempts = m != request.end() && m->is_number_integer() ? m->get<int>() : 3;
   return JobSession(effective, std::move(request), "").Run();
 }
 
