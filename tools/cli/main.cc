@@ -36,7 +36,7 @@ commands:
   watch JOB [--after SEQ] [--out DIR]
       Follows a job already submitted, as code does, from the events after SEQ.
 
-exit codes: 0 ok, 1 the gateway answered with an error frame, 2 usage, 3 timeout,
+exit codes: 0 ok, 1 an error frame (or code/watch: the job failed), 2 usage, 3 timeout,
             4 connection failed or ended early, 130 interrupted.
 
 )";
@@ -68,7 +68,7 @@ int main(int argc, char** argv) {
   flags.Add("language", &o.language, "", "code: python (default) or cpp");
   flags.Add("tests", &o.tests_file, "", "code: a file of test code the result must pass");
   flags.Add("files", &o.files_dir, "", "code: a directory whose files are the starting workspace");
-  flags.Add("max-attempts", &o.max_attempts, "", "code: 1 to 5 (default 3)");
+  flags.Add("max-attempts", &o.max_attempts, "", "code: 1 to 5; 0 leaves it to the service (3)");
   flags.Add("out", &o.out_dir, "", "code/watch: write the result's files under this directory");
   flags.Add("after", &o.after_seq, "", "watch: only the events after this seq");
 
