@@ -177,6 +177,12 @@ void HttpSession::OnRead(beast::error_code ec, size_t) {
     RespondError(e);
     return;
   }
+  if (get && context_.settings.console) {
+    if (const ConsoleAsset* asset = FindConsoleAsset(path)) {
+      ServeConsoleAsset(*asset);
+      return;
+    }
+  }
   if (get && path == "/healthz") {
     Respond(http::status::ok, "ok\n");
   } else if (get && path == "/readyz") {
@@ -231,6 +237,35 @@ void HttpSession::WriteResponse(http::status status, std::string body, std::stri
   }
   response_->keep_alive(request.keep_alive() && !force_close_);
   response_->body() = std::move(body);
+  response_->prepare_payload();
+  if (request.method() == http::verb::head) response_->body().clear();
+  http::async_write(stream_, *response_,
+                    beast::bind_front_handler(&HttpSession::OnWrite, shared_from_this(),
+                                              response_->keep_alive()));
+}
+
+void HttpSession::ServeConsoleAsset(const ConsoleAsset& asset) {
+  const auto& request = parser_->get();
+  bool fresh = request[http::field::if_none_match] == asset.etag;
+  response_ = std::make_shared<http::response<http::string_body>>(
+      fresh ? http::status::not_modified : http::status::ok, request.version());
+  response_->set(http::field::server, "anima-gateway/0.1.0");
+  response_->set(http::field::content_type, asset.content_type);
+  // Revalidated on every load (a 304 when unchanged), so a new gateway's console is never
+  // mixed with an old one's script.
+  response_->set(http::field::cache_control, "no-cache");
+  response_->set(http::field::etag, asset.etag);
+  // The page loads only its own script and styles, and talks only to this gateway.
+  response_->set("content-security-policy",
+                 "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+                 "connect-src 'self'; base-uri 'none'; form-action 'none'; "
+                 "frame-ancestors 'none'");
+  response_->set("x-content-type-options", "nosniff");
+  response_->set("referrer-policy", "no-referrer");
+  response_->set("x-frame-options", "DENY");
+  response_->set("cross-origin-opener-policy", "same-origin");
+  response_->keep_alive(request.keep_alive() && !force_close_);
+  if (!fresh) response_->body() = std::string(asset.body);
   response_->prepare_payload();
   if (request.method() == http::verb::head) response_->body().clear();
   http::async_write(stream_, *response_,

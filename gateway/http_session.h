@@ -14,6 +14,7 @@
 #include "boost/asio.hpp"
 #include "boost/beast/core.hpp"
 #include "boost/beast/http.hpp"
+#include "gateway/console_assets.h"
 #include "gateway/gateway_context.h"
 #include "gateway/openai_api.h"
 
@@ -28,7 +29,7 @@ struct AcceptRefusal {
 };
 
 // One HTTP/1.1 connection on the gateway port, as in Beast's advanced_server: it answers
-// GET /healthz and /readyz, POST /v1/chat/completions (the OpenAI-compatible API, one
+// GET /healthz and /readyz, the web console (GET / and /console/*), POST /v1/chat/completions (the OpenAI-compatible API, one
 // Router.Dispatch per request, answered whole or as server-sent events), GET /v1/models and
 // /v1/usage, hands a WebSocket upgrade of / or /ws to a WsSession, and answers anything else 404.
 // The API is held to the same limits as WebSocket sessions: the connection's message rate, the
@@ -50,6 +51,10 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
                std::string_view retry_after = {}, bool bearer_challenge = false,
                std::string_view content_type = "text/plain; charset=utf-8");
   void RespondError(const OpenAiError& error);
+  // GET of the web console's page or one of its files: ETag revalidation, a strict
+  // Content-Security-Policy, no principal needed (the page holds no data; its WebSocket
+  // authenticates like any client's).
+  void ServeConsoleAsset(const ConsoleAsset& asset);
   // Respond's second half, once the x-ratelimit-* values are known.
   void WriteResponse(boost::beast::http::status status, std::string body,
                      std::string_view retry_after, bool bearer_challenge,

@@ -105,6 +105,9 @@ int Main(int argc, char** argv) {
   flags.Add("admission-max-queue-wait-ms", &max_queue_wait_ms,
             "ANIMA_GATEWAY_ADMISSION_MAX_QUEUE_WAIT_MS",
             "a held request still waiting for admission after this is refused `overloaded`");
+  flags.Add("console", &settings.console, "ANIMA_GATEWAY_CONSOLE",
+            "serve the web console on GET / and /console/* (static files embedded in the binary; "
+            "its WebSocket authenticates like any client's)");
   anima::gateway::AuthOptions auth_options;
   flags.Add("auth-keys-file", &auth_options.keys_file, "ANIMA_GATEWAY_AUTH_KEYS_FILE",
             "principals, tiers, quotas and the SHA-256 of each key (docs/security.md); reloaded "

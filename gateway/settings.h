@@ -62,6 +62,8 @@ struct GatewaySettings {
   // wait too long, before it goes to the router (gateway/admission.h); off: every frame is
   // dispatched as it arrives.
   bool admission = true;
+  // GET / (without an upgrade) and /console/* serve the web console (gateway/console/).
+  bool console = true;
   AdaptiveLimitOptions admission_limit;
   double admission_high_tolerance = 4.0;  // Admission::Options::high_tolerance
   // How long requests may wait for admission (Admission::Options): a new one is refused
