@@ -6,6 +6,7 @@
 #include "absl/strings/str_format.h"
 #include "boost/beast/websocket.hpp"
 #include "gateway/ws_session.h"
+#include "nlohmann/json.hpp"
 #include "services/common/grpc_metrics.h"
 #include "services/common/process.h"
 #include "spdlog/spdlog.h"
@@ -175,6 +176,14 @@ void HttpSession::OnRead(beast::error_code ec, size_t) {
                   "",
                   0};
     RespondError(e);
+    return;
+  }
+  if (get && context_.settings.console && path == "/console/config.json") {
+    // What the page needs before it opens its WebSocket: whether to ask for a key first.
+    nlohmann::json config = {{"auth_required", context_.settings.auth != nullptr},
+                             {"protocol", 1},
+                             {"server", "anima-gateway/0.1.0"}};
+    Respond(http::status::ok, config.dump() + "\n", {}, false, "application/json");
     return;
   }
   if (get && context_.settings.console) {
