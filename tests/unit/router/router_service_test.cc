@@ -390,6 +390,13 @@ TEST_F(RouterServiceTest, UnknownTypeAndSelfCodingAreAnsweredNeverDropped) {
   events = Dispatch(sc);
   ASSERT_EQ(events.size(), 1u);
   EXPECT_EQ(events[0].error().code(), "unavailable");
+
+  anima::v1::Envelope list;
+  list.set_type("self_coding_list");
+  list.mutable_self_coding_list()->set_limit(5);
+  events = Dispatch(list);
+  ASSERT_EQ(events.size(), 1u);
+  EXPECT_EQ(events[0].error().code(), "unavailable");
 }
 
 TEST_F(RouterServiceTest, StateReportsTheBrokerAndTheRouter) {
@@ -460,8 +467,9 @@ TEST_F(RouterServiceTest, ListRoutesGivesEveryTypeItsClassAndModule) {
   EXPECT_EQ(routes["consciousness_query"], Route("high", "router"));
   EXPECT_EQ(routes["self_coding_request"], Route("high", "self-coding"));
   EXPECT_EQ(routes["self_coding_watch"], Route("normal", "self-coding"));
+  EXPECT_EQ(routes["self_coding_list"], Route("normal", "self-coding"));
   EXPECT_EQ(routes["word_count"], Route("low", "word-count"));
-  EXPECT_EQ(routes.size(), 6u);
+  EXPECT_EQ(routes.size(), 7u);
   EXPECT_EQ(res.default_priority(), "normal");
 }
 
