@@ -1,0 +1,425 @@
+// Drives the Anima web console in headless Chromium (puppeteer-core) against a running system;
+// started by tests/ops/console_test.sh, which sets the environment read below. Each step prints
+// "ok: ..." or "FAIL: ..." and the run stops at the first failure (later steps depend on it).
+import { createRequire } from 'node:module';
+import { spawn } from 'node:child_process';
+import { readFileSync, writeFileSync, existsSync, openSync } from 'node:fs';
+import { join } from 'node:path';
+
+const require = createRequire(process.env.ANIMA_NODE_MODULES + '/');
+const puppeteer = require('puppeteer-core');
+
+const env = (name) => {
+  const value = process.env[name];
+  if (!value) throw new Error(`${name} is not set (run tests/ops/console_test.sh)`);
+  return value;
+};
+const URL_ = env('ANIMA_URL');
+const SHOTS = env('ANIMA_SCREENSHOTS');
+const CHROMIUM = env('CHROMIUM');
+const LONG = 120000;  // generous: conditions are awaited, never durations asserted
+
+let step = '';
+let failures = 0;
+const problems = [];  // console errors, page errors, failed requests, HTTP errors
+let allowed = [];     // patterns of problems the current step expects
+
+function fail(message) {
+  throw new Error(message);
+}
+
+async function run(name, fn) {
+  step = name;
+  const before = problems.length;
+  try {
+    await fn();
+    const fresh = problems.slice(before).filter((p) => !allowed.some((re) => re.test(p)));
+    if (fresh.length) fail(`unexpected browser problems:\n    ${fresh.join('\n    ')}`);
+    console.log(`ok: ${name}`);
+  } catch (e) {
+    failures++;
+    console.log(`FAIL: ${name}: ${e.message}`);
+    throw e;
+  } finally {
+    allowed = [];
+  }
+}
+
+// page.waitForFunction with a message of our own when it times out.
+async function waitFor(page, what, fn, ...args) {
+  try {
+    return await page.waitForFunction(fn, {timeout: LONG, polling: 100}, ...args);
+  } catch (e) {
+    fail(`timed out waiting for ${what}`);
+  }
+}
+
+async function shot(page, name, fullPage = true) {
+  await page.screenshot({path: join(SHOTS, `${name}.png`), fullPage});
+}
+
+// ------------------------------------------------------------------ headers, from node
+
+async function checkHeaders() {
+  const expect = {
+    '/': 'text/html',
+    '/console/console.js': 'text/javascript',
+    '/console/console.css': 'text/css',
+    '/console/icon.svg': 'image/svg+xml',
+    '/console/highlight.js': 'text/javascript',
+    '/console/config.json': 'application/json',
+  };
+  for (const [path, type] of Object.entries(expect)) {
+    const res = await fetch(URL_ + path);
+    if (res.status !== 200) fail(`GET ${path}: HTTP ${res.status}`);
+    const got = res.headers.get('content-type') || '';
+    if (!got.startsWith(type)) fail(`GET ${path}: content-type ${got}, expected ${type}`);
+    if (path === '/') {
+      const csp = res.headers.get('content-security-policy') || '';
+      for (const part of ["default-src 'none'", "script-src 'self'", "style-src 'self'",
+        "connect-src 'self'", "frame-ancestors 'none'"]) {
+        if (!csp.includes(part)) fail(`GET /: Content-Security-Policy lacks ${part}: ${csp}`);
+      }
+      const body = await res.text();
+      if (!body.includes('/console/console.js')) fail('GET /: the page does not load console.js');
+      if (/<script>|style="/.test(body)) fail('GET /: inline script or style in the page');
+    }
+    if (path === '/console/config.json') {
+      const config = await res.json();
+      if (config.auth_required !== true) fail(`config.json: auth_required is not true`);
+    }
+  }
+}
+
+// ------------------------------------------------------------------ the broker, killed and back
+
+function brokerCommand() {
+  const parts = readFileSync(env('ANIMA_BROKER_CMDLINE'), 'utf8').split('\0').filter(Boolean);
+  const port = env('ANIMA_BROKER_PORT');
+  const ready = env('ANIMA_BROKER_PID_FILE') + '.ready';
+  const args = parts.slice(1).map((a) => {
+    if (a.startsWith('--port=')) return `--port=${port}`;
+    if (a.startsWith('--ready-file=')) return `--ready-file=${ready}`;
+    return a;
+  });
+  return {binary: parts[0], args, ready};
+}
+
+async function restartBroker() {
+  const {binary, args, ready} = brokerCommand();
+  const log = openSync(env('ANIMA_BROKER_LOG'), 'a');
+  const child = spawn(binary, args, {stdio: ['ignore', log, log], detached: true});
+  child.unref();
+  writeFileSync(env('ANIMA_BROKER_PID_FILE'), String(child.pid));
+  const deadline = Date.now() + 30000;
+  while (Date.now() < deadline) {
+    if (existsSync(ready) && readFileSync(ready, 'utf8').includes('grpc')) return;
+    if (child.exitCode !== null) fail(`the restarted broker exited (${child.exitCode})`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  fail('the restarted broker wrote no ready file in 30 s');
+}
+
+// ------------------------------------------------------------------ in-page readers
+
+const readTiles = () => [...document.querySelectorAll('#modules .tile')].map((t) => ({
+  name: t.dataset.module, status: t.dataset.status, gone: t.classList.contains('gone'),
+}));
+const harmony = () => Number(document.getElementById('harmony-meter').value);
+
+// ------------------------------------------------------------------ the run
+
+async function main() {
+  await run('served headers: CSP and content types', checkHeaders);
+
+  const browser = await puppeteer.launch({
+    executablePath: CHROMIUM,
+    headless: true,
+    args: ['--no-sandbox', '--headless=new', '--disable-gpu', '--disable-dev-shm-usage'],
+    defaultViewport: {width: 1280, height: 900},
+  });
+  try {
+    const page = await browser.newPage();
+    page.on('console', (m) => { if (m.type() === 'error') problems.push(`console: ${m.text()}`); });
+    page.on('pageerror', (e) => problems.push(`pageerror: ${e.message}`));
+    page.on('requestfailed', (r) => {
+      problems.push(`requestfailed: ${r.url()} ${r.failure() && r.failure().errorText}`);
+    });
+    page.on('response', (r) => {
+      if (r.status() >= 400) problems.push(`HTTP ${r.status()}: ${r.url()}`);
+    });
+    const cdp = await page.createCDPSession();
+    await cdp.send('Network.enable');
+    const frames = [];
+    cdp.on('Network.webSocketFrameReceived', ({response}) => {
+      try { frames.push(JSON.parse(response.payloadData)); } catch (e) { /* not JSON */ }
+    });
+
+    await run('the page loads, asks for a key, with no console error or failed request',
+      async () => {
+        await page.goto(URL_ + '/', {waitUntil: 'networkidle0'});
+        await waitFor(page, 'the key form', () => {
+          const section = document.getElementById('connection');
+          return section && !section.hidden && document.getElementById('key-input');
+        });
+        const title = await page.title();
+        if (!/Anima/.test(title)) fail(`title is ${title}`);
+        await shot(page, '01-key-form');
+      });
+
+    await run('a wrong key is refused and the form is shown again', async () => {
+      // The browser logs the refused upgrade (HTTP 401) itself.
+      allowed = [/WebSocket connection to .* failed/];
+      await page.type('#key-input', 'wrong-key');
+      await page.click('#key-form button[type=submit]');
+      await waitFor(page, 'the "key refused" message', () => {
+        const m = document.getElementById('key-message');
+        return !m.hidden && /refused/i.test(m.textContent) &&
+          !document.getElementById('connection').hidden;
+      });
+      const stored = await page.evaluate(() => sessionStorage.getItem('anima.key'));
+      if (stored) fail('the refused key stayed in sessionStorage');
+      await shot(page, '02-key-refused');
+    });
+
+    await run('the right key connects (welcome: principal ops)', async () => {
+      await page.type('#key-input', 'ops-key');
+      await page.click('#key-form button[type=submit]');
+      await waitFor(page, 'connected status', () =>
+        document.getElementById('conn-status').dataset.state === 'connected' &&
+        /principal ops/.test(document.getElementById('conn-session').textContent));
+      const url = page.url();
+      if (url.includes('ops-key')) fail('the key is in the page URL');
+    });
+
+    await run('the first state shows at once (consciousness_query on connect)', async () => {
+      await waitFor(page, 'module tiles and harmony', () =>
+        document.querySelectorAll('#modules .tile').length > 0 &&
+        document.getElementById('harmony-value').textContent !== '–');
+      const tiles = await page.evaluate(readTiles);
+      for (const want of ['gateway', 'llm-broker']) {
+        if (!tiles.some((t) => t.name === want)) {
+          fail(`no tile ${want}; tiles: ${tiles.map((t) => t.name).join(', ')}`);
+        }
+      }
+    });
+
+    await run('a streamed chat grows from chat_delta and ends with its metadata', async () => {
+      await page.evaluate(() => {
+        // Record every text the answer shows while it streams.
+        window.__seen = [];
+        const log = document.getElementById('chat-log');
+        new MutationObserver(() => {
+          const texts = log.querySelectorAll('.turn:last-child .answer > .answer-text');
+          if (texts.length) window.__seen.push(texts[0].textContent);
+        }).observe(log, {subtree: true, childList: true, characterData: true});
+      });
+      const deltasBefore = frames.filter((f) => f.type === 'chat_delta').length;
+      await page.type('#chat-message', 'Tell me a story');
+      await page.click('#chat-form button[type=submit]');
+      await waitFor(page, 'the answer with its metadata', () =>
+        document.querySelector('#chat-log .turn:last-child .answer .meta'));
+      const result = await page.evaluate(() => {
+        const answer = document.querySelector('#chat-log .turn:last-child .answer');
+        const meta = {};
+        const dts = answer.querySelectorAll('.meta dt');
+        for (const dt of dts) meta[dt.textContent] = dt.nextElementSibling.textContent;
+        return {final: answer.querySelector('.answer-text').textContent, meta, seen: window.__seen,
+          conv: document.getElementById('chat-conv').textContent};
+      });
+      const deltas = frames.filter((f) => f.type === 'chat_delta').length - deltasBefore;
+      if (deltas < 2) fail(`only ${deltas} chat_delta frames`);
+      const partial = result.seen.filter((t) => t && t.length < result.final.length &&
+        result.final.startsWith(t));
+      if (!partial.length) fail(`no partial text seen before the final ${result.final}`);
+      for (const key of ['provider', 'model', 'tokens', 'latency', 'finish']) {
+        if (!result.meta[key]) fail(`the answer shows no ${key}: ${JSON.stringify(result.meta)}`);
+      }
+      if (!/^conv-/.test(result.conv)) fail(`conversation id not kept: ${result.conv}`);
+      console.log(`  ${deltas} deltas, ${partial.length} partial states, ` +
+        `provider ${result.meta.provider}, ${result.meta.tokens}`);
+    });
+
+    await run('fanout shows three candidates: openai, venice, gemini', async () => {
+      await page.select('#chat-strategy', 'fanout');
+      await page.type('#chat-message', 'Hello to every provider');
+      await page.click('#chat-form button[type=submit]');
+      await waitFor(page, 'three candidates', () =>
+        document.querySelectorAll('#chat-log .turn:last-child .candidate').length === 3);
+      const providers = await page.$$eval('#chat-log .turn:last-child .candidate',
+        (cs) => cs.map((c) => c.dataset.provider).sort());
+      if (providers.join(',') !== 'gemini,openai,venice') {
+        fail(`candidates: ${providers.join(', ')}`);
+      }
+      await page.select('#chat-strategy', 'failover');
+      await shot(page, '03-chat');
+    });
+
+    let demoJob = '';
+    await run('the demo job runs from the form: retrying, 100 %, succeeded, files highlighted',
+      async () => {
+        await page.click('#job-demo');
+        const task = await page.$eval('#job-task', (t) => t.value);
+        if (!task.startsWith('Demo word_count')) fail(`load demo filled the task with ${task}`);
+        await page.click('#job-form button[type=submit]');
+        await waitFor(page, 'the job to end', () => {
+          const card = document.querySelector('#jobs .job');
+          return card && ['succeeded', 'failed', 'cancelled'].includes(card.dataset.status);
+        });
+        const job = await page.evaluate(() => {
+          const card = document.querySelector('#jobs .job');
+          return {
+            id: card.dataset.jobId, status: card.dataset.status,
+            value: card.querySelector('progress').value,
+            percent: card.querySelector('.job-percent').textContent,
+            stages: [...card.querySelectorAll('.stages li')].map((li) => li.dataset.stage),
+            files: [...card.querySelectorAll('.file')].map((f) => ({path: f.dataset.path,
+              highlighted: f.dataset.highlighted,
+              spans: f.querySelectorAll('code span[class^="hljs-"]').length})),
+            result: card.querySelector('.job-result').textContent,
+          };
+        });
+        demoJob = job.id;
+        if (job.status !== 'succeeded') fail(`the job ended ${job.status}: ${job.result}`);
+        if (job.value !== 100 || job.percent !== '100 %') {
+          fail(`the bar ends at ${job.value} (${job.percent})`);
+        }
+        if (!job.stages.includes('retrying')) fail(`no retrying stage: ${job.stages.join(' ')}`);
+        if (job.stages.at(-1) !== 'succeeded') fail(`stages end ${job.stages.at(-1)}`);
+        const solution = job.files.find((f) => f.path === 'solution.py');
+        if (!solution) fail(`no solution.py shown: ${JSON.stringify(job.files)}`);
+        if (solution.highlighted !== 'true' || solution.spans < 3) {
+          fail(`solution.py is not highlighted: ${JSON.stringify(solution)}`);
+        }
+        if (!/tests passed\s*3/.test(job.result)) fail(`result: ${job.result}`);
+        console.log(`  ${job.id}: ${job.stages.join(' > ')}`);
+        await shot(page, '04-job-succeeded');
+      });
+
+    await run('a reload in the middle of a job rebuilds its bar and stage history', async () => {
+      // The simulator answers a "Slow task:" after 30 s: the job waits in `generating`.
+      await page.$eval('#job-task', (t) => { t.value = ''; });
+      await page.$eval('#job-tests', (t) => { t.value = ''; });
+      await page.type('#job-task', 'Slow task: write f() returning 1 in solution.py');
+      await page.$eval('#job-attempts', (t) => { t.value = '1'; });
+      await page.click('#job-form button[type=submit]');
+      await waitFor(page, 'the slow job to be generating', () => {
+        const card = document.querySelector('#jobs .job');
+        return card && card.querySelector('.stages li[data-stage="generating"]');
+      });
+      const before = await page.evaluate(() => {
+        const card = document.querySelector('#jobs .job');
+        return {id: card.dataset.jobId, value: card.querySelector('progress').value,
+          seqs: [...card.querySelectorAll('.stages li')].map((li) =>
+            `${li.dataset.seq}:${li.dataset.stage}`)};
+      });
+      await shot(page, '05-job-running');
+      await page.reload({waitUntil: 'networkidle0'});
+      await waitFor(page, 'the job card after the reload', (id, n) => {
+        const card = document.querySelector(`#jobs .job[data-job-id="${id}"]`);
+        return card && card.querySelectorAll('.stages li').length >= n;
+      }, before.id, before.seqs.length);
+      const after = await page.evaluate((id) => {
+        const card = document.querySelector(`#jobs .job[data-job-id="${id}"]`);
+        return {value: card.querySelector('progress').value, status: card.dataset.status,
+          seqs: [...card.querySelectorAll('.stages li')].map((li) =>
+            `${li.dataset.seq}:${li.dataset.stage}`)};
+      }, before.id);
+      const lost = before.seqs.filter((s) => !after.seqs.includes(s));
+      if (lost.length) fail(`stages lost by the reload: ${lost.join(' ')}`);
+      if (after.value < before.value) fail(`the bar went back: ${before.value} → ${after.value}`);
+      if (after.status !== 'running') fail(`after the reload the job is ${after.status}`);
+      console.log(`  ${before.id}: ${after.seqs.join(' ')} at ${after.value} %`);
+      await shot(page, '06-job-resumed');
+
+      // The stream is live: cancelling shows its last stage and result on the resumed card.
+      await page.click(`#jobs .job[data-job-id="${before.id}"] .job-head button`);
+      await waitFor(page, 'the job cancelled', (id) => {
+        const card = document.querySelector(`#jobs .job[data-job-id="${id}"]`);
+        return card.dataset.status === 'cancelled' &&
+          card.querySelector('.stages li[data-stage="cancelled"]');
+      }, before.id);
+      const watching = await page.evaluate(() => sessionStorage.getItem('anima.jobs'));
+      if (watching && watching.includes(before.id)) fail('the ended job is still remembered');
+    });
+
+    await run('the job list shows the demo job, and "watch" shows it again', async () => {
+      await page.click('#joblist-refresh');
+      await waitFor(page, 'the demo job in the list', (id) => {
+        const row = document.querySelector(`#joblist-body tr[data-job-id="${id}"]`);
+        return (row && /succeeded/.test(row.textContent)) ||
+          !document.getElementById('joblist-error').hidden;
+      }, demoJob);
+      const error = await page.$eval('#joblist-error', (e) => (e.hidden ? '' : e.textContent));
+      if (error) fail(`the page shows: ${error}`);
+      await page.click(`#joblist-body tr[data-job-id="${demoJob}"] button`);
+      await waitFor(page, 'the watched demo job with its files', (id) => {
+        const card = document.querySelector(`#jobs .job[data-job-id="${id}"]`);
+        return card && card.dataset.status === 'succeeded' &&
+          card.querySelector('.file[data-highlighted="true"]') &&
+          card.querySelector('.stages li[data-stage="retrying"]');
+      }, demoJob);
+    });
+
+    let healthyHarmony = 0;
+    await run('killing the broker turns its tiles down and harmony drops', async () => {
+      await waitFor(page, 'llm-broker healthy', () => [...document.querySelectorAll(
+        '#modules .tile')].some((t) => t.dataset.module === 'llm-broker' &&
+        t.dataset.status === 'healthy'));
+      healthyHarmony = await page.evaluate(harmony);
+      process.kill(Number(env('ANIMA_BROKER_PID')), 'SIGKILL');
+      await waitFor(page, 'an llm-broker tile down and harmony lower', (h) =>
+        [...document.querySelectorAll('#modules .tile')].some((t) =>
+          t.dataset.module.startsWith('llm-broker') && t.dataset.status === 'down') &&
+        Number(document.getElementById('harmony-meter').value) < h, healthyHarmony);
+      const tiles = await page.evaluate(readTiles);
+      const down = tiles.filter((t) => t.status === 'down').map((t) => t.name);
+      const h = await page.evaluate(harmony);
+      console.log(`  harmony ${healthyHarmony} → ${h}; down: ${down.join(', ')}`);
+      await shot(page, '07-broker-down');
+    });
+
+    await run('the broker restarted on its port turns its tiles healthy again', async () => {
+      await restartBroker();
+      await waitFor(page, 'every llm-broker tile healthy again', () => {
+        const tiles = [...document.querySelectorAll('#modules .tile')]
+          .filter((t) => t.dataset.module.startsWith('llm-broker') &&
+            !t.classList.contains('gone'));
+        return tiles.length > 0 && tiles.every((t) => t.dataset.status === 'healthy');
+      });
+      await waitFor(page, 'harmony back up', (h) =>
+        Number(document.getElementById('harmony-meter').value) >= h, healthyHarmony);
+      await shot(page, '08-broker-back');
+    });
+
+    await run('screenshots for the docs: desktop and phone', async () => {
+      await page.type('#chat-message', 'Hello, consciousness system!');
+      await page.click('#chat-form button[type=submit]');
+      await waitFor(page, 'the answer', () =>
+        document.querySelector('#chat-log .turn:last-child .answer .meta'));
+      await page.select('#chat-strategy', 'fanout');
+      await page.type('#chat-message', 'Compare the providers');
+      await page.click('#chat-form button[type=submit]');
+      await waitFor(page, 'three candidates', () =>
+        document.querySelectorAll('#chat-log .turn:last-child .candidate').length === 3);
+      await page.select('#chat-strategy', 'failover');
+      await page.evaluate(() => document.activeElement && document.activeElement.blur());
+      await shot(page, 'console-desktop');
+      await page.setViewport({width: 390, height: 844, isMobile: true, hasTouch: true});
+      await page.evaluate(() => window.scrollTo(0, 0));
+      await shot(page, 'console-phone', false);
+      await shot(page, 'console-phone-full');
+      await page.setViewport({width: 1280, height: 900});
+    });
+  } finally {
+    await browser.close();
+  }
+}
+
+try {
+  await main();
+  console.log(`PASS: every step (screenshots in ${SHOTS})`);
+} catch (e) {
+  if (!failures) console.log(`FAIL: ${step}: ${e.stack || e.message}`);
+  process.exit(1);
+}

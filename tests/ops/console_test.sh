@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# Drives the web console (gateway/console/) in headless Chromium against the real binaries:
+# starts the whole system on free ports with auth on (system.sh), then runs
+# tests/ops/console/console_test.mjs (puppeteer-core), which checks the served headers, the key
+# form, streamed and fanout chat, the demo self-coding job, a reload in the middle of a job, the
+# broker's tiles going down and up again around a kill and restart of the broker, and the job
+# list. Screenshots of each state go to <build>/console-screenshots/.
+#
+# puppeteer-core is installed once, at the version of tests/ops/console/package-lock.json, into
+# <build>/ops-cache/console; later runs are offline. Exits 77 (ctest: skipped) only when
+# Chromium is not installed or npm cannot reach its registry.
+# Usage: console_test.sh   (env ANIMA_BIN_DIR, ANIMA_SOURCE_DIR; CHROMIUM; KEEP_WORK=1)
+set -euo pipefail
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+: "${ANIMA_SOURCE_DIR:=$(cd "$HERE/../.." && pwd)}"
+: "${ANIMA_BIN_DIR:=$ANIMA_SOURCE_DIR/build/bin}"
+BUILD_DIR="$(cd "$ANIMA_BIN_DIR/.." && pwd)"
+SKIP=77
+
+CHROMIUM="${CHROMIUM:-$(command -v chromium || command -v chromium-browser || true)}"
+if [[ -z "$CHROMIUM" || ! -x "$CHROMIUM" ]]; then
+  echo "SKIP: Chromium is not installed (Debian package chromium; tools/anima deps)"
+  exit "$SKIP"
+fi
+for tool in node npm python3 curl; do
+  command -v "$tool" >/dev/null || { echo "FAIL: $tool is missing" >&2; exit 1; }
+done
+
+# shellcheck source=npm_pinned.sh
+source "$HERE/npm_pinned.sh"
+npm_pinned_install "$HERE/console" "$BUILD_DIR/ops-cache/console" puppeteer-core
+export ANIMA_NODE_MODULES="$BUILD_DIR/ops-cache/console/node_modules"
+
+# shellcheck source=system.sh
+source "$HERE/system.sh"
+
+WORK="$(mktemp -d /tmp/anima-ops-console.XXXXXX)"
+RESTARTED_PID_FILE="$WORK/broker-restarted.pid"
+# shellcheck disable=SC2317  # called by the EXIT trap
+cleanup() {
+  local pid
+  if [[ -s "$RESTARTED_PID_FILE" ]]; then
+    pid="$(cat "$RESTARTED_PID_FILE")"
+    kill -TERM "$pid" 2>/dev/null || true
+    # Not a child of this shell: wait for it by polling.
+    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  fi
+  anima_stop_system
+  if [[ "${KEEP_WORK:-}" == 1 ]]; then echo "work dir kept: $WORK"; else rm -rf "$WORK"; fi
+}
+trap cleanup EXIT
+# A timeout (ctest) or Ctrl-C still stops every process started here.
+trap 'exit 143' TERM INT
+
+# The simulator streams a token every 30 ms, so that a streamed answer visibly grows.
+export ANIMA_SIM_TOKEN_INTERVAL_MS=30
+anima_start_system "$WORK/system"
+
+# The broker's pid, found among the pids system.sh started (by its executable, not by name
+# across the machine).
+BROKER_PID=""
+for pid in "${ANIMA_PIDS[@]}"; do
+  if [[ "$(readlink "/proc/$pid/exe" 2>/dev/null)" == */anima-llm-broker ]]; then
+    BROKER_PID="$pid"
+  fi
+done
+[[ -n "$BROKER_PID" ]] || { echo "FAIL: no anima-llm-broker among the started pids" >&2; exit 1; }
+# Its command line, NUL-separated, so the test can start it again with the same flags.
+cp "/proc/$BROKER_PID/cmdline" "$WORK/broker.cmdline"
+
+export ANIMA_URL="http://127.0.0.1:${ANIMA_PORT[anima-gateway]}"
+export ANIMA_BROKER_PID="$BROKER_PID"
+export ANIMA_BROKER_PORT="${ANIMA_PORT[anima-llm-broker]}"
+export ANIMA_BROKER_CMDLINE="$WORK/broker.cmdline"
+export ANIMA_BROKER_LOG="$WORK/system/anima-llm-broker.restarted.log"
+export ANIMA_BROKER_PID_FILE="$RESTARTED_PID_FILE"
+export ANIMA_SCREENSHOTS="$BUILD_DIR/console-screenshots"
+export CHROMIUM
+mkdir -p "$ANIMA_SCREENSHOTS"
+
+status=0
+node "$HERE/console/console_test.mjs" || status=$?
+if [[ "$status" != 0 ]]; then
+  echo "--- gateway log (tail)"
+  tail -n 20 "$WORK/system/anima-gateway.log" || true
+fi
+exit "$status"
