@@ -534,7 +534,7 @@
 
   function render(frame) {
     const harmony = typeof frame.harmony === 'number' ? frame.harmony : 0;
-    $('harmony-value').textContent = fmtNumber(harmony, 3);
+    $('harmony-value').textContent = harmony.toFixed(3);
     $('harmony-meter').value = harmony;
     $('harmony-meter').textContent = fmtNumber(harmony, 3);
     setBadge($('harmony-status'), frame.status || 'unknown');
@@ -680,7 +680,10 @@
   }
 
   function tickElapsed(card) {
-    card.parts.elapsed.textContent = `${fmtDuration(Date.now() - card.started)} elapsed`;
+    // An ended job: from its first event to its last; a running one: until now.
+    const end = card.ended && card.lastTs ? card.lastTs : Date.now();
+    card.parts.elapsed.textContent = card.ended ? `took ${fmtDuration(end - card.started)}`
+      : `${fmtDuration(end - card.started)} elapsed`;
   }
 
   function bindJob(card, jobId) {
@@ -711,9 +714,10 @@
         saveWatching();
       }
     }
-    if (f.ts) {
-      const t = Date.parse(f.ts);
-      if (f.seq === 1 && !isNaN(t)) card.started = Math.min(card.started, t);
+    const t = f.ts ? Date.parse(f.ts) : NaN;
+    if (!isNaN(t)) {
+      if (f.seq === 1) card.started = Math.min(card.started, t);
+      card.lastTs = Math.max(card.lastTs || 0, t);
     }
     card.percent = Math.max(card.percent, typeof f.percent === 'number' ? f.percent : 0);
     const p = card.parts;
