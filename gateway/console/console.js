@@ -226,6 +226,7 @@
     }
     conn.pending.clear();
     jobs.onDisconnect();
+    state.stale();
     if (!conn.opened && conn.config && conn.config.auth_required) {
       // The upgrade failed. A browser does not say why: if the server answers HTTP, the key
       // was refused (401, or 429 after repeated failures); if not, the server is away.
@@ -539,6 +540,7 @@
     $('harmony-meter').textContent = fmtNumber(harmony, 3);
     setBadge($('harmony-status'), frame.status || 'unknown');
     $('state-ts').textContent = `updated ${fmtTime(frame.ts) || new Date().toLocaleTimeString()}`;
+    $('state').classList.remove('stale');
     renderLoad(frame.load);
 
     const seen = new Set();
@@ -564,6 +566,14 @@
     }
   }
   state.render = render;
+
+  // While disconnected, the last state stays on screen, marked as old.
+  state.stale = function () {
+    const ts = $('state-ts');
+    if (!ts.textContent.startsWith('updated')) return;
+    ts.textContent = `disconnected; last ${ts.textContent}`;
+    $('state').classList.add('stale');
+  };
 
   function queryState() {
     send({type: 'consciousness_query'}, (reply) => {
@@ -973,7 +983,8 @@
       if (card && !card.parts.task.textContent) card.parts.task.textContent = j.task || '';
       body.append(el('tr', {'data-job-id': j.job_id},
         el('td', {}, el('code', {text: j.job_id})),
-        el('td', {}, badge(status)),
+        el('td', {}, badge(status),
+          j.reason ? el('span', {class: 'list-reason', text: j.reason}) : null),
         el('td', {class: 'task-cell', text: j.task || ''}),
         el('td', {text: j.language || ''}),
         el('td', {text: j.attempts ?? ''}),

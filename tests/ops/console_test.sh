@@ -3,8 +3,9 @@
 # starts the whole system on free ports with auth on (system.sh), then runs
 # tests/ops/console/console_test.mjs (puppeteer-core), which checks the served headers, the key
 # form, streamed and fanout chat, the demo self-coding job, a reload in the middle of a job, the
-# broker's tiles going down and up again around a kill and restart of the broker, and the job
-# list. Screenshots of each state go to <build>/console-screenshots/.
+# broker's tiles going down and up again around a kill and restart of the broker, the page
+# reconnecting to a gateway stopped (SIGTERM, close 1001) and started again, and the job list.
+# Screenshots of each state go to <build>/console-screenshots/.
 #
 # puppeteer-core is installed once, at the version of tests/ops/console/package-lock.json, into
 # <build>/ops-cache/console; later runs are offline. Exits 77 (ctest: skipped) only when
@@ -35,16 +36,16 @@ export ANIMA_NODE_MODULES="$BUILD_DIR/ops-cache/console/node_modules"
 source "$HERE/system.sh"
 
 WORK="$(mktemp -d /tmp/anima-ops-console.XXXXXX)"
-RESTARTED_PID_FILE="$WORK/broker-restarted.pid"
 # shellcheck disable=SC2317  # called by the EXIT trap
 cleanup() {
-  local pid
-  if [[ -s "$RESTARTED_PID_FILE" ]]; then
-    pid="$(cat "$RESTARTED_PID_FILE")"
+  local pid file
+  # What the test started again (not children of this shell: waited for by polling).
+  for file in "$WORK"/procs/*.restarted.pid; do
+    [[ -s "$file" ]] || continue
+    pid="$(cat "$file")"
     kill -TERM "$pid" 2>/dev/null || true
-    # Not a child of this shell: wait for it by polling.
     for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-  fi
+  done
   anima_stop_system
   if [[ "${KEEP_WORK:-}" == 1 ]]; then echo "work dir kept: $WORK"; else rm -rf "$WORK"; fi
 }
@@ -56,24 +57,23 @@ trap 'exit 143' TERM INT
 export ANIMA_SIM_TOKEN_INTERVAL_MS=30
 anima_start_system "$WORK/system"
 
-# The broker's pid, found among the pids system.sh started (by its executable, not by name
-# across the machine).
-BROKER_PID=""
-for pid in "${ANIMA_PIDS[@]}"; do
-  if [[ "$(readlink "/proc/$pid/exe" 2>/dev/null)" == */anima-llm-broker ]]; then
-    BROKER_PID="$pid"
-  fi
+# The broker's and the gateway's pids, found among the pids system.sh started (by their
+# executables, not by name across the machine), with their ports and command lines (NUL-separated)
+# so that the test can kill each and start it again with the same flags on the same port.
+export ANIMA_PROCS="$WORK/procs"
+mkdir -p "$ANIMA_PROCS"
+for name in anima-llm-broker anima-gateway; do
+  for pid in "${ANIMA_PIDS[@]}"; do
+    if [[ "$(readlink "/proc/$pid/exe" 2>/dev/null)" == */"$name" ]]; then
+      echo "$pid" >"$ANIMA_PROCS/$name.pid"
+      cp "/proc/$pid/cmdline" "$ANIMA_PROCS/$name.cmdline"
+      echo "${ANIMA_PORT[$name]}" >"$ANIMA_PROCS/$name.port"
+    fi
+  done
+  [[ -s "$ANIMA_PROCS/$name.pid" ]] || { echo "FAIL: no $name among the started pids" >&2; exit 1; }
 done
-[[ -n "$BROKER_PID" ]] || { echo "FAIL: no anima-llm-broker among the started pids" >&2; exit 1; }
-# Its command line, NUL-separated, so the test can start it again with the same flags.
-cp "/proc/$BROKER_PID/cmdline" "$WORK/broker.cmdline"
 
 export ANIMA_URL="http://127.0.0.1:${ANIMA_PORT[anima-gateway]}"
-export ANIMA_BROKER_PID="$BROKER_PID"
-export ANIMA_BROKER_PORT="${ANIMA_PORT[anima-llm-broker]}"
-export ANIMA_BROKER_CMDLINE="$WORK/broker.cmdline"
-export ANIMA_BROKER_LOG="$WORK/system/anima-llm-broker.restarted.log"
-export ANIMA_BROKER_PID_FILE="$RESTARTED_PID_FILE"
 export ANIMA_SCREENSHOTS="$BUILD_DIR/console-screenshots"
 export CHROMIUM
 mkdir -p "$ANIMA_SCREENSHOTS"
@@ -83,5 +83,9 @@ node "$HERE/console/console_test.mjs" || status=$?
 if [[ "$status" != 0 ]]; then
   echo "--- gateway log (tail)"
   tail -n 20 "$WORK/system/anima-gateway.log" || true
+  if [[ -s "$ANIMA_PROCS/anima-gateway.restarted.log" ]]; then
+    echo "--- restarted gateway log (tail)"
+    tail -n 20 "$ANIMA_PROCS/anima-gateway.restarted.log"
+  fi
 fi
 exit "$status"

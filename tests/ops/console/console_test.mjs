@@ -91,33 +91,63 @@ async function checkHeaders() {
   }
 }
 
-// ------------------------------------------------------------------ the broker, killed and back
+// ------------------------------------------------------------------ services killed and back
 
-function brokerCommand() {
-  const parts = readFileSync(env('ANIMA_BROKER_CMDLINE'), 'utf8').split('\0').filter(Boolean);
-  const port = env('ANIMA_BROKER_PORT');
-  const ready = env('ANIMA_BROKER_PID_FILE') + '.ready';
+// tests/ops/console_test.sh leaves NAME.pid, NAME.port and NAME.cmdline (NUL-separated) in
+// ANIMA_PROCS for the broker and the gateway; a process started again here leaves its pid in
+// NAME.restarted.pid, which the script stops at its end.
+const procFile = (name, ext) => join(env('ANIMA_PROCS'), `${name}.${ext}`);
+
+function stopService(name, signal) {
+  const restarted = procFile(name, 'restarted.pid');
+  const file = existsSync(restarted) ? restarted : procFile(name, 'pid');
+  const pid = Number(readFileSync(file, 'utf8'));
+  process.kill(pid, signal);
+  return pid;
+}
+
+async function gone(pid) {
+  const deadline = Date.now() + 30000;
+  while (Date.now() < deadline) {
+    try { process.kill(pid, 0); } catch (e) { return; }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  fail(`pid ${pid} still running 30 s after it was told to stop`);
+}
+
+async function restartService(name) {
+  const parts = readFileSync(procFile(name, 'cmdline'), 'utf8').split('\0').filter(Boolean);
+  const port = readFileSync(procFile(name, 'port'), 'utf8').trim();
+  const ready = procFile(name, 'restarted.ready');
   const args = parts.slice(1).map((a) => {
     if (a.startsWith('--port=')) return `--port=${port}`;
     if (a.startsWith('--ready-file=')) return `--ready-file=${ready}`;
     return a;
   });
-  return {binary: parts[0], args, ready};
-}
-
-async function restartBroker() {
-  const {binary, args, ready} = brokerCommand();
-  const log = openSync(env('ANIMA_BROKER_LOG'), 'a');
-  const child = spawn(binary, args, {stdio: ['ignore', log, log], detached: true});
+  const log = openSync(procFile(name, 'restarted.log'), 'a');
+  const child = spawn(parts[0], args, {stdio: ['ignore', log, log], detached: true});
   child.unref();
-  writeFileSync(env('ANIMA_BROKER_PID_FILE'), String(child.pid));
+  writeFileSync(procFile(name, 'restarted.pid'), String(child.pid));
   const deadline = Date.now() + 30000;
   while (Date.now() < deadline) {
-    if (existsSync(ready) && readFileSync(ready, 'utf8').includes('grpc')) return;
-    if (child.exitCode !== null) fail(`the restarted broker exited (${child.exitCode})`);
+    if (existsSync(ready) && readFileSync(ready, 'utf8').includes(port)) return;
+    if (child.exitCode !== null) fail(`the restarted ${name} exited (${child.exitCode})`);
     await new Promise((r) => setTimeout(r, 100));
   }
-  fail('the restarted broker wrote no ready file in 30 s');
+  fail(`the restarted ${name} wrote no ready file in 30 s`);
+}
+
+// A job that waits in `generating`: the simulator answers a "Slow task:" after 30 s.
+async function submitSlowJob(page) {
+  await page.$eval('#job-task', (t) => { t.value = ''; });
+  await page.$eval('#job-tests', (t) => { t.value = ''; });
+  await page.type('#job-task', 'Slow task: write f() returning 1 in solution.py');
+  await page.$eval('#job-attempts', (t) => { t.value = '1'; });
+  await page.click('#job-form button[type=submit]');
+  await waitFor(page, 'the slow job to be generating', () => {
+    const card = document.querySelector('#jobs .job');
+    return card && card.querySelector('.stages li[data-stage="generating"]');
+  });
 }
 
 // ------------------------------------------------------------------ in-page readers
@@ -297,16 +327,7 @@ async function main() {
       });
 
     await run('a reload in the middle of a job rebuilds its bar and stage history', async () => {
-      // The simulator answers a "Slow task:" after 30 s: the job waits in `generating`.
-      await page.$eval('#job-task', (t) => { t.value = ''; });
-      await page.$eval('#job-tests', (t) => { t.value = ''; });
-      await page.type('#job-task', 'Slow task: write f() returning 1 in solution.py');
-      await page.$eval('#job-attempts', (t) => { t.value = '1'; });
-      await page.click('#job-form button[type=submit]');
-      await waitFor(page, 'the slow job to be generating', () => {
-        const card = document.querySelector('#jobs .job');
-        return card && card.querySelector('.stages li[data-stage="generating"]');
-      });
+      await submitSlowJob(page);
       const before = await page.evaluate(() => {
         const card = document.querySelector('#jobs .job');
         return {id: card.dataset.jobId, value: card.querySelector('progress').value,
@@ -343,6 +364,71 @@ async function main() {
       if (watching && watching.includes(before.id)) fail('the ended job is still remembered');
     });
 
+    let healthyHarmony = 0;
+    await run('killing the broker turns its tiles down and harmony drops', async () => {
+      await waitFor(page, 'llm-broker healthy', () => [...document.querySelectorAll(
+        '#modules .tile')].some((t) => t.dataset.module === 'llm-broker' &&
+        t.dataset.status === 'healthy'));
+      healthyHarmony = await page.evaluate(harmony);
+      await gone(stopService('anima-llm-broker', 'SIGKILL'));
+      await waitFor(page, 'an llm-broker tile down and harmony lower', (h) =>
+        [...document.querySelectorAll('#modules .tile')].some((t) =>
+          t.dataset.module.startsWith('llm-broker') && t.dataset.status === 'down') &&
+        Number(document.getElementById('harmony-meter').value) < h, healthyHarmony);
+      const tiles = await page.evaluate(readTiles);
+      const down = tiles.filter((t) => t.status === 'down').map((t) => t.name);
+      const h = await page.evaluate(harmony);
+      console.log(`  harmony ${healthyHarmony} → ${h}; down: ${down.join(', ')}`);
+      await shot(page, '07-broker-down');
+    });
+
+    await run('the broker restarted on its port turns its tiles healthy again', async () => {
+      await restartService('anima-llm-broker');
+      await waitFor(page, 'every llm-broker tile healthy again', () => {
+        const tiles = [...document.querySelectorAll('#modules .tile')]
+          .filter((t) => t.dataset.module.startsWith('llm-broker') &&
+            !t.classList.contains('gone'));
+        return tiles.length > 0 && tiles.every((t) => t.dataset.status === 'healthy');
+      });
+      await waitFor(page, 'harmony back up', (h) =>
+        Number(document.getElementById('harmony-meter').value) >= h, healthyHarmony);
+      await shot(page, '08-broker-back');
+    });
+
+    await run('the gateway shutting down (1001): reconnecting, then back, following a job again',
+      async () => {
+        await submitSlowJob(page);
+        const jobId = await page.$eval('#jobs .job', (c) => c.dataset.jobId);
+        // The browser logs its failed attempts while the gateway is away.
+        allowed = [/WebSocket connection to .* failed/, /ERR_CONNECTION_REFUSED/,
+          /Failed to load resource/, /requestfailed: .*config\.json/];
+        await gone(stopService('anima-gateway', 'SIGTERM'));
+        await waitFor(page, 'the reconnecting status', () =>
+          document.getElementById('conn-status').dataset.state === 'reconnecting');
+        const text = await page.$eval('#conn-text', (e) => e.textContent);
+        if (!/reconnecting/.test(text)) fail(`status: ${text}`);
+        const stale = await page.$eval('#state-ts', (e) => e.textContent);
+        if (!/disconnected/.test(stale)) fail(`the state is not marked old: ${stale}`);
+        await shot(page, '09-gateway-away', false);
+        await restartService('anima-gateway');
+        await waitFor(page, 'connected again', () =>
+          document.getElementById('conn-status').dataset.state === 'connected');
+        await waitFor(page, 'the job followed again (a new live stage)', (id) => {
+          const card = document.querySelector(`#jobs .job[data-job-id="${id}"]`);
+          return card && card.dataset.status === 'running' &&
+            card.querySelector('.error').hidden;
+        }, jobId);
+        await page.click(`#jobs .job[data-job-id="${jobId}"] .job-head button`);
+        await waitFor(page, 'the job cancelled', (id) => {
+          const card = document.querySelector(`#jobs .job[data-job-id="${id}"]`);
+          return card.dataset.status === 'cancelled' &&
+            card.querySelector('.stages li[data-stage="cancelled"]');
+        }, jobId);
+        const seqs = await page.$$eval(`#jobs .job[data-job-id="${jobId}"] .stages li`,
+          (lis) => lis.map((li) => Number(li.dataset.seq)));
+        if (seqs.some((seq, i) => seq !== i + 1)) fail(`stage history seqs: ${seqs.join(' ')}`);
+      });
+
     await run('the job list shows the demo job, and "watch" shows it again', async () => {
       await page.click('#joblist-refresh');
       await waitFor(page, 'the demo job in the list', (id) => {
@@ -359,37 +445,6 @@ async function main() {
           card.querySelector('.file[data-highlighted="true"]') &&
           card.querySelector('.stages li[data-stage="retrying"]');
       }, demoJob);
-    });
-
-    let healthyHarmony = 0;
-    await run('killing the broker turns its tiles down and harmony drops', async () => {
-      await waitFor(page, 'llm-broker healthy', () => [...document.querySelectorAll(
-        '#modules .tile')].some((t) => t.dataset.module === 'llm-broker' &&
-        t.dataset.status === 'healthy'));
-      healthyHarmony = await page.evaluate(harmony);
-      process.kill(Number(env('ANIMA_BROKER_PID')), 'SIGKILL');
-      await waitFor(page, 'an llm-broker tile down and harmony lower', (h) =>
-        [...document.querySelectorAll('#modules .tile')].some((t) =>
-          t.dataset.module.startsWith('llm-broker') && t.dataset.status === 'down') &&
-        Number(document.getElementById('harmony-meter').value) < h, healthyHarmony);
-      const tiles = await page.evaluate(readTiles);
-      const down = tiles.filter((t) => t.status === 'down').map((t) => t.name);
-      const h = await page.evaluate(harmony);
-      console.log(`  harmony ${healthyHarmony} → ${h}; down: ${down.join(', ')}`);
-      await shot(page, '07-broker-down');
-    });
-
-    await run('the broker restarted on its port turns its tiles healthy again', async () => {
-      await restartBroker();
-      await waitFor(page, 'every llm-broker tile healthy again', () => {
-        const tiles = [...document.querySelectorAll('#modules .tile')]
-          .filter((t) => t.dataset.module.startsWith('llm-broker') &&
-            !t.classList.contains('gone'));
-        return tiles.length > 0 && tiles.every((t) => t.dataset.status === 'healthy');
-      });
-      await waitFor(page, 'harmony back up', (h) =>
-        Number(document.getElementById('harmony-meter').value) >= h, healthyHarmony);
-      await shot(page, '08-broker-back');
     });
 
     await run('screenshots for the docs: desktop and phone', async () => {
