@@ -698,6 +698,7 @@
 
   function bindJob(card, jobId) {
     card.jobId = jobId;
+    card.parts.cancel.setAttribute('aria-label', `Cancel job ${jobId}`);
     card.node.dataset.jobId = jobId;
     card.parts.id.textContent = jobId;
     jobs.cards.set(jobId, card);

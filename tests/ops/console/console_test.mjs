@@ -460,7 +460,7 @@ async function main() {
       await page.select('#chat-strategy', 'failover');
       await page.evaluate(() => document.activeElement && document.activeElement.blur());
       await shot(page, 'console-desktop');
-      await page.setViewport({width: 390, height: 844, isMobile: true, hasTouch: true});
+      await page.setViewport({width: 390, height: 844});
       await page.evaluate(() => window.scrollTo(0, 0));
       await shot(page, 'console-phone', false);
       await shot(page, 'console-phone-full');
