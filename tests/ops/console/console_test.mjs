@@ -106,10 +106,14 @@ function stopService(name, signal) {
   return pid;
 }
 
+// Waits until pid has exited: no longer in /proc, or a zombie (system.sh's processes are
+// children of the shell, which reaps them only at its end).
 async function gone(pid) {
   const deadline = Date.now() + 30000;
   while (Date.now() < deadline) {
-    try { process.kill(pid, 0); } catch (e) { return; }
+    let stat = '';
+    try { stat = readFileSync(`/proc/${pid}/stat`, 'utf8'); } catch (e) { return; }
+    if (/^\d+ \(.*\) Z/.test(stat)) return;
     await new Promise((r) => setTimeout(r, 100));
   }
   fail(`pid ${pid} still running 30 s after it was told to stop`);
@@ -413,17 +417,27 @@ async function main() {
         await restartService('anima-gateway');
         await waitFor(page, 'connected again', () =>
           document.getElementById('conn-status').dataset.state === 'connected');
-        await waitFor(page, 'the job followed again (a new live stage)', (id) => {
+        // Followed again: the error of the closed stream is gone and the card goes on (running,
+        // or ended with its final stage when the job outran the restart).
+        await waitFor(page, 'the job followed again', (id) => {
           const card = document.querySelector(`#jobs .job[data-job-id="${id}"]`);
-          return card && card.dataset.status === 'running' &&
-            card.querySelector('.error').hidden;
+          if (!card || !card.querySelector('.error').hidden) return false;
+          const s = card.dataset.status;
+          return s === 'running' ||
+            (['failed', 'cancelled', 'succeeded'].includes(s) &&
+             card.querySelector(`.stages li[data-stage="${s}"]`));
         }, jobId);
-        await page.click(`#jobs .job[data-job-id="${jobId}"] .job-head button`);
-        await waitFor(page, 'the job cancelled', (id) => {
-          const card = document.querySelector(`#jobs .job[data-job-id="${id}"]`);
-          return card.dataset.status === 'cancelled' &&
-            card.querySelector('.stages li[data-stage="cancelled"]');
-        }, jobId);
+        const status = await page.$eval(`#jobs .job[data-job-id="${jobId}"]`,
+          (c) => c.dataset.status);
+        if (status === 'running') {
+          // The stream is live: cancelling brings the `cancelled` stage through the watch.
+          await page.click(`#jobs .job[data-job-id="${jobId}"] .job-head button`);
+          await waitFor(page, 'the job cancelled', (id) => {
+            const card = document.querySelector(`#jobs .job[data-job-id="${id}"]`);
+            return card.dataset.status === 'cancelled' &&
+              card.querySelector('.stages li[data-stage="cancelled"]');
+          }, jobId);
+        }
         const seqs = await page.$$eval(`#jobs .job[data-job-id="${jobId}"] .stages li`,
           (lis) => lis.map((li) => Number(li.dataset.seq)));
         if (seqs.some((seq, i) => seq !== i + 1)) fail(`stage history seqs: ${seqs.join(' ')}`);
