@@ -2,7 +2,7 @@
 # Drives the web console (gateway/console/) in headless Chromium against the real binaries:
 # starts the whole system on free ports with auth on (system.sh), then runs
 # tests/ops/console/console_test.mjs (puppeteer-core), which checks the served headers, the key
-# form, streamed and fanout chat, the demo self-coding job, a reload in the middle of a job, the
+# form (and no form without auth), streamed and fanout chat, the demo self-coding job, a reload in the middle of a job, the
 # broker's tiles going down and up again around a kill and restart of the broker, the page
 # reconnecting to a gateway stopped (SIGTERM, close 1001) and started again, and the job list.
 # Screenshots of each state go to <build>/console-screenshots/.
@@ -74,6 +74,20 @@ for name in anima-llm-broker anima-gateway; do
 done
 
 export ANIMA_URL="http://127.0.0.1:${ANIMA_PORT[anima-gateway]}"
+
+# A second gateway on the same router without auth (loopback only), where the page must connect
+# without asking for a key.
+"$ANIMA_BIN_DIR/anima-gateway" --port=0 --metrics-port=0 --ready-file="$WORK/noauth.ready" \
+  --router="127.0.0.1:${ANIMA_PORT[anima-router]}" >"$WORK/system/noauth-gateway.log" 2>&1 &
+ANIMA_PIDS+=("$!")
+for _ in $(seq 300); do
+  python3 -c 'import json,sys; json.load(open(sys.argv[1]))' "$WORK/noauth.ready" 2>/dev/null &&
+    break
+  sleep 0.05
+done
+ANIMA_NOAUTH_URL="http://127.0.0.1:$(ready_port "$WORK/noauth.ready" http)" ||
+  { echo "FAIL: the gateway without auth did not start" >&2; exit 1; }
+export ANIMA_NOAUTH_URL
 export ANIMA_SCREENSHOTS="$BUILD_DIR/console-screenshots"
 export CHROMIUM
 mkdir -p "$ANIMA_SCREENSHOTS"

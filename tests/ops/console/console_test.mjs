@@ -189,6 +189,22 @@ async function main() {
       try { frames.push(JSON.parse(response.payloadData)); } catch (e) { /* not JSON */ }
     });
 
+    await run('without auth the page connects at once, with no key form', async () => {
+      const other = await browser.newPage();
+      const errors = [];
+      other.on('console', (m) => { if (m.type() === 'error') errors.push(m.text()); });
+      other.on('pageerror', (e) => errors.push(e.message));
+      await other.goto(env('ANIMA_NOAUTH_URL') + '/', {waitUntil: 'networkidle0'});
+      await waitFor(other, 'connected without a key', () =>
+        document.getElementById('conn-status').dataset.state === 'connected' &&
+        document.getElementById('connection').hidden &&
+        document.querySelectorAll('#modules .tile').length > 0);
+      const session = await other.$eval('#conn-session', (e) => e.textContent);
+      if (!/principal local/.test(session)) fail(`session: ${session}`);
+      if (errors.length) fail(`browser errors: ${errors.join('; ')}`);
+      await other.close();
+    });
+
     await run('the page loads, asks for a key, with no console error or failed request',
       async () => {
         await page.goto(URL_ + '/', {waitUntil: 'networkidle0'});
