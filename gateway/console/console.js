@@ -920,9 +920,17 @@
     if (tests.trim()) frame.tests = tests;
     const files = readFileRows();
     if (Object.keys(files).length) frame.files = files;
-    const card = makeCard(task);
     const id = newId('job');
     frame.id = id;
+    const max = conn.welcome && conn.welcome.limits && conn.welcome.limits.max_message_bytes;
+    const size = new Blob([JSON.stringify(frame)]).size;
+    if (max && size > max) {
+      formError.textContent = `The request is ${Math.ceil(size / 1024)} KiB, over the ` +
+        `gateway's ${Math.floor(max / 1024)} KiB per message: send smaller files.`;
+      show(formError, true);
+      return;
+    }
+    const card = makeCard(task);
     jobs.byRequest.set(id, card);
     send(frame, onJobError(card, id));
   }

@@ -3,8 +3,10 @@
 // "ok: ..." or "FAIL: ..." and the run stops at the first failure (later steps depend on it).
 import { createRequire } from 'node:module';
 import { spawn } from 'node:child_process';
-import { readFileSync, writeFileSync, existsSync, openSync } from 'node:fs';
+import { readFileSync, writeFileSync, existsSync, openSync, mkdtempSync, rmSync }
+  from 'node:fs';
 import { join } from 'node:path';
+import { tmpdir } from 'node:os';
 
 const require = createRequire(process.env.ANIMA_NODE_MODULES + '/');
 const puppeteer = require('puppeteer-core');
@@ -187,6 +189,10 @@ async function main() {
     const frames = [];
     cdp.on('Network.webSocketFrameReceived', ({response}) => {
       try { frames.push(JSON.parse(response.payloadData)); } catch (e) { /* not JSON */ }
+    });
+    const sent = [];
+    cdp.on('Network.webSocketFrameSent', ({response}) => {
+      try { sent.push(JSON.parse(response.payloadData)); } catch (e) { /* not JSON */ }
     });
 
     await run('without auth the page connects at once, with no key form', async () => {
@@ -384,21 +390,57 @@ async function main() {
       if (watching && watching.includes(before.id)) fail('the ended job is still remembered');
     });
 
+    await run('uploaded and typed files become the request\'s files', async () => {
+      const dir = mkdtempSync(join(tmpdir(), 'anima-console-'));
+      writeFileSync(join(dir, 'helper.py'), 'def helper():\n    return 1\n');
+      writeFileSync(join(dir, 'notes.txt'), 'notes\n');
+      const input = await page.$('#job-upload');
+      await input.uploadFile(join(dir, 'helper.py'), join(dir, 'notes.txt'));
+      await waitFor(page, 'two file rows', () =>
+        document.querySelectorAll('#job-files .file-row').length === 2);
+      await page.click('#job-add-file');
+      await page.type('#job-files .file-row:last-child .file-path', 'data/input.txt');
+      await page.type('#job-files .file-row:last-child .file-content', 'one two');
+      const before = sent.length;
+      await submitSlowJob(page);
+      const request = sent.slice(before).find((f) => f.type === 'self_coding_request');
+      if (!request) fail('no self_coding_request sent');
+      const want = {'helper.py': 'def helper():\n    return 1\n', 'notes.txt': 'notes\n',
+        'data/input.txt': 'one two'};
+      if (JSON.stringify(request.files) !== JSON.stringify(want)) {
+        fail(`files sent: ${JSON.stringify(request.files)}`);
+      }
+      if (request.max_attempts !== 1 || request.language !== 'python') {
+        fail(`request: ${JSON.stringify(request)}`);
+      }
+      await page.click('#jobs .job .job-head button');
+      await waitFor(page, 'the job cancelled', () =>
+        document.querySelector('#jobs .job').dataset.status === 'cancelled');
+      await page.$$eval('#job-files .file-row button', (bs) => bs.forEach((b) => b.click()));
+      rmSync(dir, {recursive: true});
+    });
+
     let healthyHarmony = 0;
     await run('killing the broker turns its tiles down and harmony drops', async () => {
       await waitFor(page, 'llm-broker healthy', () => [...document.querySelectorAll(
         '#modules .tile')].some((t) => t.dataset.module === 'llm-broker' &&
         t.dataset.status === 'healthy'));
       healthyHarmony = await page.evaluate(harmony);
+      // Tiles are updated in place: the same element before and after.
+      await page.$eval('#modules .tile[data-module="llm-broker"]', (t) => { t.__kept = true; });
       await gone(stopService('anima-llm-broker', 'SIGKILL'));
       await waitFor(page, 'an llm-broker tile down and harmony lower', (h) =>
         [...document.querySelectorAll('#modules .tile')].some((t) =>
           t.dataset.module.startsWith('llm-broker') && t.dataset.status === 'down') &&
         Number(document.getElementById('harmony-meter').value) < h, healthyHarmony);
+      const kept = await page.$eval('#modules .tile[data-module="llm-broker"]', (t) => t.__kept);
+      if (!kept) fail('the llm-broker tile was replaced, not updated in place');
       const tiles = await page.evaluate(readTiles);
       const down = tiles.filter((t) => t.status === 'down').map((t) => t.name);
       const h = await page.evaluate(harmony);
-      console.log(`  harmony ${healthyHarmony} → ${h}; down: ${down.join(', ')}`);
+      const goneTiles = tiles.filter((t) => t.gone).map((t) => t.name);
+      console.log(`  harmony ${healthyHarmony} → ${h}; down: ${down.join(', ')}; ` +
+        `gone: ${goneTiles.join(', ') || 'none'}`);
       await shot(page, '07-broker-down');
     });
 
