@@ -670,10 +670,11 @@
     };
     const progressId = newId('progress');
     parts.progress.id = progressId;
+    parts.progressLabel = el('label', {class: 'sr', for: progressId, text: 'Job progress'});
     const node = el('article', {class: 'job', 'data-status': 'queued'},
       el('div', {class: 'job-head'}, parts.id, parts.status, parts.cancel),
       parts.task,
-      el('label', {class: 'sr', for: progressId, text: 'Progress'}),
+      parts.progressLabel,
       parts.progress,
       el('p', {class: 'job-line'}, parts.percent, ' · ', parts.stage, parts.attempt, ' · ',
         parts.elapsed),
@@ -699,6 +700,7 @@
   function bindJob(card, jobId) {
     card.jobId = jobId;
     card.parts.cancel.setAttribute('aria-label', `Cancel job ${jobId}`);
+    card.parts.progressLabel.textContent = `Progress of job ${jobId}`;
     card.node.dataset.jobId = jobId;
     card.parts.id.textContent = jobId;
     jobs.cards.set(jobId, card);

@@ -519,6 +519,23 @@ async function main() {
       }, demoJob);
     });
 
+    await run('every control has an accessible name', async () => {
+      const tree = await page.accessibility.snapshot({interestingOnly: true});
+      const controls = new Set(['button', 'textbox', 'combobox', 'checkbox', 'spinbutton',
+        'link', 'progressbar', 'meter', 'slider']);
+      const unnamed = [];
+      let count = 0;
+      (function walk(node) {
+        if (controls.has(node.role)) {
+          count++;
+          if (!node.name || !node.name.trim()) unnamed.push(node.role);
+        }
+        for (const child of node.children || []) walk(child);
+      })(tree);
+      if (unnamed.length) fail(`controls without a name: ${unnamed.join(', ')}`);
+      console.log(`  ${count} controls, each named`);
+    });
+
     await run('screenshots for the docs: desktop and phone', async () => {
       await page.type('#chat-message', 'Hello, consciousness system!');
       await page.click('#chat-form button[type=submit]');
