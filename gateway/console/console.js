@@ -758,6 +758,18 @@
     p.history.insertBefore(item, after || null);
   }
 
+  // An ended job's card: its cancel button becomes a dismiss button.
+  function endCard(card) {
+    if (!card.parts.cancel.isConnected) return;
+    const dismiss = el('button', {type: 'button', class: 'ghost small dismiss', text: 'Dismiss',
+      'aria-label': `Dismiss job ${card.jobId || ''}`.trim(),
+      onclick: () => {
+        card.node.remove();
+        if (card.jobId && jobs.cards.get(card.jobId) === card) jobs.cards.delete(card.jobId);
+      }});
+    card.parts.cancel.replaceWith(dismiss);
+  }
+
   function onResult(card, f) {
     card.ended = true;
     clearInterval(card.ticker);
@@ -766,7 +778,7 @@
     saveWatching();
     const status = f.status || 'failed';
     setCardStatus(card, status);
-    card.parts.cancel.remove();
+    endCard(card);
     if (status === 'succeeded') {
       card.percent = 100;
       card.parts.progress.value = 100;
@@ -829,14 +841,14 @@
         setCardStatus(card, 'failed', 'refused');
         card.ended = true;
         clearInterval(card.ticker);
-        card.parts.cancel.remove();
+        endCard(card);
       } else if (frame.code === 'not_found' && !card.ended) {
         delete jobs.watching[card.jobId];
         saveWatching();
         setCardStatus(card, 'unknown', 'not found');
         card.ended = true;
         clearInterval(card.ticker);
-        card.parts.cancel.remove();
+        endCard(card);
       }
     };
   }

@@ -547,6 +547,9 @@ async function main() {
       await waitFor(page, 'three candidates', () =>
         document.querySelectorAll('#chat-log .turn:last-child .candidate').length === 3);
       await page.select('#chat-strategy', 'failover');
+      // Only the succeeded demo job stays in the picture.
+      await page.$$eval('#jobs .job:not([data-status="succeeded"]) .dismiss',
+        (bs) => bs.forEach((b) => b.click()));
       await page.evaluate(() => document.activeElement && document.activeElement.blur());
       await shot(page, 'console-desktop');
       await page.setViewport({width: 390, height: 844});
