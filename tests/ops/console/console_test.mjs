@@ -554,6 +554,8 @@ async function main() {
       await shot(page, 'console-desktop');
       await page.setViewport({width: 390, height: 844});
       await page.evaluate(() => window.scrollTo(0, 0));
+      const width = await page.evaluate(() => document.documentElement.scrollWidth);
+      if (width > 390) fail(`on a 390 px wide screen the page is ${width} px wide`);
       await shot(page, 'console-phone', false);
       await shot(page, 'console-phone-full');
       await page.setViewport({width: 1280, height: 900});
