@@ -221,6 +221,7 @@ const std::vector<std::string>& FrameTranslator::BuiltinTypes() {
                                                   "self_coding_request",
                                                   "self_coding_watch",
                                                   "self_coding_cancel",
+                                                  "self_coding_list",
                                                   "consciousness_query",
                                                   "subscribe",
                                                   "unsubscribe",
@@ -326,6 +327,12 @@ ParseResult FrameTranslator::Parse(std::string_view text) const {
           f.OptionalInteger("after_seq", 0, std::numeric_limits<int64_t>::max()).value_or(0));
     } else if (out.type == "self_coding_cancel") {
       env.mutable_self_coding_cancel()->set_job_id(f.RequiredString("job_id"));
+    } else if (out.type == "self_coding_list") {
+      auto* list = env.mutable_self_coding_list();
+      list->set_limit(static_cast<int32_t>(f.OptionalInteger("limit", 1, 100).value_or(20)));
+      list->set_status(
+          f.OptionalEnum("status", {"queued", "running", "succeeded", "failed", "cancelled"}, ""));
+      list->set_all_principals(f.OptionalBool("all").value_or(false));
     } else if (out.type == "consciousness_query") {
       env.mutable_consciousness_query();
     } else {

@@ -42,6 +42,36 @@ Json CauseJson(const anima::v1::ProviderCause& c) {
   return j;
 }
 
+// Of a job's task, what a list shows: its first kTaskPreviewChars characters (whole UTF-8
+// sequences), so that a list of long tasks stays small.
+constexpr size_t kTaskPreviewChars = 200;
+
+std::string TaskPreview(const std::string& task) {
+  size_t chars = 0;
+  for (size_t i = 0; i < task.size(); ++i) {
+    if ((static_cast<unsigned char>(task[i]) & 0xC0) == 0x80) continue;  // continuation byte
+    if (chars++ == kTaskPreviewChars) return task.substr(0, i) + "…";
+  }
+  return task;
+}
+
+// One entry of self_coding_jobs: what the job is and where it stands, without its files
+// (self_coding_watch replays the whole job).
+Json JobSummary(const anima::v1::Job& job) {
+  Json j = Json::object();
+  j["job_id"] = job.job_id();
+  j["status"] = job.status();
+  j["task"] = TaskPreview(job.task());
+  j["language"] = job.language();
+  j["attempts"] = job.attempts();
+  j["last_seq"] = job.last_seq();
+  j["created_at"] = job.created_at();
+  j["updated_at"] = job.updated_at();
+  j["principal"] = job.principal();
+  if (job.has_result() && !job.result().reason().empty()) j["reason"] = job.result().reason();
+  return j;
+}
+
 Json CandidateJson(const anima::v1::Candidate& c) {
   Json j = Json::object();
   j["provider"] = c.provider();
@@ -224,6 +254,15 @@ RenderedFrame FrameTranslator::Render(const anima::v1::Event& event, std::string
       j = Head(out.type, id);
       AddResult(event.self_coding_result(), j);
       break;
+    case Event::kSelfCodingJobs: {
+      out.type = "self_coding_jobs";
+      out.terminal = true;
+      j = Head(out.type, id);
+      Json jobs = Json::array();
+      for (const auto& job : event.self_coding_jobs().jobs()) jobs.push_back(JobSummary(job));
+      j["jobs"] = std::move(jobs);
+      break;
+    }
     case Event::kRawJson: {
       Json raw = Json::parse(event.raw_json(), nullptr, /*allow_exceptions=*/false);
       auto type = raw.is_object() ? raw.find("type") : raw.end();

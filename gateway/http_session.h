@@ -29,9 +29,9 @@ struct AcceptRefusal {
 };
 
 // One HTTP/1.1 connection on the gateway port, as in Beast's advanced_server: it answers
-// GET /healthz and /readyz, the web console (GET / and /console/*), POST /v1/chat/completions (the OpenAI-compatible API, one
-// Router.Dispatch per request, answered whole or as server-sent events), GET /v1/models and
-// /v1/usage, hands a WebSocket upgrade of / or /ws to a WsSession, and answers anything else 404.
+// GET /healthz and /readyz, the web console (GET / and /console/*), POST /v1/chat/completions
+// (the OpenAI-compatible API, one Router.Dispatch per request, answered whole or as server-sent
+// events), GET /v1/models and /v1/usage, hands a WebSocket upgrade of / or /ws to a WsSession, and answers anything else 404.
 // The API is held to the same limits as WebSocket sessions: the connection's message rate, the
 // principal's quotas, admission, the connection cap. Runs on its connection's strand; a quota
 // question (QuotaStore) is answered on it later, while no read is pending, so requests are still

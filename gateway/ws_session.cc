@@ -285,6 +285,12 @@ void WsSession::StartRequest(ParsedFrame frame, std::chrono::steady_clock::time_
   }
   std::shared_ptr<const Principal> principal = CurrentPrincipal(frame.id);
   if (!principal) return;  // revoked: the connection is closing
+  if (frame.envelope.self_coding_list().all_principals() && principal->role != Role::kAdmin) {
+    // Self-coding would list the caller's own jobs anyway; saying so is clearer.
+    context_.metrics->FrameReceived(frame.type, kInvalidMessage);
+    SendError(kInvalidMessage, "all: only an admin may list every principal's jobs", frame.id);
+    return;
+  }
   bool spends = frame.type == "chat" || frame.type == "self_coding_request";
   ++quota_pending_;
   awaiting_quota_.push_back(frame.id);

@@ -3,6 +3,7 @@
 #include <mutex>
 
 #include "absl/strings/str_cat.h"
+#include "grpc/health/v1/health.pb.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
 #include "services/common/grpc_metrics.h"
@@ -14,6 +15,10 @@ absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(
     prometheus::Registry& metrics) {
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  // gRPC's default health service is built without protobuf descriptors, so reflection could list
+  // grpc.health.v1.Health but not describe it. Naming one of its messages links health.proto's
+  // descriptor into every binary (the generated code registers it with the pool reflection reads).
+  (void)grpc::health::v1::HealthCheckRequest::descriptor();
   auto server = std::unique_ptr<GrpcServer>(new GrpcServer());
   grpc::ServerBuilder builder;
   // Clients reconnect, and so re-resolve, at least every 5 minutes, which spreads them over new

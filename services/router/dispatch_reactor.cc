@@ -96,6 +96,7 @@ void DispatchReactor::Route(uint64_t ticket) {
     case anima::v1::Envelope::kSelfCoding:
     case anima::v1::Envelope::kSelfCodingWatch:
     case anima::v1::Envelope::kSelfCodingCancel:
+    case anima::v1::Envelope::kSelfCodingList:
       StartSelfCoding();
       return;
     default:
@@ -224,6 +225,24 @@ void DispatchReactor::StartSelfCoding() {
           if (status.ok()) {
             Event event;
             *event.mutable_self_coding_result() = cancel_response_.result();
+            Emit(std::move(event), true);
+          } else {
+            EmitError(ErrorFromStatus(status, "self-coding"));
+          }
+          Release();
+        });
+    return;
+  }
+  if (envelope_.has_self_coding_list()) {
+    const auto& body = envelope_.self_coding_list();
+    list_request_.set_limit(body.limit());
+    list_request_.set_status(body.status());
+    list_request_.set_all_principals(body.all_principals());
+    deps_.self_coding->async()->List(
+        &downstream_, &list_request_, &list_response_, [this](grpc::Status status) {
+          if (status.ok()) {
+            Event event;
+            *event.mutable_self_coding_jobs() = std::move(list_response_);
             Emit(std::move(event), true);
           } else {
             EmitError(ErrorFromStatus(status, "self-coding"));

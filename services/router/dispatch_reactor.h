@@ -96,6 +96,8 @@ class DispatchReactor final : public grpc::ServerWriteReactor<anima::v1::Event> 
   anima::v1::WatchRequest watch_;
   anima::v1::CancelRequest cancel_request_;
   anima::v1::CancelResponse cancel_response_;
+  anima::v1::ListJobsRequest list_request_;
+  anima::v1::ListJobsResponse list_response_;
   anima::v1::ModuleRequest module_request_;
 
   std::atomic<int> refs_{1};

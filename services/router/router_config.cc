@@ -8,8 +8,12 @@
 namespace anima::router {
 
 const std::set<std::string>& BuiltInTypes() {
-  static const std::set<std::string> kTypes = {"chat", "consciousness_query", "self_coding_request",
-                                               "self_coding_watch", "self_coding_cancel"};
+  static const std::set<std::string> kTypes = {"chat",
+                                               "consciousness_query",
+                                               "self_coding_request",
+                                               "self_coding_watch",
+                                               "self_coding_cancel",
+                                               "self_coding_list"};
   return kTypes;
 }
 
@@ -40,13 +44,15 @@ RouterConfig DefaultRouterConfig() {
                   {"self_coding_request", Priority::kHigh},
                   {"self_coding_cancel", Priority::kHigh},
                   {"consciousness_query", Priority::kHigh},
-                  {"self_coding_watch", Priority::kNormal}};
+                  {"self_coding_watch", Priority::kNormal},
+                  {"self_coding_list", Priority::kNormal}};
   using std::chrono::milliseconds;
   c.deadlines = {{"chat", milliseconds(120000)},
                  {"consciousness_query", milliseconds(5000)},
                  {"self_coding_request", milliseconds(30 * 60 * 1000)},
                  {"self_coding_watch", milliseconds(30 * 60 * 1000)},
-                 {"self_coding_cancel", milliseconds(10000)}};
+                 {"self_coding_cancel", milliseconds(10000)},
+                 {"self_coding_list", milliseconds(10000)}};
   return c;
 }
 

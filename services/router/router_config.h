@@ -36,7 +36,8 @@ struct RouterConfig {
 };
 
 // The defaults: chat, self_coding_request, self_coding_cancel and consciousness_query are high
-// (as in the original system), self_coding_watch normal, any other type normal.
+// (as in the original system), self_coding_watch and self_coding_list normal, any other type
+// normal.
 RouterConfig DefaultRouterConfig();
 
 // Parses and validates a configuration file's JSON on top of the defaults. Errors name the field:

@@ -8,11 +8,12 @@
 namespace anima::router {
 
 std::string TypeLabel(const std::string& type) {
-  static const std::array<const char*, 6> kKnown = {"chat",
+  static const std::array<const char*, 7> kKnown = {"chat",
                                                     "consciousness_query",
                                                     "self_coding_request",
                                                     "self_coding_watch",
                                                     "self_coding_cancel",
+                                                    "self_coding_list",
                                                     "module"};
   for (const char* k : kKnown) {
     if (type == k) return type;

@@ -23,6 +23,7 @@ struct CliOptions {
   std::string conversation_id;
 
   bool compact = false;
+  bool json = false;  // state/jobs: print the frames, not tables
   bool all = false;
   bool raw_binary = false;
 
@@ -33,6 +34,8 @@ struct CliOptions {
   std::string out_dir;       // code/watch: write the result's files here
   int max_attempts = 0;      // code: 0 is the service's default (3)
   int64_t after_seq = 0;     // watch: the events after this one
+  std::string status;        // jobs: only jobs with this status
+  int limit = 0;             // jobs: how many, newest first (0: the gateway's default, 20)
 };
 
 // Exit codes shared by every subcommand.
@@ -51,6 +54,9 @@ int RunSend(const CliOptions& options, const std::string& frame_or_dash);
 int RunState(const CliOptions& options);
 // `watch-state`: every consciousness_state broadcast, until Ctrl-C or --timeout-ms.
 int RunWatchState(const CliOptions& options);
+// `jobs`: the principal's self-coding jobs (every principal's with --all, admins only), newest
+// first, as a table.
+int RunJobs(const CliOptions& options);
 // `code "TASK"`: a self-coding job, its progress drawn until its result, which is printed (and
 // its files written with --out). Exit 0 when it succeeded, 1 when it failed or was cancelled.
 int RunCode(const CliOptions& options, const std::vector<std::string>& task_words);

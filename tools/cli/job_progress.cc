@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "tools/cli/tables.h"
 
 namespace anima::cli {
 
@@ -11,25 +12,6 @@ namespace {
 
 constexpr int kBarCells = 20;
 constexpr int kMinBarCells = 10;
-
-// Code points, which is what a terminal advances by for the text Anima sends (no wide
-// characters are assumed).
-size_t Columns(const std::string& s) {
-  return static_cast<size_t>(
-      std::count_if(s.begin(), s.end(), [](char c) { return (c & 0xC0) != 0x80; }));
-}
-
-// The first `columns` code points of `s`, never cutting one in half.
-std::string CutToColumns(const std::string& s, size_t columns) {
-  size_t seen = 0;
-  for (size_t i = 0; i < s.size(); ++i) {
-    if ((s[i] & 0xC0) != 0x80) {
-      if (seen == columns) return s.substr(0, i);
-      ++seen;
-    }
-  }
-  return s;
-}
 
 int IntField(const nlohmann::json& frame, const char* name, int fallback) {
   auto it = frame.find(name);

@@ -22,9 +22,10 @@ commands:
       self_coding_result, subscribed, unsubscribed). --all prints everything, broadcasts
       included, until Ctrl-C or --timeout-ms.
   state
-      Asks for the consciousness state once and prints it.
+      Asks for the consciousness state once and prints it as a table: harmony, load, and one
+      row per module (--json: the frame itself).
   watch-state
-      Prints every consciousness_state broadcast until Ctrl-C (or --timeout-ms).
+      Prints every consciousness_state broadcast until Ctrl-C (or --timeout-ms), as state does.
   code [--tests FILE] [--files DIR] [--language L] [--max-attempts N] [--out DIR] "task"
   code --request FILE [...]
       Submits a self-coding job and follows it: a live progress bar (percent, stage, attempt,
@@ -35,6 +36,9 @@ commands:
       frame in a file (docs/examples/self-coding-demo.json); flags and a task given override it.
   watch JOB [--after SEQ] [--out DIR]
       Follows a job already submitted, as code does, from the events after SEQ.
+  jobs [--status S] [--limit N] [--all]
+      Lists your self-coding jobs, newest first: id, status, attempts, language, last update,
+      task (--all: every principal's, admins only; --json: the frame itself).
 
 exit codes: 0 ok, 1 an error frame (or code/watch: the job failed), 2 usage, 3 timeout,
             4 connection failed or ended early, 130 interrupted.
@@ -61,8 +65,11 @@ int main(int argc, char** argv) {
   flags.Add("system", &o.system, "", "chat: system prompt");
   flags.Add("strategy", &o.strategy, "", "chat: failover, hedge, race or fanout");
   flags.Add("conversation-id", &o.conversation_id, "", "chat: continue this conversation");
-  flags.Add("compact", &o.compact, "", "send/state: print frames on one line");
-  flags.Add("all", &o.all, "", "send: print every frame, broadcasts included, until timeout");
+  flags.Add("compact", &o.compact, "", "send/state/jobs: print frames on one line");
+  flags.Add("json", &o.json, "", "state/jobs: print the frames (indented), not tables");
+  flags.Add("all", &o.all, "",
+            "send: print every frame, broadcasts included, until timeout; jobs: every "
+            "principal's jobs (admins)");
   flags.Add("raw-binary", &o.raw_binary, "", "send: send the frames as binary WebSocket frames");
   flags.Add("request", &o.request_file, "", "code: a self_coding_request frame (JSON file)");
   flags.Add("language", &o.language, "", "code: python (default) or cpp");
@@ -71,6 +78,9 @@ int main(int argc, char** argv) {
   flags.Add("max-attempts", &o.max_attempts, "", "code: 1 to 5; 0 leaves it to the service (3)");
   flags.Add("out", &o.out_dir, "", "code/watch: write the result's files under this directory");
   flags.Add("after", &o.after_seq, "", "watch: only the events after this seq");
+  flags.Add("status", &o.status, "",
+            "jobs: only queued, running, succeeded, failed or cancelled jobs");
+  flags.Add("limit", &o.limit, "", "jobs: at most this many (1 to 100; 0: 20)");
 
   if (auto s = flags.Parse(argc, argv); !s.ok()) {
     std::cerr << "anima-cli: " << s.message() << "\n";
@@ -94,11 +104,12 @@ int main(int argc, char** argv) {
     }
     if (command == "code") return anima::cli::RunCode(o, rest);
     if (command == "watch") return anima::cli::RunWatch(o, rest);
-    if (command == "state" || command == "watch-state") {
+    if (command == "state" || command == "watch-state" || command == "jobs") {
       if (!rest.empty()) {
         std::cerr << "anima-cli: " << command << " takes no arguments\n";
         return anima::cli::kExitUsage;
       }
+      if (command == "jobs") return anima::cli::RunJobs(o);
       return command == "state" ? anima::cli::RunState(o) : anima::cli::RunWatchState(o);
     }
     std::cerr << "anima-cli: unknown command \"" << command << "\"; see --help\n";

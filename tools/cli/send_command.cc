@@ -5,6 +5,7 @@
 #include "tools/cli/command_session.h"
 #include "tools/cli/commands.h"
 #include "tools/cli/frame_rules.h"
+#include "tools/cli/tables.h"
 
 namespace anima::cli {
 
@@ -117,7 +118,12 @@ class StateSession : public CommandSession {
       return;
     }
     if (type == "consciousness_state" && (watch_ || id == "cli-state")) {
-      PrintFrame(text, frame, options().compact);
+      if (options().json || options().compact) {
+        PrintFrame(text, frame, options().compact);
+      } else {
+        std::cout << (printed_ ? "\n" : "") << StateTable(frame) << std::flush;
+        printed_ = true;
+      }
       if (!watch_) Finish(kExitOk);
       return;
     }
@@ -132,6 +138,7 @@ class StateSession : public CommandSession {
   void OnInterrupt() override { Finish(watch_ ? kExitOk : kExitInterrupted); }
 
   const bool watch_;
+  bool printed_ = false;
 };
 
 }  // namespace

@@ -451,6 +451,75 @@ TEST_F(GatewayTest, HttpEndpoints) {
   EXPECT_EQ(HttpRequest(gateway_->port("http"), "GET", "/nothing-here").status, 404);
 }
 
+TEST_F(GatewayTest, ServesTheConsoleWithStrictHeadersAndKeepsTheUpgradeOnSlash) {
+  StartGateway();
+  int port = gateway_->port("http");
+  auto page = HttpRequest(port, "GET", "/");
+  ASSERT_EQ(page.status, 200);
+  EXPECT_EQ(page.headers["content-type"], "text/html; charset=utf-8");
+  EXPECT_EQ(page.headers["cache-control"], "no-cache");
+  EXPECT_EQ(page.headers["x-content-type-options"], "nosniff");
+  EXPECT_EQ(page.headers["x-frame-options"], "DENY");
+  const std::string& csp = page.headers["content-security-policy"];
+  EXPECT_NE(csp.find("default-src 'none'"), std::string::npos) << csp;
+  EXPECT_NE(csp.find("script-src 'self';"), std::string::npos) << csp;
+  EXPECT_EQ(csp.find("unsafe"), std::string::npos) << csp;
+  EXPECT_NE(page.body.find("<script src=\"/console/console.js\""), std::string::npos);
+  // No inline script: every <script> loads a file of the gateway's own.
+  for (size_t at = page.body.find("<script"); at != std::string::npos;
+       at = page.body.find("<script", at + 1)) {
+    EXPECT_EQ(page.body.compare(at, 21, "<script src=\"/console"), 0) << page.body.substr(at, 60);
+  }
+  EXPECT_EQ(HttpRequest(port, "GET", "/index.html").body, page.body);
+
+  struct Expected {
+    const char* path;
+    const char* type;
+  };
+  for (auto [path, type] : {Expected{"/console/console.js", "text/javascript; charset=utf-8"},
+                            Expected{"/console/console.css", "text/css; charset=utf-8"},
+                            Expected{"/console/highlight.js", "text/javascript; charset=utf-8"},
+                            Expected{"/console/icon.svg", "image/svg+xml"},
+                            Expected{"/console/third-party.txt", "text/plain; charset=utf-8"}}) {
+    auto asset = HttpRequest(port, "GET", path);
+    EXPECT_EQ(asset.status, 200) << path;
+    EXPECT_EQ(asset.headers["content-type"], type) << path;
+    EXPECT_FALSE(asset.body.empty()) << path;
+    // Revalidation: the same ETag is answered 304 without a body.
+    const std::string etag = asset.headers["etag"];
+    ASSERT_EQ(etag.size(), 22u) << path << ": " << etag;
+    auto again = HttpRequest(port, "GET", path, "", {{"If-None-Match", etag}});
+    EXPECT_EQ(again.status, 304) << path;
+    EXPECT_EQ(again.body, "") << path;
+    auto head = HttpRequest(port, "HEAD", path);
+    EXPECT_EQ(head.status, 200);
+    EXPECT_EQ(head.body, "");
+    EXPECT_EQ(head.headers["content-length"], std::to_string(asset.body.size()));
+  }
+  EXPECT_NE(HttpRequest(port, "GET", "/console/highlight.js").body.find("registerLanguage('cpp'"),
+            std::string::npos);
+  EXPECT_NE(HttpRequest(port, "GET", "/console/third-party.txt").body.find("BSD"),
+            std::string::npos);
+  auto config = HttpRequest(port, "GET", "/console/config.json");
+  EXPECT_EQ(config.status, 200);
+  EXPECT_EQ(nlohmann::json::parse(config.body)["auth_required"], false) << config.body;
+  EXPECT_EQ(HttpRequest(port, "GET", "/console/nothing.js").status, 404);
+  EXPECT_EQ(HttpRequest(port, "GET", "/console/../console/console.js").status, 404);
+  EXPECT_EQ(HttpRequest(port, "POST", "/", "x").status, 404);
+
+  // The WebSocket upgrade of / is unchanged.
+  WsClient ws;
+  ASSERT_TRUE(ws.Connect(port, "/"));
+  EXPECT_TRUE(ws.ReadUntil("welcome", "", 5s));
+}
+
+TEST_F(GatewayTest, ConsoleCanBeTurnedOff) {
+  StartGateway({"--console=false"});
+  EXPECT_EQ(HttpRequest(gateway_->port("http"), "GET", "/").status, 404);
+  EXPECT_EQ(HttpRequest(gateway_->port("http"), "GET", "/console/console.js").status, 404);
+  EXPECT_EQ(HttpRequest(gateway_->port("http"), "GET", "/console/config.json").status, 404);
+}
+
 TEST_F(GatewayTest, MetricsCountConnectionsFramesAndErrors) {
   StartGateway();
   auto ws = Connect();
@@ -794,6 +863,11 @@ TEST_F(GatewayTest, AuthTokensOnTheUpgradeAndExpiryMidConnection) {
                                                 {"Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="}};
   auto refused = HttpRequest(port, "GET", "/", "", upgrade);
   EXPECT_EQ(refused.status, 401);
+  // The console's page holds no data and needs no key; it learns that it must ask for one.
+  EXPECT_EQ(HttpRequest(port, "GET", "/").status, 200);
+  EXPECT_EQ(
+      nlohmann::json::parse(HttpRequest(port, "GET", "/console/config.json").body)["auth_required"],
+      true);
   EXPECT_EQ(refused.headers["www-authenticate"], "Bearer");
   WsClient nobody;
   EXPECT_FALSE(nobody.Connect(port, "/"));

@@ -57,7 +57,10 @@ class TenantsSystemTest : public ::testing::Test {
       if (!f) return json();
       if ((*f)["id"] != id) continue;
       std::string type = (*f)["type"];
-      if (type == "chat_response" || type == "error" || type == "self_coding_result") return *f;
+      if (type == "chat_response" || type == "error" || type == "self_coding_result" ||
+          type == "self_coding_jobs") {
+        return *f;
+      }
     }
   }
 
@@ -150,6 +153,32 @@ TEST_F(TenantsSystemTest, JobsAreThePrincipalsAndTheAdminSeesAll) {
   json admin = Answer(*ops, {{"type", "self_coding_watch"}, {"id", "w3"}, {"job_id", job_id}});
   EXPECT_EQ(admin["type"], "self_coding_result");
   EXPECT_EQ(admin["status"], "succeeded");
+
+  // Lists: each principal's own jobs; every principal's for the admin who asks for all.
+  auto listed = [&](WsClient& who, const json& frame) {
+    json answer = Answer(who, frame);
+    EXPECT_EQ(answer["type"], "self_coding_jobs") << answer.dump();
+    std::optional<json> found;
+    for (const json& job : answer.value("jobs", json::array())) {
+      if (job["job_id"] == job_id) found = job;
+    }
+    return found;
+  };
+  auto mine = listed(*alice, {{"type", "self_coding_list"}, {"id", "l1"}});
+  ASSERT_TRUE(mine);
+  EXPECT_EQ((*mine)["status"], "succeeded");
+  EXPECT_EQ((*mine)["principal"], "alice");
+  EXPECT_EQ((*mine)["attempts"], 2);
+  // The demo's task is over 200 characters: a list shows its start.
+  EXPECT_EQ((*mine)["task"], demo["task"].get<std::string>().substr(0, 200) + "…");
+  EXPECT_FALSE(listed(*bob, {{"type", "self_coding_list"}, {"id", "l2"}}));
+  EXPECT_FALSE(listed(*ops, {{"type", "self_coding_list"}, {"id", "l3"}}));
+  auto all = listed(*ops, {{"type", "self_coding_list"}, {"id", "l4"}, {"all", true}});
+  ASSERT_TRUE(all);
+  EXPECT_EQ((*all)["principal"], "alice");
+  EXPECT_FALSE(listed(*alice, {{"type", "self_coding_list"}, {"id", "l5"}, {"status", "failed"}}));
+  json refused = Answer(*bob, {{"type", "self_coding_list"}, {"id", "l6"}, {"all", true}});
+  EXPECT_EQ(refused["code"], "invalid_message") << refused.dump();
 }
 
 TEST_F(TenantsSystemTest, JobsInFlightIsAQuota) {

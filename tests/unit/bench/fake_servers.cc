@@ -205,6 +205,31 @@ void FakeGateway::Serve(std::shared_ptr<tcp::socket> socket) {
           send(event);
         }
         send(FakeJobResult(id, fail));
+      } else if (type == "self_coding_list") {
+        // The scripted job, unless asked for another status; with `all`, another principal's too.
+        nlohmann::json jobs = nlohmann::json::array();
+        if (frame.value("status", "succeeded") == "succeeded") {
+          jobs.push_back({{"job_id", kFakeJobId},
+                          {"status", "succeeded"},
+                          {"task", "write f\x1b]0;pwned\x07 quickly"},
+                          {"language", "python"},
+                          {"attempts", 2},
+                          {"last_seq", 6},
+                          {"created_at", "2026-12-01T10:00:00.000Z"},
+                          {"updated_at", "2026-12-01T10:01:00.000Z"},
+                          {"principal", "local"}});
+        }
+        if (frame.value("all", false)) {
+          jobs.push_back({{"job_id", "job-other"},
+                          {"status", "failed"},
+                          {"reason", "tests failed after 3 attempts"},
+                          {"task", std::string(100, 'x')},
+                          {"language", "cpp"},
+                          {"attempts", 3},
+                          {"updated_at", "2026-12-01T09:00:00.000Z"},
+                          {"principal", "alice"}});
+        }
+        send({{"type", "self_coding_jobs"}, {"id", id}, {"jobs", jobs}});
       } else if (type == "ping") {
         send({{"type", "pong"}, {"id", id}});
       } else if (type == "consciousness_query") {

@@ -168,6 +168,44 @@ TEST_F(CliBinaryTest, StatePrintsTheAnswer) {
   EXPECT_EQ(r.out, "{\"harmony\":1.0,\"id\":\"cli-state\",\"type\":\"consciousness_state\"}\n");
 }
 
+TEST_F(CliBinaryTest, StateIsATableUnlessJsonIsAskedFor) {
+  CliRun table = RunCli({"state", "--url", gateway_.url()});
+  EXPECT_EQ(table.exit_code, 0) << table.err;
+  EXPECT_TRUE(Has(table.out, "harmony 1.000")) << table.out;
+  EXPECT_TRUE(Has(table.out, "MODULE  KIND  STATUS  IN FLIGHT  REQ/S  ERRORS  P95 MS  DETAIL\n"))
+      << table.out;
+  CliRun json = RunCli({"state", "--json", "--url", gateway_.url()});
+  EXPECT_EQ(json.exit_code, 0) << json.err;
+  EXPECT_TRUE(Has(json.out, "\"type\": \"consciousness_state\"")) << json.out;
+}
+
+TEST_F(CliBinaryTest, JobsListsThemAsATable) {
+  CliRun r = RunCli({"jobs", "--url", gateway_.url()});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_TRUE(Has(r.out, "JOB       STATUS     ATTEMPTS  LANGUAGE  UPDATED              TASK\n"))
+      << r.out;
+  EXPECT_TRUE(Has(r.out,
+                  "job-fake  succeeded         2  python    2026-12-01 10:01:00  "
+                  "write f]0;pwned quickly\n"))
+      << r.out;
+  EXPECT_FALSE(Has(r.out, "\x1b")) << "a task's escapes are not printed";
+  EXPECT_FALSE(Has(r.out, "PRINCIPAL"));
+
+  CliRun all = RunCli({"jobs", "--all", "--url", gateway_.url()});
+  EXPECT_EQ(all.exit_code, 0) << all.err;
+  EXPECT_TRUE(Has(all.out, "PRINCIPAL")) << all.out;
+  EXPECT_TRUE(Has(all.out, "failed (tests failed after 3 attempts)")) << all.out;
+  EXPECT_TRUE(Has(all.out, "alice")) << all.out;
+  EXPECT_TRUE(Has(all.out, std::string(59, 'x') + "…\n")) << "long tasks are cut: " << all.out;
+
+  CliRun none = RunCli({"jobs", "--status", "failed", "--url", gateway_.url()});
+  EXPECT_EQ(none.exit_code, 0) << none.err;
+  EXPECT_EQ(none.out, "no jobs\n");
+  CliRun json = RunCli({"jobs", "--compact", "--url", gateway_.url()});
+  EXPECT_TRUE(Has(json.out, "\"type\":\"self_coding_jobs\"")) << json.out;
+  EXPECT_EQ(RunCli({"jobs", "extra", "--url", gateway_.url()}).exit_code, 2);
+}
+
 TEST_F(CliBinaryTest, ConnectionRefusedAndBadUsage) {
   int closed_port = 0;
   {

@@ -292,6 +292,24 @@ TEST_F(ParseTest, SelfCodingCancel) {
   ExpectFieldError(R"({"type":"self_coding_cancel","job_id":7})", "self_coding_cancel.job_id");
 }
 
+TEST_F(ParseTest, SelfCodingList) {
+  ParsedFrame f = Ok(R"({"type":"self_coding_list","limit":5,"status":"running","all":true})");
+  EXPECT_EQ(f.kind, ParsedFrame::Kind::kRouted);
+  EXPECT_EQ(f.envelope.self_coding_list().limit(), 5);
+  EXPECT_EQ(f.envelope.self_coding_list().status(), "running");
+  EXPECT_TRUE(f.envelope.self_coding_list().all_principals());
+  ParsedFrame d = Ok(R"({"type":"self_coding_list"})");
+  EXPECT_TRUE(d.envelope.has_self_coding_list());
+  EXPECT_EQ(d.envelope.self_coding_list().limit(), 20);
+  EXPECT_EQ(d.envelope.self_coding_list().status(), "");
+  EXPECT_FALSE(d.envelope.self_coding_list().all_principals());
+  ExpectFieldError(R"({"type":"self_coding_list","limit":0})", "self_coding_list.limit");
+  ExpectFieldError(R"({"type":"self_coding_list","limit":101})", "self_coding_list.limit");
+  ExpectFieldError(R"({"type":"self_coding_list","limit":"5"})", "self_coding_list.limit");
+  ExpectFieldError(R"({"type":"self_coding_list","status":"done"})", "self_coding_list.status");
+  ExpectFieldError(R"({"type":"self_coding_list","all":"yes"})", "self_coding_list.all");
+}
+
 TEST_F(ParseTest, SubscribeAndUnsubscribe) {
   ParsedFrame s = Ok(R"({"type":"subscribe","topics":["consciousness_state"]})");
   EXPECT_EQ(s.kind, ParsedFrame::Kind::kSubscribe);
@@ -407,6 +425,41 @@ TEST(RenderTest, ChatResponseCandidates) {
                 "latency_ms":10})"));
   EXPECT_EQ(j["candidates"][1],
             Json::parse(R"({"provider":"gemini","error":{"code":"http_429","message":"quota"}})"));
+}
+
+TEST(RenderTest, SelfCodingJobs) {
+  anima::v1::Event e;
+  auto* job = e.mutable_self_coding_jobs()->add_jobs();
+  job->set_job_id("job-1");
+  job->set_status("failed");
+  // 199 ASCII characters, then two-byte characters: the cut keeps whole characters.
+  job->set_task(std::string(199, 'a') + "ééé");
+  job->set_language("python");
+  job->set_attempts(3);
+  job->set_last_seq(17);
+  job->set_created_at("2026-12-03T10:00:00.000Z");
+  job->set_updated_at("2026-12-03T10:01:00.000Z");
+  job->set_principal("alice");
+  job->mutable_result()->set_reason("tests failed after 3 attempts");
+  job->mutable_result()->mutable_files()->insert({"solution.py", "print(1)"});
+  e.mutable_self_coding_jobs()->add_jobs()->set_job_id("job-0");
+  RenderedFrame f = FrameTranslator::Render(e, "l1");
+  EXPECT_TRUE(f.terminal);
+  EXPECT_EQ(f.type, "self_coding_jobs");
+  Json j = Json::parse(f.text);
+  ASSERT_EQ(j["jobs"].size(), 2u);
+  const Json& first = j["jobs"][0];
+  EXPECT_EQ(first["job_id"], "job-1");
+  EXPECT_EQ(first["task"], std::string(199, 'a') + "é…");
+  EXPECT_EQ(first["reason"], "tests failed after 3 attempts");
+  EXPECT_EQ(first["last_seq"], 17);
+  EXPECT_EQ(first["principal"], "alice");
+  EXPECT_FALSE(first.contains("files"));
+  EXPECT_FALSE(j["jobs"][1].contains("reason"));
+  anima::v1::Event empty;
+  empty.mutable_self_coding_jobs();
+  EXPECT_EQ(FrameTranslator::Render(empty, "l2").text,
+            R"({"type":"self_coding_jobs","id":"l2","jobs":[]})");
 }
 
 TEST(RenderTest, Error) {
