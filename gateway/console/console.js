@@ -981,9 +981,14 @@
     send(frame, (reply) => {
       done(reply.id);
       if (reply.type === 'error') {
-        err.textContent = reply.code === 'unknown_type'
-          ? 'This gateway cannot list jobs yet (self_coding_list is unknown to it).'
-          : `Job list: ${errorText(reply)}`;
+        if (reply.code === 'unknown_type') {
+          err.textContent = 'This gateway cannot list jobs (self_coding_list is unknown to it).';
+        } else if (reply.code === 'invalid_message' && frame.all) {
+          $('joblist-all').checked = false;
+          err.textContent = `Only admins can list every principal's jobs (${reply.message}).`;
+        } else {
+          err.textContent = `Job list: ${errorText(reply)}`;
+        }
         show(err, true);
         return;
       }
