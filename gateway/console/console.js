@@ -80,7 +80,7 @@
   function fmtTime(ts) {
     if (!ts) return '';
     const d = new Date(ts);
-    return isNaN(d) ? String(ts) : d.toLocaleTimeString();
+    return isNaN(d) ? String(ts) : d.toLocaleTimeString('en-GB');
   }
   function errorText(err) {
     let text = `${err.code || 'error'}: ${err.message || ''}`.trim();
@@ -539,7 +539,7 @@
     $('harmony-meter').value = harmony;
     $('harmony-meter').textContent = fmtNumber(harmony, 3);
     setBadge($('harmony-status'), frame.status || 'unknown');
-    $('state-ts').textContent = `updated ${fmtTime(frame.ts) || new Date().toLocaleTimeString()}`;
+    $('state-ts').textContent = `updated ${fmtTime(frame.ts) || fmtTime(new Date())}`;
     $('state').classList.remove('stale');
     renderLoad(frame.load);
 
@@ -1000,24 +1000,30 @@
 
   function renderList(list) {
     const body = $('joblist-body');
+    // A refresh keeps the keyboard focus on the same row's button.
+    const focused = body.contains(document.activeElement)
+      ? document.activeElement.closest('tr').dataset.jobId : '';
     body.replaceChildren();
     if (!list.length) {
-      body.append(el('tr', {}, el('td', {colSpan: 8, class: 'muted', text: 'no jobs'})));
+      body.append(el('tr', {}, el('td', {colSpan: 6, class: 'muted', text: 'no jobs'})));
       return;
     }
     for (const j of list) {
       const status = j.status || 'unknown';
       const card = jobs.cards.get(j.job_id);
       if (card && !card.parts.task.textContent) card.parts.task.textContent = j.task || '';
+      // Job: the id cut to its first 8 hex digits (whole in the title); task with its
+      // language and principal below it; a failure's reason below its status.
       body.append(el('tr', {'data-job-id': j.job_id},
-        el('td', {}, el('code', {text: j.job_id})),
+        el('td', {}, el('code', {text: `${String(j.job_id).slice(0, 12)}…`, title: j.job_id})),
         el('td', {}, badge(status),
-          j.reason ? el('span', {class: 'list-reason', text: j.reason}) : null),
-        el('td', {class: 'task-cell', text: j.task || ''}),
-        el('td', {text: j.language || ''}),
+          j.reason && status === 'failed'
+            ? el('span', {class: 'list-reason', text: j.reason}) : null),
+        el('td', {class: 'task-cell'}, el('span', {class: 'task-text', text: j.task || ''}),
+          el('span', {class: 'task-meta muted',
+            text: [j.language, j.principal].filter(Boolean).join(' · ')})),
         el('td', {text: j.attempts ?? ''}),
         el('td', {text: fmtTime(j.updated_at || j.created_at)}),
-        el('td', {text: j.principal || ''}),
         el('td', {}, el('button', {type: 'button', class: 'ghost small', text: 'Watch',
           'aria-label': `Watch job ${j.job_id}`,
           onclick: () => {
@@ -1025,6 +1031,8 @@
             card.node.scrollIntoView({block: 'nearest'});
           }}))));
     }
+    const again = focused && body.querySelector(`tr[data-job-id="${CSS.escape(focused)}"] button`);
+    if (again) again.focus();
   }
 
   function initJobs() {

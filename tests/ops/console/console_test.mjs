@@ -510,7 +510,9 @@ async function main() {
       }, demoJob);
       const error = await page.$eval('#joblist-error', (e) => (e.hidden ? '' : e.textContent));
       if (error) fail(`the page shows: ${error}`);
-      await page.click(`#joblist-body tr[data-job-id="${demoJob}"] button`);
+      // The list is drawn again whenever a job of the page starts or ends: find and press the
+      // button in one go.
+      await page.$eval(`#joblist-body tr[data-job-id="${demoJob}"] button`, (b) => b.click());
       await waitFor(page, 'the watched demo job with its files', (id) => {
         const card = document.querySelector(`#jobs .job[data-job-id="${id}"]`);
         return card && card.dataset.status === 'succeeded' &&
@@ -547,10 +549,17 @@ async function main() {
       await waitFor(page, 'three candidates', () =>
         document.querySelectorAll('#chat-log .turn:last-child .candidate').length === 3);
       await page.select('#chat-strategy', 'failover');
+      await page.click('#job-demo');
+      await page.$eval('.table-wrap', (t) => { t.scrollLeft = 0; });
       // Only the succeeded demo job stays in the picture.
       await page.$$eval('#jobs .job:not([data-status="succeeded"]) .dismiss',
         (bs) => bs.forEach((b) => b.click()));
-      await page.evaluate(() => document.activeElement && document.activeElement.blur());
+      await page.evaluate(() => {
+        if (document.activeElement) document.activeElement.blur();
+        window.scrollTo(0, 0);
+      });
+      const wrap = await page.$eval('.table-wrap', (t) => t.scrollWidth - t.clientWidth);
+      if (wrap > 0) fail(`the job list is ${wrap} px wider than its panel`);
       await shot(page, 'console-desktop');
       await page.setViewport({width: 390, height: 844});
       await page.evaluate(() => window.scrollTo(0, 0));
