@@ -77,6 +77,13 @@
     const s = Math.max(0, Math.floor(ms / 1000));
     return s < 60 ? `${s} s` : `${Math.floor(s / 60)} min ${s % 60} s`;
   }
+  function fmtWait(ms) {
+    if (ms < 1000) return `${ms} ms`;
+    const s = Math.ceil(ms / 1000);
+    if (s < 120) return `${s} s`;
+    const min = Math.ceil(s / 60);
+    return min < 120 ? `${min} min` : `${Math.floor(min / 60)} h ${min % 60} min`;
+  }
   function fmtTime(ts) {
     if (!ts) return '';
     const d = new Date(ts);
@@ -85,7 +92,9 @@
   function errorText(err) {
     let text = `${err.code || 'error'}: ${err.message || ''}`.trim();
     if (err.limit) text += ` (limit ${err.limit})`;
-    if (typeof err.retry_after_ms === 'number') text += ` · retry after ${err.retry_after_ms} ms`;
+    if (typeof err.retry_after_ms === 'number') {
+      text += ` · retry after ${fmtWait(err.retry_after_ms)}`;
+    }
     if (Array.isArray(err.causes) && err.causes.length) {
       text += ' · ' + err.causes.map((c) =>
         typeof c === 'string' ? c : `${c.provider || ''} ${c.code || ''} ${c.message || ''}`.trim()
@@ -459,7 +468,9 @@
       for (const v of values) max = Math.max(max, v);
     }
     max = max > 0 ? max * 1.15 : 1;
-    for (const [line, values] of Object.entries(seriesByLine)) {
+    for (const [line, series] of Object.entries(seriesByLine)) {
+      // One sample is drawn as a short level line, not an invisible point.
+      const values = series.length === 1 ? [series[0], series[0]] : series;
       const step = 120 / (SAMPLES - 1);
       const offset = (SAMPLES - values.length) * step;
       chart.polylines[line].setAttribute('points', values.map((v, i) =>

@@ -248,6 +248,33 @@ async function main() {
       if (url.includes('ops-key')) fail('the key is in the page URL');
     });
 
+    await run('a request refused by the server shows its error next to it (quota)', async () => {
+      // "capped" has a budget of one answer a day: its second chat is refused.
+      const other = await browser.newPage();
+      await other.goto(URL_ + '/', {waitUntil: 'networkidle0'});
+      await other.waitForSelector('#key-input', {visible: true});
+      await other.type('#key-input', 'capped-key');
+      await other.click('#key-form button[type=submit]');
+      await waitFor(other, 'connected as capped', () =>
+        /principal capped/.test(document.getElementById('conn-session').textContent));
+      for (const text of ['first', 'second']) {
+        await other.type('#chat-message', `Hello, ${text} time`);
+        await other.click('#chat-form button[type=submit]');
+        await waitFor(other, `the ${text} answer or error`, (n) => {
+          const turns = document.querySelectorAll('#chat-log .turn');
+          return turns.length === n &&
+            turns[n - 1].querySelector('.answer .meta, .answer .error');
+        }, text === 'first' ? 1 : 2);
+      }
+      const error = await other.$eval('#chat-log .turn:last-child .answer .error',
+        (e) => e.textContent).catch(() => '');
+      if (!/quota_exceeded/.test(error) || !/retry after \d/.test(error)) {
+        fail(`the refused chat shows: ${error || 'no error'}`);
+      }
+      await shot(other, '03-quota-error', false);
+      await other.close();
+    });
+
     await run('the first state shows at once (consciousness_query on connect)', async () => {
       await waitFor(page, 'module tiles and harmony', () =>
         document.querySelectorAll('#modules .tile').length > 0 &&
