@@ -2,9 +2,11 @@
 # Drives the web console (gateway/console/) in headless Chromium against the real binaries:
 # starts the whole system on free ports with auth on (system.sh), then runs
 # tests/ops/console/console_test.mjs (puppeteer-core), which checks the served headers, the key
-# form (and no form without auth), streamed and fanout chat, the demo self-coding job, a reload in the middle of a job, the
+# form (and no form on a second gateway without auth), errors shown next to their request,
+# streamed and fanout chat, the demo self-coding job, a reload in the middle of a job, the
 # broker's tiles going down and up again around a kill and restart of the broker, the page
-# reconnecting to a gateway stopped (SIGTERM, close 1001) and started again, and the job list.
+# reconnecting to a gateway stopped (SIGTERM, close 1001) and started again, and the job list
+# (docs/testing.md lists every step).
 # Screenshots of each state go to <build>/console-screenshots/.
 #
 # puppeteer-core is installed once, at the version of tests/ops/console/package-lock.json, into
