@@ -222,14 +222,9 @@ void DispatchReactor::StartSelfCoding() {
     cancel_request_.set_job_id(envelope_.self_coding_cancel().job_id());
     deps_.self_coding->async()->Cancel(
         &downstream_, &cancel_request_, &cancel_response_, [this](grpc::Status status) {
-          if (status.ok()) {
-            Event event;
-            *event.mutable_self_coding_result() = cancel_response_.result();
-            Emit(std::move(event), true);
-          } else {
-            EmitError(ErrorFromStatus(status, "self-coding"));
-          }
-          Release();
+          Event event;
+          if (status.ok()) *event.mutable_self_coding_result() = cancel_response_.result();
+          EndUnaryCall(status, std::move(event));
         });
     return;
   }
@@ -240,14 +235,9 @@ void DispatchReactor::StartSelfCoding() {
     list_request_.set_all_principals(body.all_principals());
     deps_.self_coding->async()->List(
         &downstream_, &list_request_, &list_response_, [this](grpc::Status status) {
-          if (status.ok()) {
-            Event event;
-            *event.mutable_self_coding_jobs() = std::move(list_response_);
-            Emit(std::move(event), true);
-          } else {
-            EmitError(ErrorFromStatus(status, "self-coding"));
-          }
-          Release();
+          Event event;
+          if (status.ok()) *event.mutable_self_coding_jobs() = std::move(list_response_);
+          EndUnaryCall(status, std::move(event));
         });
     return;
   }
@@ -318,6 +308,15 @@ void DispatchReactor::StartModule() {
       });
   stub->async()->Handle(&downstream_, &module_request_, stream);
   stream->Go();
+}
+
+void DispatchReactor::EndUnaryCall(const grpc::Status& status, Event answer) {
+  if (status.ok()) {
+    Emit(std::move(answer), true);
+  } else {
+    EmitError(ErrorFromStatus(status, "self-coding"));
+  }
+  Release();
 }
 
 void DispatchReactor::EmitError(anima::v1::ErrorEvent error) {

@@ -73,6 +73,9 @@ class DispatchReactor final : public grpc::ServerWriteReactor<anima::v1::Event> 
 
   void Emit(anima::v1::Event event, bool terminal);
   void EmitError(anima::v1::ErrorEvent error);
+  // The end of a unary self-coding call (Cancel, List): `answer` as the terminal event when it
+  // succeeded, else its error; then the call's reference is released.
+  void EndUnaryCall(const grpc::Status& status, anima::v1::Event answer);
   void OnWriteDone(bool ok) override;
   void OnCancel() override;
   void OnDone() override;
