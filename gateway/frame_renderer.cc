@@ -379,13 +379,14 @@ std::string FrameTranslator::RenderTopics(std::string_view type, std::string_vie
 }
 
 std::string FrameTranslator::RenderWelcome(std::string_view session_id, std::string_view principal,
-                                           const WelcomeLimits& limits) {
+                                           bool admin, const WelcomeLimits& limits) {
   Json j = Json::object();
   j["type"] = "welcome";
   j["session_id"] = session_id;
   j["protocol"] = 1;
   j["server"] = "anima-gateway/0.1.0";
   j["principal"] = principal;
+  j["role"] = admin ? "admin" : "user";
   Json l = Json::object();
   l["max_message_bytes"] = limits.max_message_bytes;
   l["max_in_flight"] = limits.max_in_flight;

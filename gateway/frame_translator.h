@@ -110,9 +110,10 @@ class FrameTranslator {
     int64_t max_in_flight = 32;
     int64_t messages_per_second = 50;
   };
-  // `principal`: who the connection acts for (PROTOCOL.md §1).
+  // `principal`: who the connection acts for (PROTOCOL.md §1); `admin`: its role, "admin" or
+  // "user" in the frame, so that a console shows admin-only choices to admins only.
   static std::string RenderWelcome(std::string_view session_id, std::string_view principal,
-                                   const WelcomeLimits& limits);
+                                   bool admin, const WelcomeLimits& limits);
 
   // A fresh gateway-assigned id, "g-<n>", for replies to frames that carry no usable id.
   std::string AssignId() const;

@@ -139,7 +139,8 @@ void WsSession::OnAccept(beast::error_code ec) {
   limits.max_message_bytes = static_cast<int64_t>(context_.settings.max_message_bytes);
   limits.max_in_flight = context_.settings.max_in_flight;
   limits.messages_per_second = context_.settings.messages_per_second;
-  Send("welcome", FrameTranslator::RenderWelcome(session_id_, principal_->id, limits));
+  Send("welcome", FrameTranslator::RenderWelcome(session_id_, principal_->id,
+                                                 principal_->role == Role::kAdmin, limits));
   if (token_expires_) {
     auth_timer_.expires_after(*token_expires_ - std::chrono::system_clock::now());
     auth_timer_.async_wait([self = shared_from_this()](beast::error_code ec) {

@@ -275,6 +275,10 @@
 
   function onWelcome(frame) {
     conn.welcome = frame;
+    // Every principal's jobs are for admins; a gateway that does not say leaves the box shown.
+    const allBox = $('joblist-all');
+    allBox.closest('label').hidden = frame.role !== undefined && frame.role !== 'admin';
+    if (allBox.closest('label').hidden) allBox.checked = false;
     const limits = frame.limits || {};
     $('conn-session').textContent = [
       frame.principal ? `principal ${frame.principal}` : '',

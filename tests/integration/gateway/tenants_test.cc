@@ -62,8 +62,11 @@ class TenantsTest : public testing::GatewayOverFakeRouterTest {
         << ws->error();
     auto welcome = ws->Read();
     EXPECT_TRUE(welcome && (*welcome)["type"] == "welcome");
+    if (welcome) last_welcome_ = *welcome;
     return ws;
   }
+
+  Json last_welcome_;  // of the last Connect
 
   Json Exchange(WsClient& ws, const Json& frame) {
     EXPECT_TRUE(ws.SendText(frame.dump()));
@@ -100,6 +103,8 @@ TEST_F(TenantsTest, ThePrincipalTravelsToTheRouter) {
   WriteKeys({{"jobs_in_flight", 2}, {"jobs_per_day", 20}});
   StartGateway({"--auth-keys-file=" + keys_file_});
   auto alice = Connect("key-alice");
+  EXPECT_EQ(last_welcome_["principal"], "alice");
+  EXPECT_EQ(last_welcome_["role"], "user");
   Json reply = Answer(*alice, {{"type", "chat"}, {"id", "c1"}, {"message", "hi"}});
   EXPECT_EQ(reply["type"], "chat_response");
   common::Identity identity = router_->last_identity();
@@ -109,6 +114,7 @@ TEST_F(TenantsTest, ThePrincipalTravelsToTheRouter) {
   EXPECT_EQ(identity.job_limits.per_day, 20);
 
   auto ops = Connect("key-ops");
+  EXPECT_EQ(last_welcome_["role"], "admin");
   Answer(*ops, {{"type", "self_coding_request"}, {"id", "j1"}, {"task", "t"}});
   identity = router_->last_identity();
   EXPECT_EQ(identity.principal, "ops");
@@ -125,6 +131,7 @@ TEST_F(TenantsTest, WithoutAuthEveryClientIsLocal) {
   auto welcome = ws.Read();
   ASSERT_TRUE(welcome);
   EXPECT_EQ((*welcome)["principal"], "local");
+  EXPECT_EQ((*welcome)["role"], "admin");
   EXPECT_EQ(Answer(ws, {{"type", "chat"}, {"id", "c"}, {"message", "x"}})["type"], "chat_response");
   EXPECT_EQ(router_->last_identity().principal, "local");
   Json usage = Answer(ws, {{"type", "usage_query"}, {"id", "u"}});

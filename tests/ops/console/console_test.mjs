@@ -246,6 +246,10 @@ async function main() {
         /principal ops/.test(document.getElementById('conn-session').textContent));
       const url = page.url();
       if (url.includes('ops-key')) fail('the key is in the page URL');
+      // welcome says ops is an admin: the job list offers every principal's jobs.
+      if (await page.$eval('#joblist-all', (e) => e.closest('label').hidden)) {
+        fail('"All principals" is hidden from an admin');
+      }
     });
 
     await run('a request refused by the server shows its error next to it (quota)', async () => {
@@ -257,6 +261,9 @@ async function main() {
       await other.click('#key-form button[type=submit]');
       await waitFor(other, 'connected as capped', () =>
         /principal capped/.test(document.getElementById('conn-session').textContent));
+      if (!(await other.$eval('#joblist-all', (e) => e.closest('label').hidden))) {
+        fail('"All principals" is offered to a principal who is not an admin');
+      }
       for (const text of ['first', 'second']) {
         await other.type('#chat-message', `Hello, ${text} time`);
         await other.click('#chat-form button[type=submit]');

@@ -637,10 +637,12 @@ TEST(RenderTest, GatewayFrames) {
             R"({"type":"error","id":"g-1","code":"invalid_json","message":"bad"})");
   EXPECT_EQ(FrameTranslator::RenderTopics("subscribed", "s1", {"consciousness_state"}),
             R"({"type":"subscribed","id":"s1","topics":["consciousness_state"]})");
-  EXPECT_EQ(FrameTranslator::RenderWelcome("s-abc", "local", {}),
+  EXPECT_EQ(FrameTranslator::RenderWelcome("s-abc", "local", false, {}),
             R"({"type":"welcome","session_id":"s-abc","protocol":1,)"
-            R"("server":"anima-gateway/0.1.0","principal":"local","limits":{)"
+            R"("server":"anima-gateway/0.1.0","principal":"local","role":"user","limits":{)"
             R"("max_message_bytes":65536,"max_in_flight":32,"messages_per_second":50}})");
+  EXPECT_NE(FrameTranslator::RenderWelcome("s-abc", "ops", true, {}).find(R"("role":"admin")"),
+            std::string::npos);
 }
 
 TEST(FrameTranslatorTest, UsageQueryAndQuotaFrames) {
